@@ -1,0 +1,149 @@
+"""`mvrag`: the command line. Each subcommand only parses flags and calls one library function.
+
+    mvrag convert --release DIR --out CKPT_DIR
+    mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
+    mvrag bench unet --config configs/tiny.py
+Run `mvrag <subcommand> --help` for its flags.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+from ml_collections import config_flags
+
+from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
+
+# Errors a user can fix from the message alone: printed without a traceback, exit code 2.
+_USER_ERRORS = (CheckpointError, CheckpointKeyError, ReleaseError, FileNotFoundError, ValueError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    define: Callable[[flags.FlagValues], None]
+    run: Callable[[flags.FlagValues, list[str]], int]
+
+
+def _define_runtime(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("compile_cache_dir", "~/.cache/mvrag_jax/xla",
+                        "Persistent XLA compilation cache (reused across runs); 'none' disables it.", flag_values=fv)
+
+
+def _setup_jax(fv: flags.FlagValues) -> None:
+    """Process-wide JAX settings live here, at the CLI entry, and nowhere else."""
+    import jax
+    if fv.compile_cache_dir.lower() != "none":
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(fv.compile_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_threefry_partitionable", True)
+
+
+# ---- convert -------------------------------------------------------------------------------------------------------
+def _define_convert(fv):
+    flags.DEFINE_string("release", None, "Official MV-RAG release folder (holds model_index.json).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output checkpoint folder (written atomically).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["release", "out"], flag_values=fv)
+
+
+def _run_convert(fv, argv):
+    from mvrag_jax.convert import convert_release
+    out = convert_release(fv.release, fv.out, overwrite=fv.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---- verify-reference ----------------------------------------------------------------------------------------------
+def _define_verify(fv):
+    flags.DEFINE_string("release", None, "Release folder the cases were computed with.", flag_values=fv)
+    flags.DEFINE_string("cases", None, "Folder of reference cases (*.npz, see its README.md).", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print one JSON object per case and line.", flag_values=fv)
+    flags.DEFINE_multi_string("only", [], "Run only this case (repeatable).", flag_values=fv)
+    flags.DEFINE_bool("require_all", False, "Also fail when a case is skipped.", flag_values=fv)
+    flags.mark_flags_as_required(["release", "cases"], flag_values=fv)
+
+
+def _run_verify(fv, argv):
+    from mvrag_jax.verify import run_cases
+    failed = skipped = 0
+    for result in run_cases(fv.release, fv.cases, only=fv.only or None):
+        failed += result.status == "fail"
+        skipped += result.status == "skipped"
+        if fv.json:
+            print(json.dumps({"case": result.case, "status": result.status, "max_abs_err": result.max_abs_err,
+                              "tol": result.tol, "details": result.details}), flush=True)
+        else:
+            err = "" if result.max_abs_err is None else f"  max_abs_err={result.max_abs_err:.3g}"
+            reason = f"  ({result.details.get('reason')})" if result.status == "skipped" else ""
+            print(f"{result.status:7s} {result.case}{err}{reason}", flush=True)
+    return 1 if failed or (fv.require_all and skipped) else 0
+
+
+# ---- bench ---------------------------------------------------------------------------------------------------------
+def _define_bench(fv):
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config (configs/*.py[:arg]).",
+                                    flag_values=fv, lock_config=True)
+    flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
+    flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
+
+
+def _run_bench(fv, argv):
+    from mvrag_jax import bench
+    targets = {"unet": bench.bench_unet}
+    if len(argv) != 2 or argv[1] not in targets:
+        raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
+    print(json.dumps(targets[argv[1]](fv.config, batch_size=fv.batch_size, steps=fv.steps), indent=1))
+    return 0
+
+
+COMMANDS = {c.name: c for c in (
+    Command("convert", "Convert an official PyTorch release into an mvrag checkpoint.", _define_convert, _run_convert),
+    Command("verify-reference", "Check parity with the official outputs stored in a cases folder.", _define_verify,
+            _run_verify),
+    Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
+            _run_bench),
+)}
+
+
+def _usage() -> str:
+    lines = [__doc__.strip(), "", "subcommands:"]
+    lines += [f"  {name:18s} {c.summary}" for name, c in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[1] not in COMMANDS:
+        print(f"mvrag: unknown subcommand {argv[1]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[argv[1]]
+    fv = flags.FlagValues()
+    command.define(fv)
+    _define_runtime(fv)
+    rest = [f"mvrag {command.name}"] + argv[2:]
+    if any(a in ("-h", "--help", "-help") for a in rest[1:]):
+        print(f"mvrag {command.name}: {command.summary}\n\n{fv.get_help()}")
+        return 0
+    try:
+        positional = fv(rest)
+    except flags.Error as e:
+        print(f"mvrag {command.name}: {e}\nRun `mvrag {command.name} --help` for the flags.", file=sys.stderr)
+        return 2
+    _setup_jax(fv)
+    try:
+        return command.run(fv, positional)
+    except _USER_ERRORS as e:
+        print(f"mvrag {command.name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Official PyTorch release <-> our Flax params <-> orbax checkpoints."""
+
+import pathlib
+
+from tqdm import tqdm
+
+from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mvrag_jax.convert.components import COMPONENTS, COMPONENTS_BY_NAME, convert_component
+from mvrag_jax.convert.keys import CheckpointKeyError
+from mvrag_jax.convert.release import Release, ReleaseError
+
+# Files that carry weights; everything else in a release (configs, tokenizer, processors) is copied verbatim.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5")
+
+
+def convert_release(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, overwrite: bool = False,
+                    show_progress: bool = True) -> pathlib.Path:
+    """Convert every component of an official release into an mvrag checkpoint at `out_dir` (written atomically)."""
+    release = Release.open(release_dir)
+    configs, params = {}, {}
+    for component in tqdm(COMPONENTS, desc="converting", unit="component", disable=not show_progress):
+        configs[component.name], params[component.name] = convert_component(release, component)
+    release_files = {str(p.relative_to(release.root)): p for p in sorted(release.root.rglob("*"))
+                     if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES}
+    return save_checkpoint(out_dir, configs, params, release_files, overwrite=overwrite)
+
+
+def load_model_checkpoint(ckpt_dir: str | pathlib.Path) -> tuple[dict, dict]:
+    """(configs, params) per component of a checkpoint written by `convert_release`."""
+    return load_checkpoint(ckpt_dir, {c.name: c.config_class for c in COMPONENTS})
+
+
+__all__ = ["CheckpointError", "CheckpointKeyError", "Release", "ReleaseError", "convert_release",
+           "load_model_checkpoint"]

@@ -1,0 +1,50 @@
+"""The table of release components we convert, and the generic conversion of one component.
+
+Each entry names the model module's pieces: its frozen config class (`from_release`), its pure `init_params(config,
+rng)` and the likely-cause hint for key mismatches. Adding a component is adding a row here.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+
+from mvrag_jax.convert.keys import state_dict_to_params
+from mvrag_jax.convert.release import Release
+from mvrag_jax.models import resampler, unet
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    name: str                                   # key in our checkpoint; folder via release.COMPONENT_FOLDERS
+    config_class: type                          # frozen dataclass with from_release(Release) and from_dict(dict)
+    init_params: Callable[[Any, jax.Array], Any]  # (config, rng) -> params tree (may be logically boxed)
+    hint: str = ""                              # shown with key mismatches
+    # Official state dict -> the keys our modules mirror (e.g. strip a `text_model.` prefix, drop buffers).
+    normalize_keys: Callable[[dict], dict] = lambda state_dict: state_dict
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("unet", unet.UNetConfig, unet.init_params,
+              hint="an MV-RAG UNet has attn2.to_k_ip/to_v_ip in every transformer block; if those are missing you "
+                   "passed the base MVDream UNet, if sizes differ the unet/config.json does not match the weights"),
+    Component("resampler", resampler.ResamplerConfig, resampler.init_params,
+              hint="the official Resampler ignores resampler/config.json; sizes are derived from the tensor shapes "
+                   "when it is absent: check that config.json (if any) matches model.safetensors"),
+)
+COMPONENTS_BY_NAME = {c.name: c for c in COMPONENTS}
+
+
+def abstract_params(component: Component, config: Any) -> Any:
+    """Unboxed ShapeDtypeStruct tree of the component's params (nothing allocated)."""
+    return nn.unbox(jax.eval_shape(component.init_params, config, jax.random.key(0)))
+
+
+def convert_component(release: Release, component: Component) -> tuple[Any, dict]:
+    """(config, float32 numpy params) of one component read from `release`; key mismatches raise CheckpointKeyError."""
+    config = component.config_class.from_release(release)
+    state_dict = component.normalize_keys(release.weights(component.name))
+    params = state_dict_to_params(state_dict, abstract_params(component, config),
+                                  component=component.name, hint=component.hint)
+    return config, params

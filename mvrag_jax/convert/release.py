@@ -1,0 +1,132 @@
+"""Reading the official MV-RAG release from disk (diffusers-style folders, safetensors weights, JSON configs).
+
+The release is the source of truth for every size: configs come from its files (or, where the official code ignores
+them, from tensor shapes), never from assumptions about the published model.
+"""
+
+import dataclasses
+import json
+import pathlib
+import struct
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+# Release folder of each component we convert (DINOv2 sits at the hub id the official f_score.py loads by name).
+COMPONENT_FOLDERS = {
+    "unet": "unet",
+    "resampler": "resampler",
+    "clip_text": "text_encoder",
+    "clip_vision": "image_encoder",
+    "vae": "vae",
+    "dinov2": "facebook/dinov2-base",
+}
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class ReleaseError(ValueError):
+    """The release directory is missing, incomplete or unreadable."""
+
+
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as numpy arrays (fp16/bf16 kept as stored; callers cast).
+
+    Parsed directly (8-byte header size, JSON header, raw little-endian data) so bf16 works without torch.
+    """
+    try:
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+            data = f.read()
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReleaseError(f"cannot read safetensors file {path}: {e}; re-download or re-export that file") from e
+    tensors = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ReleaseError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        if end > len(data):
+            raise ReleaseError(f"{path} is truncated (tensor {key} ends at byte {end}, file has {len(data)}); "
+                               "re-download or re-export it")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        tensors[key] = np.frombuffer(data[begin:end], dtype=dtype).reshape(info["shape"])
+    return tensors
+
+
+def write_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
+    """Write tensors in the safetensors format (keys sorted, 8-byte aligned header), loadable by torch and diffusers."""
+    names = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
+    offset, blobs = 0, []
+    for key in sorted(tensors):
+        array = np.ascontiguousarray(tensors[key])
+        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[key] = {"dtype": names[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for blob in blobs:
+            f.write(blob)
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """An official MV-RAG release directory (the layout of tests/reference/tiny_release)."""
+
+    root: pathlib.Path
+
+    @classmethod
+    def open(cls, root: str | pathlib.Path) -> "Release":
+        root = pathlib.Path(root)
+        if not root.exists():
+            raise ReleaseError(f"release directory {root} does not exist; pass the folder that holds model_index.json")
+        if not root.is_dir():
+            raise ReleaseError(f"release path {root} is not a directory; pass the folder that holds model_index.json")
+        if not (root / "model_index.json").is_file():
+            raise ReleaseError(f"{root} has no model_index.json, so it is not an MV-RAG release folder; "
+                               "pass the top folder of the release (with unet/, vae/, text_encoder/, ...)")
+        return cls(root)
+
+    def folder(self, component: str) -> pathlib.Path:
+        """The release folder of `component` (a key of COMPONENT_FOLDERS or a raw folder name like 'tokenizer')."""
+        path = self.root / COMPONENT_FOLDERS.get(component, component)
+        if not path.is_dir():
+            raise ReleaseError(f"release {self.root} has no {path.relative_to(self.root)}/ folder (needed for "
+                               f"{component}); the release is incomplete: copy that folder from the official release")
+        return path
+
+    def has(self, component: str) -> bool:
+        return (self.root / COMPONENT_FOLDERS.get(component, component)).is_dir()
+
+    def config(self, component: str, filename: str = "config.json") -> dict[str, Any] | None:
+        """A component's JSON config, or None when the release does not ship one."""
+        path = self.folder(component) / filename
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ReleaseError(f"{path} is not valid JSON ({e}); restore it from the official release") from e
+
+    def weights(self, component: str) -> dict[str, np.ndarray]:
+        """The component's tensors from its .safetensors file(s), as stored (dtype cast happens in conversion)."""
+        folder = self.folder(component)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ReleaseError(f"{folder} holds no .safetensors weights; convert .bin weights to safetensors first "
+                               "(e.g. with the official diffusers/transformers save_pretrained(safe_serialization=True))")
+        tensors: dict[str, np.ndarray] = {}
+        for path in files:
+            tensors.update(read_safetensors(path))
+        return tensors

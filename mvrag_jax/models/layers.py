@@ -1,0 +1,64 @@
+"""Building blocks shared by every model: dense/conv/norm layers that carry logical sharding names, and attention.
+
+Norm statistics and softmax run in float32 whatever the compute dtype; parameters are float32 (`param_dtype`).
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mvrag_jax.sharding import CONV_IN, CONV_OUT, KERNEL_HW, NORM
+
+Dtype = Any
+
+
+def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
+          name: str | None = None) -> nn.Dense:
+    """A Linear layer whose kernel [in, out] is named `axes` for sharding (bias gets `axes[1]`)."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+
+
+def conv(features: int, kernel: int = 3, *, stride: int = 1, padding: int | None = None, dtype: Dtype = jnp.float32,
+         name: str | None = None) -> nn.Conv:
+    """A 2D NHWC conv with torch-style symmetric padding (default kernel // 2); kernel is HWIO."""
+    pad = kernel // 2 if padding is None else padding
+    return nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), dtype=dtype,
+        param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (KERNEL_HW, KERNEL_HW, CONV_IN, CONV_OUT)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (CONV_OUT,)))
+
+
+def group_norm(num_groups: int, epsilon: float, *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.GroupNorm:
+    """torch.nn.GroupNorm semantics (biased variance, two-pass in float32)."""
+    return nn.GroupNorm(
+        num_groups=num_groups, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)))
+
+
+def layer_norm(epsilon: float, *, use_bias: bool = True, dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.LayerNorm:
+    """torch.nn.LayerNorm semantics (biased variance, two-pass in float32)."""
+    return nn.LayerNorm(
+        epsilon=epsilon, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, scale: float | None = None,
+              mask: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T * scale) v over flattened heads: q [b, lq, heads*dh], k/v [b, lk, heads*dh] -> [b, lq, heads*dh].
+
+    Goes through `jax.nn.dot_product_attention` so XLA (or cuDNN on GPU) can pick a fused kernel; logits and softmax
+    are float32 inside it. `scale` defaults to 1/sqrt(dh).
+    """
+    b, lq, inner = q.shape
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, inner // num_heads)  # [b, l, heads, dh]
+    out = jax.nn.dot_product_attention(split(q), split(k), split(v), scale=scale, mask=mask)
+    return out.reshape(b, lq, inner)

@@ -1,0 +1,145 @@
+"""The one sharding vocabulary of mvrag-jax.
+
+Modules name array axes with the logical constants below (never mesh axis names); `DEFAULT_RULES` maps them onto the
+(data, fsdp, tensor) mesh, as flax's lm1b example does. Configs may override rules through `make_rules`, which rejects
+names this module does not know.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis names. Parameters:
+EMBED = "embed"          # model width of a dense kernel's input side
+MLP = "mlp"              # hidden width of feed-forward layers
+HEADS = "heads"          # attention heads x head dim (flattened projection outputs)
+VOCAB = "vocab"          # token / position tables
+CONV_IN = "conv_in"      # conv kernel input channels
+CONV_OUT = "conv_out"    # conv kernel output channels
+KERNEL_HW = "kernel_hw"  # conv kernel spatial taps
+NORM = "norm"            # norm scales/biases and other small vectors: replicated
+# Activations:
+BATCH = "batch"          # examples (views folded in: [b * views, ...])
+VIEWS = "views"          # the view axis where it is explicit
+LENGTH = "length"        # tokens / spatial positions
+ACT_EMBED = "act_embed"  # activation channels
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    (BATCH, ("data", "fsdp")),
+    (VIEWS, None),
+    (LENGTH, None),
+    (ACT_EMBED, None),
+    (EMBED, "fsdp"),
+    (CONV_IN, "fsdp"),
+    (MLP, "tensor"),
+    (HEADS, "tensor"),
+    (CONV_OUT, "tensor"),
+    (VOCAB, "tensor"),
+    (KERNEL_HW, None),
+    (NORM, None),
+)
+LOGICAL_NAMES = tuple(name for name, _ in DEFAULT_RULES)
+
+
+class ShardingRuleError(ValueError):
+    """A sharding rule names an unknown logical axis or mesh axis."""
+
+
+def make_rules(overrides: Sequence[tuple[str, Any]] = ()) -> tuple[tuple[str, Any], ...]:
+    """DEFAULT_RULES with `overrides` (logical name -> mesh axis, tuple of axes, or None) replacing their entries."""
+    rules = dict(DEFAULT_RULES)
+    for name, target in overrides:
+        if name not in rules:
+            raise ShardingRuleError(f"unknown logical axis {name!r} in sharding rules; known: {', '.join(LOGICAL_NAMES)}")
+        targets = target if isinstance(target, (tuple, list)) else (target,)
+        for axis in targets:
+            if axis is not None and axis not in MESH_AXES:
+                raise ShardingRuleError(
+                    f"rule {name!r} -> {target!r} names mesh axis {axis!r}; mesh axes are {', '.join(MESH_AXES)}")
+        rules[name] = tuple(target) if isinstance(target, list) else target
+    return tuple(rules.items())
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all); one axis may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ShardingRuleError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ShardingRuleError(f"{len(devices)} devices are not divisible by the fixed mesh axes (product {known})")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ShardingRuleError(
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {int(np.prod(sizes))} devices, "
+            f"{len(devices)} are available; change the mesh sizes so their product is {len(devices)}")
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drop mesh axes from dimensions they do not divide (small configs), so any release config can be sharded."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        kept = tuple(a for a in names if dim % mesh.shape[a] == 0)
+        size = int(np.prod([mesh.shape[a] for a in kept])) if kept else 1
+        while kept and dim % size:
+            kept = kept[:-1]
+            size = int(np.prod([mesh.shape[a] for a in kept])) if kept else 1
+        fitted.append(None if not kept else kept[0] if len(kept) == 1 else kept)
+    return PartitionSpec(*fitted)
+
+
+def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, rules=DEFAULT_RULES, *args) -> tuple[Any, Any]:
+    """(shapes, shardings) of `init_fn(*args)` without allocating it: eval_shape -> partition specs -> NamedShardings.
+
+    Returned shapes are unboxed (plain `ShapeDtypeStruct` leaves); `jax.jit(init_fn, out_shardings=shardings)` then
+    creates the state directly sharded.
+    """
+    with nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init_fn, *args)
+        specs = nn.get_partition_spec(boxed)
+    shapes = nn.unbox(boxed)
+    shardings = jax.tree.map(
+        lambda spec, shape: NamedSharding(mesh, _fit_spec(
+            nn.logical_to_mesh_axes(spec, rules) if _is_logical(spec) else spec, shape.shape, mesh)),
+        specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return shapes, shardings
+
+
+def _is_logical(spec: PartitionSpec) -> bool:
+    return any(isinstance(a, str) and a not in MESH_AXES for a in spec)
+
+
+def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules=DEFAULT_RULES, *args) -> Any:
+    """Run `init_fn(*args)` so that every leaf is born with its sharding (never materialised on one device)."""
+    _, shardings = abstract_state(init_fn, mesh, rules, *args)
+    with mesh, nn.logical_axis_rules(rules):
+        return jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+
+
+def check_sharded(params: Any, mesh: Mesh, tolerance: float = 0.02) -> None:
+    """Raise if more than `tolerance` of the parameter bytes are fully replicated on a multi-device mesh.
+
+    The error names the five largest replicated tensors so the missing rule is easy to find.
+    """
+    if mesh.size == 1:
+        return
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    total = sum(x.size for _, x in leaves)
+    replicated = [(jax.tree_util.keystr(p), x.shape, x.size) for p, x in leaves
+                  if x.sharding.is_fully_replicated]
+    fraction = sum(s for _, _, s in replicated) / max(total, 1)
+    if fraction > tolerance:
+        largest = sorted(replicated, key=lambda r: -r[2])[:5]
+        names = "; ".join(f"{p} {tuple(s)}" for p, s, _ in largest)
+        raise ShardingRuleError(
+            f"{fraction:.1%} of parameters are replicated (tolerance {tolerance:.1%}); largest: {names}. "
+            "Give these params logical axis names or add a rule mapping their names to a mesh axis.")

@@ -1,0 +1,108 @@
+"""Parity harness: run our implementation on the official reference cases and compare with the stored outputs.
+
+Used by `mvrag verify-reference` and by the parity tests. Each case file `<name>.npz` in the cases folder has a
+check function (in the sibling modules) that returns named (ours, reference) pairs; a case passes when every pair is
+within tolerance. A check whose component is not implemented raises `NotImplementedYet` and is reported `skipped`.
+"""
+
+import dataclasses
+import pathlib
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from mvrag_jax.verify import camera, clip, dinov2, resampler, unet, vae
+from mvrag_jax.verify.models import NotImplementedYet, ReleaseModels
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Elementwise |ours - ref| <= atol + rtol * |ref|, in float32."""
+    atol: float
+    rtol: float
+
+
+COMPONENT_TOL = Tolerance(1e-4, 1e-4)
+SAMPLING_TOL = Tolerance(1e-3, 1e-3)
+
+Check = Callable[[ReleaseModels, dict[str, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def _not_yet(component: str) -> Check:
+    def check(models: ReleaseModels, case: dict) -> dict:
+        raise NotImplementedYet(f"{component} is not implemented yet")
+    return check
+
+
+# case name -> (check, tolerance). Every case file of the reference set has an entry.
+CASES: dict[str, tuple[Check, Tolerance]] = {
+    "camera": (camera.check_camera, COMPONENT_TOL),
+    "unet_forward_text": (unet.check_forward, COMPONENT_TOL),
+    "unet_forward_ip": (unet.check_forward, COMPONENT_TOL),
+    "resampler": (resampler.check_resampler, COMPONENT_TOL),
+    "clip_text": (clip.check_clip_text, COMPONENT_TOL),
+    "clip_vision": (clip.check_clip_vision, COMPONENT_TOL),
+    "vae": (vae.check_vae, COMPONENT_TOL),
+    "dinov2": (dinov2.check_dinov2, COMPONENT_TOL),
+    "ddim_sample": (_not_yet("ddim sampling"), SAMPLING_TOL),
+    "pipeline_e2e": (_not_yet("pipeline"), SAMPLING_TOL),
+}
+
+
+@dataclasses.dataclass
+class CaseResult:
+    case: str
+    status: str                     # pass | fail | skipped
+    max_abs_err: float | None
+    tol: dict
+    details: dict                   # per array: max_abs_err and whether it passed; or the skip/error reason
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def compare(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> tuple[bool, float]:
+    """(within tolerance, max |ours - ref|); shapes must match exactly."""
+    ours, ref = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    if ours.shape != ref.shape:
+        return False, float("inf")
+    err = np.abs(ours - ref)
+    return bool(np.all(err <= tol.atol + tol.rtol * np.abs(ref))), float(err.max(initial=0.0))
+
+
+def run_case(name: str, models: ReleaseModels, cases_dir: pathlib.Path) -> CaseResult:
+    check, tol = CASES[name]
+    with np.load(cases_dir / f"{name}.npz") as data:
+        case = {k: data[k] for k in data.files}
+    try:
+        with jax.default_matmul_precision("highest"):  # parity needs full fp32 matmuls on any backend
+            pairs = check(models, case)
+    except NotImplementedYet as e:
+        return CaseResult(name, "skipped", None, dataclasses.asdict(tol), {"reason": str(e)})
+    details, worst, ok = {}, 0.0, True
+    for array, (ours, ref) in pairs.items():
+        passed, err = compare(ours, ref, tol)
+        details[array] = {"max_abs_err": err, "pass": passed}
+        worst, ok = max(worst, err), ok and passed
+    return CaseResult(name, "pass" if ok else "fail", worst, dataclasses.asdict(tol), details)
+
+
+def run_cases(release_dir: str | pathlib.Path, cases_dir: str | pathlib.Path,
+              only: list[str] | None = None) -> Iterator[CaseResult]:
+    """Yield a result per case present in `cases_dir` (optionally only those named in `only`)."""
+    cases_dir = pathlib.Path(cases_dir)
+    if not cases_dir.is_dir():
+        raise FileNotFoundError(f"cases directory {cases_dir} does not exist; pass the folder with the *.npz cases")
+    present = sorted(p.stem for p in cases_dir.glob("*.npz"))
+    unknown = sorted(set(only or ()) - set(CASES))
+    if unknown:
+        raise ValueError(f"unknown case(s) {unknown}; known cases: {', '.join(sorted(CASES))}")
+    models = ReleaseModels.open(release_dir)
+    for name in present:
+        if only and name not in only:
+            continue
+        if name not in CASES:
+            yield CaseResult(name, "skipped", None, {}, {"reason": "no check for this case file"})
+            continue
+        yield run_case(name, models, cases_dir)
