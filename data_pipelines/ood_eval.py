@@ -1,0 +1,114 @@
+"""`ood_eval`: evaluation prompts with their retrieved (and optional reference) images, like the paper's OOD-Eval
+(196 prompts of out-of-domain objects).
+
+Layout of `manual_dir` (one folder per prompt; folder name = prompt id):
+
+    <manual_dir>/<prompt_id>/prompt.txt        one line: the text prompt
+    <manual_dir>/<prompt_id>/retrieved/<img>   >= 1 retrieved images (the model's references)
+    <manual_dir>/<prompt_id>/reference/<img>   optional held-out images of the object, for metrics
+
+Prompts with a missing/empty prompt.txt, no readable retrieved image, or unreadable images are skipped and
+reported (log + metadata.json "skipped"); a prompt count other than `expected_prompts` is logged, not an error.
+
+    prompts = ood_eval.read_prompts(build.prepare(cfg, "ood_eval"))   # list of dicts with decoded images
+"""
+
+import dataclasses
+
+import ml_collections as mlc
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+
+from data_pipelines import records
+
+
+class BadPromptError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class OodEvalConfig(tfds.core.BuilderConfig):
+    expected_prompts: int = 196
+    background: int = 127
+
+
+def _images(folder: epath.Path, background: int) -> list[bytes]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in records.image_files(folder):
+        try:
+            records.load_image_file(path, background)
+        except records.DECODE_ERRORS as e:
+            raise BadPromptError(f"{folder.name}/{path.name} is not a readable image ({type(e).__name__}: {e})") from e
+        found.append(path.read_bytes())
+    return found
+
+
+def load_prompt(folder: epath.Path, background: int) -> dict:
+    prompt_file = folder / "prompt.txt"
+    prompt = prompt_file.read_text().strip() if prompt_file.exists() else ""
+    if not prompt:
+        raise BadPromptError("prompt.txt is missing or empty")
+    retrieved = _images(folder / "retrieved", background)
+    if not retrieved:
+        raise BadPromptError("retrieved/ has no images")
+    return {"prompt_id": folder.name, "prompt": prompt, "retrieved": retrieved,
+            "reference": _images(folder / "reference", background)}
+
+
+class OodEval(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Evaluation prompts from manual_dir; see the module docstring for the layout."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [OodEvalConfig(name="default")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    url_infos = None  # nothing is downloaded; skips tfds' checksum lookup, which breaks on namespace packages
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = tfds.features.FeaturesDict({
+            "prompt_id": tfds.features.Text(), "prompt": tfds.features.Text(),
+            "retrieved": records.image_list(), "reference": records.image_list()})
+        return tfds.core.DatasetInfo(builder=self, features=features, metadata=tfds.core.MetadataDict(),
+                                     disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples(epath.Path(dl_manager.manual_dir))}
+
+    def _generate_examples(self, root: epath.Path):
+        skipped = self.info.metadata.setdefault("skipped", [])
+        kept = 0
+        for key, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
+            try:
+                record = load_prompt(folder, self.builder_config.background)
+            except BadPromptError as e:
+                records.report_skipped(skipped, folder.name, str(e))
+                continue
+            kept += 1
+            yield key, record
+        if kept == 0:
+            raise BadPromptError(f"no valid prompt folders in {root}; see data_pipelines/ood_eval.py for the layout")
+        if kept != self.builder_config.expected_prompts:
+            logging.warning("ood_eval: %d prompts, expected %d (the paper's OOD-Eval)", kept,
+                            self.builder_config.expected_prompts)
+
+
+def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> OodEval:
+    config = OodEvalConfig(name=f"bg{cfg.background}", expected_prompts=cfg.ood_eval.expected_prompts,
+                           background=cfg.background)
+    return OodEval(data_dir=data_dir, config=config)
+
+
+def read_prompts(builder: OodEval, split: str = "test", background: int = 127) -> list[dict]:
+    """All prompts with decoded uint8 images: [{prompt_id, prompt, retrieved: [[h, w, 3]], reference: [...]}]."""
+    source = builder.as_data_source(split=split)
+    out = []
+    for i in range(len(source)):
+        record = source[i]
+        out.append({"prompt_id": records.as_text(record["prompt_id"]), "prompt": records.as_text(record["prompt"]),
+                    **{key: [records.decode_image(bytes(x), background) for x in np.asarray(record[key]).tolist()]
+                       for key in ("retrieved", "reference")}})
+    return out
