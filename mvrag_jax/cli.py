@@ -1,8 +1,10 @@
 """`mvrag`: the command line. Each subcommand only parses flags and calls one library function.
 
     mvrag convert --release DIR --out CKPT_DIR
+    mvrag export --ckpt CKPT_DIR --out DIR [--dtype fp32|fp16|bf16]
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
     mvrag bench unet --config configs/tiny.py
+    mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
 Run `mvrag <subcommand> --help` for its flags.
 """
 
@@ -58,6 +60,22 @@ def _run_convert(fv, argv):
     return 0
 
 
+# ---- export --------------------------------------------------------------------------------------------------------
+def _define_export(fv):
+    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert` or training).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output release folder in the official layout (written atomically).",
+                        flag_values=fv)
+    flags.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Stored weight dtype.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["ckpt", "out"], flag_values=fv)
+
+
+def _run_export(fv, argv):
+    from mvrag_jax.convert import export_checkpoint
+    print(f"wrote {export_checkpoint(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite)}")
+    return 0
+
+
 # ---- verify-reference ----------------------------------------------------------------------------------------------
 def _define_verify(fv):
     flags.DEFINE_string("release", None, "Release folder the cases were computed with.", flag_values=fv)
@@ -101,10 +119,42 @@ def _run_bench(fv, argv):
     return 0
 
 
+# ---- data ----------------------------------------------------------------------------------------------------------
+def _define_data(fv):
+    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config (configs/data.py[:arg]).",
+                                    flag_values=fv, lock_config=True)
+    flags.DEFINE_list("datasets", ["mode_3d", "mode_2d"], "build: mode_3d, mode_2d, ood_eval or a dataset name.",
+                      flag_values=fv)
+    flags.DEFINE_string("out", "/tmp/mvrag_preview.png", "preview: PNG to write.", flag_values=fv)
+    flags.DEFINE_integer("batches", 2, "preview: batches to show.", flag_values=fv)
+    flags.DEFINE_list("modes", ["3d", "2d", "mixed"], "bench: modes to time.", flag_values=fv)
+    flags.DEFINE_integer("steps", 20, "bench: timed batches per mode.", flag_values=fv)
+
+
+def _run_data(fv, argv):
+    from data_pipelines import bench, build, preview
+    actions = ("build", "preview", "bench")
+    if len(argv) != 2 or argv[1] not in actions:
+        raise ValueError(f"usage: mvrag data {{{'|'.join(actions)}}} [--config configs/data.py:size=tiny]; "
+                         f"got {argv[1:]}")
+    flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
+    if argv[1] == "build":
+        print("\n".join(build.build_all(fv.config, fv.datasets)))
+    elif argv[1] == "preview":
+        print(f"wrote {preview.write_preview(fv.config, fv.out, fv.batches)}")
+    else:
+        for mode in fv.modes:
+            print(json.dumps(bench.bench(fv.config, mode, fv.steps)), flush=True)
+    return 0
+
+
 COMMANDS = {c.name: c for c in (
     Command("convert", "Convert an official PyTorch release into an mvrag checkpoint.", _define_convert, _run_convert),
+    Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
     Command("verify-reference", "Check parity with the official outputs stored in a cases folder.", _define_verify,
             _run_verify),
+    Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
+            _define_data, _run_data),
     Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
             _run_bench),
 )}

@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mvrag_jax.convert.components import COMPONENTS, COMPONENTS_BY_NAME, convert_component
+from mvrag_jax.convert.export import EXPORT_DTYPES, export_release
 from mvrag_jax.convert.keys import CheckpointKeyError
 from mvrag_jax.convert.release import Release, ReleaseError
 
@@ -30,5 +31,12 @@ def load_model_checkpoint(ckpt_dir: str | pathlib.Path) -> tuple[dict, dict]:
     return load_checkpoint(ckpt_dir, {c.name: c.config_class for c in COMPONENTS})
 
 
-__all__ = ["CheckpointError", "CheckpointKeyError", "Release", "ReleaseError", "convert_release",
-           "load_model_checkpoint"]
+def export_checkpoint(ckpt_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
+                      overwrite: bool = False) -> pathlib.Path:
+    """`mvrag export`: a converted (or trained) checkpoint -> the official release layout at `out_dir`."""
+    _, params = load_model_checkpoint(ckpt_dir)
+    return export_release(ckpt_dir, params, out_dir, dtype=dtype, overwrite=overwrite)
+
+
+__all__ = ["CheckpointError", "CheckpointKeyError", "EXPORT_DTYPES", "Release", "ReleaseError", "convert_release",
+           "export_checkpoint", "load_model_checkpoint"]

@@ -12,7 +12,7 @@ import jax
 
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.convert.release import Release
-from mvrag_jax.models import resampler, unet
+from mvrag_jax.models import clip, dinov2, resampler, unet, vae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,22 @@ COMPONENTS: tuple[Component, ...] = (
     Component("resampler", resampler.ResamplerConfig, resampler.init_params,
               hint="the official Resampler ignores resampler/config.json; sizes are derived from the tensor shapes "
                    "when it is absent: check that config.json (if any) matches model.safetensors"),
+    Component("clip_text", clip.CLIPTextConfig, clip.init_text_params,
+              hint="text_encoder/ must hold a transformers CLIPTextModel (SD2.1: 23 layers, width 1024); if sizes "
+                   "differ, text_encoder/config.json does not match model.safetensors",
+              normalize_keys=clip.normalize_text_keys),
+    Component("clip_vision", clip.CLIPVisionConfig, clip.init_vision_params,
+              hint="image_encoder/ must hold a transformers CLIPVisionModel without projection head (ViT-H/14: 32 "
+                   "layers, width 1280); a `visual_projection` key means a CLIPVisionModelWithProjection checkpoint",
+              normalize_keys=clip.normalize_vision_keys),
+    Component("vae", vae.VAEConfig, vae.init_params,
+              hint="vae/ must hold a diffusers AutoencoderKL (SD2.1: block_out_channels 128/256/512/512); if sizes "
+                   "differ, vae/config.json does not match the weights",
+              normalize_keys=vae.normalize_keys),
+    Component("dinov2", dinov2.DINOv2Config, dinov2.init_params,
+              hint="facebook/dinov2-base/ must hold a transformers Dinov2Model (hub key names); a `dinov2.` prefix "
+                   "or a `classifier` key means a Dinov2ForImageClassification checkpoint",
+              normalize_keys=dinov2.normalize_keys),
 )
 COMPONENTS_BY_NAME = {c.name: c for c in COMPONENTS}
 

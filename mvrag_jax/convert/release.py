@@ -23,6 +23,16 @@ COMPONENT_FOLDERS = {
     "dinov2": "facebook/dinov2-base",
 }
 
+# The weights file each component is exported to (the names the official loaders look for).
+WEIGHTS_FILES = {
+    "unet": "diffusion_pytorch_model.safetensors",
+    "resampler": "model.safetensors",
+    "clip_text": "model.safetensors",
+    "clip_vision": "model.safetensors",
+    "vae": "diffusion_pytorch_model.safetensors",
+    "dinov2": "model.safetensors",
+}
+
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mvrag_jax.sharding import CONV_IN, CONV_OUT, KERNEL_HW, NORM
+from mvrag_jax.sharding import CONV_IN, CONV_OUT, NORM
 
 Dtype = Any
 
@@ -23,14 +23,15 @@ def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype:
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
-def conv(features: int, kernel: int = 3, *, stride: int = 1, padding: int | None = None, dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Conv:
+def conv(features: int, kernel: int = 3, *, stride: int = 1, padding: int | None = None, use_bias: bool = True,
+         dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
     """A 2D NHWC conv with torch-style symmetric padding (default kernel // 2); kernel is HWIO."""
     pad = kernel // 2 if padding is None else padding
     return nn.Conv(
-        features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), dtype=dtype,
-        param_dtype=jnp.float32, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (KERNEL_HW, KERNEL_HW, CONV_IN, CONV_OUT)),
+        features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), use_bias=use_bias,
+        dtype=dtype, param_dtype=jnp.float32, name=name,
+        # Spatial taps stay unnamed (never sharded): flax rejects one logical name on two dims of an array.
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, CONV_IN, CONV_OUT)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (CONV_OUT,)))
 
 
