@@ -21,7 +21,6 @@ HEADS = "heads"          # attention heads x head dim (flattened projection outp
 VOCAB = "vocab"          # token / position tables
 CONV_IN = "conv_in"      # conv kernel input channels
 CONV_OUT = "conv_out"    # conv kernel output channels
-KERNEL_HW = "kernel_hw"  # conv kernel spatial taps
 NORM = "norm"            # norm scales/biases and other small vectors: replicated
 # Activations:
 BATCH = "batch"          # examples (views folded in: [b * views, ...])
@@ -40,7 +39,6 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     (HEADS, "tensor"),
     (CONV_OUT, "tensor"),
     (VOCAB, "tensor"),
-    (KERNEL_HW, None),
     (NORM, None),
 )
 LOGICAL_NAMES = tuple(name for name, _ in DEFAULT_RULES)
@@ -121,7 +119,7 @@ def _is_logical(spec: PartitionSpec) -> bool:
 def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, rules=DEFAULT_RULES, *args) -> Any:
     """Run `init_fn(*args)` so that every leaf is born with its sharding (never materialised on one device)."""
     _, shardings = abstract_state(init_fn, mesh, rules, *args)
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         return jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
 
 

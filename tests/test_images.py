@@ -9,7 +9,7 @@ from PIL import Image
 
 from mvrag_jax import images
 from mvrag_jax.convert.release import Release
-from mvrag_jax.verify.clip import uint8_violations
+from mvrag_jax.verify.arrays import uint8_violations
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 TINY_RELEASE = REFERENCE / "tiny_release"

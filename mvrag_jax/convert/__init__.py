@@ -5,7 +5,7 @@ import pathlib
 from tqdm import tqdm
 
 from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mvrag_jax.convert.components import COMPONENTS, COMPONENTS_BY_NAME, convert_component
+from mvrag_jax.convert.components import COMPONENTS, convert_component
 from mvrag_jax.convert.export import EXPORT_DTYPES, export_release
 from mvrag_jax.convert.keys import CheckpointKeyError
 from mvrag_jax.convert.release import Release, ReleaseError

@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvrag_jax.models.config import check_compute_dtype, config_block, square_size
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM, VOCAB
 
 if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
     from mvrag_jax.convert.release import Release
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh")
 TEXT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "max_position_embeddings", "hidden_act", "layer_norm_eps")
@@ -51,9 +51,7 @@ def _check_sizes(config: Any, ints: tuple[str, ...]) -> None:
         raise CLIPConfigError(f"{name} sizes must be positive integers, got {bad}; fix the config")
     if config.hidden_act not in ACTIVATIONS:
         raise CLIPConfigError(f"{name}.hidden_act={config.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
-    if config.dtype not in COMPUTE_DTYPES:
-        raise CLIPConfigError(f"{name}.dtype={config.dtype!r} is not supported; use one of {COMPUTE_DTYPES} "
-                              "(e.g. --config.runtime.dtype=bfloat16)")
+    check_compute_dtype(config.dtype, name, CLIPConfigError)
     if config.hidden_size % config.num_attention_heads:
         raise CLIPConfigError(f"{name}: hidden_size={config.hidden_size} is not divisible by num_attention_heads="
                               f"{config.num_attention_heads}; fix the config so heads split the width evenly")
@@ -67,25 +65,6 @@ def _release_block(release: "Release", component: str, nested_key: str) -> dict[
             f"{release.folder(component)} has no config.json; the CLIP sizes (attention heads in particular) cannot "
             "be read from the weights alone: copy config.json from the official release")
     return dict(values.get(nested_key, values))
-
-
-def _block_from_cfg(cfg: Any, block_name: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    block = dict(getattr(cfg.model, block_name))
-    unknown, missing = sorted(set(block) - set(fields)), sorted(set(fields) - set(block))
-    if unknown or missing:
-        raise CLIPConfigError(f"cfg.model.{block_name}: unknown fields {unknown}, missing fields {missing}; "
-                              f"expected exactly {', '.join(fields)}")
-    return block
-
-
-def _square(value: Any, field: str, folder: str) -> int:
-    """transformers allows [h, w] for image/patch sizes; the released towers (and this port) are square."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise CLIPConfigError(f"{folder}/config.json: {field}={value} is not square; "
-                                  "only square sizes are supported")
-        value = value[0]
-    return int(value)
 
 
 @jax.tree_util.register_static  # static under jit/eval_shape: `jax.eval_shape(init_text_params, config, rng)`
@@ -109,7 +88,7 @@ class CLIPTextConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "CLIPTextConfig":
         """From a full ConfigDict (configs/mvrag_sd21.py): sizes from cfg.model.clip_text, dtype from cfg.runtime."""
-        return cls(**_block_from_cfg(cfg, "clip_text", TEXT_FIELDS), dtype=str(cfg.runtime.dtype))
+        return cls(**config_block(cfg, "clip_text", TEXT_FIELDS, CLIPConfigError), dtype=str(cfg.runtime.dtype))
 
     @classmethod
     def from_release(cls, release: "Release") -> "CLIPTextConfig":
@@ -148,7 +127,7 @@ class CLIPVisionConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "CLIPVisionConfig":
         """From a full ConfigDict: sizes from cfg.model.clip_vision, dtype from cfg.runtime."""
-        return cls(**_block_from_cfg(cfg, "clip_vision", VISION_FIELDS), dtype=str(cfg.runtime.dtype))
+        return cls(**config_block(cfg, "clip_vision", VISION_FIELDS, CLIPConfigError), dtype=str(cfg.runtime.dtype))
 
     @classmethod
     def from_release(cls, release: "Release") -> "CLIPVisionConfig":
@@ -157,7 +136,7 @@ class CLIPVisionConfig:
         folder = str(release.folder("clip_vision"))
         for field in ("image_size", "patch_size"):
             if field in values:
-                values[field] = _square(values[field], field, folder)
+                values[field] = square_size(values[field], field, f"{folder}/config.json", CLIPConfigError)
         return cls(**{f: values[f] for f in VISION_FIELDS if f in values})
 
 

@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvrag_jax import images
+from mvrag_jax.models.config import check_compute_dtype, config_block, square_size
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM
 
 if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
     from mvrag_jax.convert.release import Release
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
                "num_channels", "layer_norm_eps", "layerscale_value", "hidden_act", "qkv_bias", "use_mask_token")
 # transformers' Dinov2Config defaults: what the official loader uses for a key its config.json leaves out.
@@ -41,16 +41,6 @@ BICUBIC_A = -0.75  # torch's cubic convolution coefficient (upsample_bicubic2d)
 
 class DINOv2ConfigError(ValueError):
     """A DINOv2 model or processor config is missing, inconsistent, or asks for an option this port lacks."""
-
-
-def _square(value: Any, name: str, where: str) -> int:
-    """An int side from an int or a square [h, w] pair; non-square sizes are not what the released model uses."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise DINOv2ConfigError(f"{where}: {name}={value}; only square sizes are implemented (dinov2-base uses "
-                                    "an int)")
-        value = value[0]
-    return int(value)
 
 
 @jax.tree_util.register_static  # hashable and leaf-free: pass it straight through jit / eval_shape
@@ -73,9 +63,7 @@ class DINOv2Config:
     dtype: str = "float32"       # compute dtype: float32 | bfloat16 (params stay float32)
 
     def __post_init__(self):
-        if self.dtype not in COMPUTE_DTYPES:
-            raise DINOv2ConfigError(f"dinov2 dtype {self.dtype!r} is not supported; use one of {COMPUTE_DTYPES} "
-                                    "(e.g. --config.runtime.dtype=bfloat16)")
+        check_compute_dtype(self.dtype, "dinov2", DINOv2ConfigError)
         if self.hidden_act != "gelu":
             raise DINOv2ConfigError(f"dinov2 hidden_act={self.hidden_act!r}; only 'gelu' (exact erf, dinov2-base) "
                                     "is implemented")
@@ -95,11 +83,7 @@ class DINOv2Config:
     @classmethod
     def from_config(cls, cfg: Any) -> "DINOv2Config":
         """From a full ConfigDict (configs/mvrag_sd21.py): sizes from cfg.model.dinov2, dtype from cfg.runtime."""
-        block = dict(cfg.model.dinov2)
-        unknown = sorted(set(block) - set(SIZE_FIELDS))
-        if unknown:
-            raise DINOv2ConfigError(f"cfg.model.dinov2 has unknown fields {unknown}; known: {', '.join(SIZE_FIELDS)}")
-        return cls(**block, dtype=str(cfg.runtime.dtype))
+        return cls(**config_block(cfg, "dinov2", SIZE_FIELDS, DINOv2ConfigError), dtype=str(cfg.runtime.dtype))
 
     @classmethod
     def from_release(cls, release: "Release") -> "DINOv2Config":
@@ -116,8 +100,8 @@ class DINOv2Config:
             raise DINOv2ConfigError(f"{where}: use_swiglu_ffn=true (the giant DINOv2); only the MLP feed-forward of "
                                     "dinov2-small/base/large is implemented")
         values = {name: raw.get(name, default) for name, default in _HF_MODEL_DEFAULTS.items()}
-        values["image_size"] = _square(values["image_size"], "image_size", where)
-        values["patch_size"] = _square(values["patch_size"], "patch_size", where)
+        values["image_size"] = square_size(values["image_size"], "image_size", where, DINOv2ConfigError)
+        values["patch_size"] = square_size(values["patch_size"], "patch_size", where, DINOv2ConfigError)
         return cls(**values)
 
 

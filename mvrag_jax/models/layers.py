@@ -3,7 +3,7 @@
 Norm statistics and softmax run in float32 whatever the compute dtype; parameters are float32 (`param_dtype`).
 """
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

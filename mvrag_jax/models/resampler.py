@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP
 
@@ -31,7 +32,6 @@ _LOG = logging.getLogger(__name__)
 LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used by every norm of the official resampler
 OFFICIAL_DIM_HEAD = 64  # official default; the only way to split heads from dim_head when config.json is absent
 SIZE_FIELDS = ("dim", "depth", "dim_head", "heads", "num_queries", "embedding_dim", "output_dim", "ff_mult")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 
@@ -57,9 +57,7 @@ class ResamplerConfig:
     source: str = dataclasses.field(default="defaults", compare=False)
 
     def __post_init__(self):
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"resampler dtype {self.dtype!r} is not supported; use one of {COMPUTE_DTYPES} "
-                             "(e.g. --config.runtime.dtype=bfloat16)")
+        check_compute_dtype(self.dtype, "resampler")
         bad = {name: getattr(self, name) for name in SIZE_FIELDS
                if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1}
         if bad:
@@ -68,10 +66,7 @@ class ResamplerConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "ResamplerConfig":
         """From a full ConfigDict (configs/mvrag_sd21.py): sizes from cfg.model.resampler, dtype from cfg.runtime."""
-        block = dict(cfg.model.resampler)
-        unknown = sorted(set(block) - set(SIZE_FIELDS))
-        if unknown:
-            raise ValueError(f"cfg.model.resampler has unknown fields {unknown}; known: {', '.join(SIZE_FIELDS)}")
+        block = config_block(cfg, "resampler", SIZE_FIELDS)
         return cls(**{k: int(v) for k, v in block.items()}, dtype=str(cfg.runtime.dtype), source="config")
 
     @classmethod

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be c
 
 GROUP_NORM_EPS = 1e-6  # every diffusers VAE norm (resnets, mid attention, conv_norm_out)
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamps logvar to this range
-COMPUTE_DTYPES = ("float32", "bfloat16")
 SIZE_FIELDS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "latent_channels",
                "norm_num_groups", "scaling_factor")
 # The only block types the released VAE (and this port) has; anything else would be silently wrong.
@@ -55,9 +55,7 @@ class VAEConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
     def __post_init__(self):
-        if self.dtype not in COMPUTE_DTYPES:
-            raise VAEConfigError(f"vae dtype {self.dtype!r} is not supported; use one of {COMPUTE_DTYPES} "
-                             "(e.g. --config.runtime.dtype=bfloat16)")
+        check_compute_dtype(self.dtype, "vae", VAEConfigError)
         if not self.block_out_channels:
             raise VAEConfigError("vae block_out_channels is empty; the SD2.1 VAE has (128, 256, 512, 512)")
         uneven = [c for c in self.block_out_channels if c % self.norm_num_groups]
@@ -73,10 +71,7 @@ class VAEConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> "VAEConfig":
         """From a full ConfigDict (configs/mvrag_sd21.py): sizes from cfg.model.vae, dtype from cfg.runtime."""
-        block = dict(cfg.model.vae)
-        unknown = sorted(set(block) - set(SIZE_FIELDS))
-        if unknown:
-            raise VAEConfigError(f"cfg.model.vae has unknown fields {unknown}; known fields: {', '.join(SIZE_FIELDS)}")
+        block = config_block(cfg, "vae", SIZE_FIELDS, VAEConfigError)
         block["block_out_channels"] = tuple(int(c) for c in block.get("block_out_channels", cls.block_out_channels))
         return cls(**block, dtype=str(cfg.runtime.dtype))
 

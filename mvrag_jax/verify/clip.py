@@ -12,31 +12,8 @@ import numpy as np
 
 from mvrag_jax import images, text
 from mvrag_jax.models import clip
+from mvrag_jax.verify.arrays import exact, nchw, nhwc, retrieved_images, uint8_violations
 from mvrag_jax.verify.models import ReleaseModels
-
-UINT8_MAX_DIFF = 1              # a pixel may differ by one level ...
-UINT8_MAX_OFF_FRACTION = 0.005  # ... on at most this fraction of pixels
-
-
-def exact(ours: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(equality mask, ones) for arrays that must match exactly; a shape mismatch passes `ours` on to fail there."""
-    ours, ref = np.asarray(ours), np.asarray(ref)
-    if ours.shape != ref.shape:
-        return ours, ref
-    return (ours == ref).astype(np.float32), np.ones(ref.shape, np.float32)
-
-
-def uint8_violations(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """[pixels off by more than 1, differing pixels beyond the 0.5 % allowance] for uint8 images [..., h, w, c];
-    a pixel differs when any of its channels does. Both counts are 0 exactly when the reference uint8 rule holds."""
-    if np.shape(ours) != np.shape(ref):
-        raise ValueError(f"uint8 images have shapes {np.shape(ours)} (ours) and {np.shape(ref)} (reference)")
-    diff = np.abs(np.asarray(ours, np.int32) - np.asarray(ref, np.int32)).max(axis=-1)  # [..., h, w]
-    allowance = int(UINT8_MAX_OFF_FRACTION * diff.size)
-    too_far = int(np.sum(diff > UINT8_MAX_DIFF))
-    off = int(np.sum(diff > 0))
-    return np.array([too_far, max(0, off - allowance)], np.float32)
-
 
 def check_clip_text(models: ReleaseModels, case: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     config, params = models.get("clip_text")
@@ -57,13 +34,9 @@ def check_clip_text(models: ReleaseModels, case: dict[str, np.ndarray]) -> dict[
 def check_clip_vision(models: ReleaseModels, case: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     config, params = models.get("clip_vision")
     run = jax.jit(clip.encode_images)
-    nhwc = lambda x: np.transpose(x, (0, 2, 3, 1))
-    nchw = lambda x: np.transpose(np.asarray(x), (0, 3, 1, 2))
-
     out = run(config, params, nhwc(case["pixel_values"]))
-    names = sorted((k for k in case if k.startswith("ret_image_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-    retrieved = [case[name] for name in names]  # raw [h, w, 3] uint8 retrieved images, in order
-    transformed = np.stack([images.pipeline_transform(image) for image in retrieved])  # [k, 256, 256, 3] uint8
+    # [k, 256, 256, 3] uint8: pad_to_square + Resize(256) of each raw retrieved image
+    transformed = np.stack([images.pipeline_transform(image) for image in retrieved_images(case)])
     processor = images.CLIPImageProcessorConfig.from_release(models.release)
     pixel_values = images.clip_preprocess(list(transformed), processor)  # [k, s, s, 3]
     pipe_out = run(config, params, pixel_values)

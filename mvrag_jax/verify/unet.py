@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from mvrag_jax.models.unet import MultiViewUNet
+from mvrag_jax.verify.arrays import nchw, nhwc
 from mvrag_jax.verify.models import ReleaseModels
 
 
@@ -16,9 +17,9 @@ def check_forward(models: ReleaseModels, case: dict[str, np.ndarray]) -> dict[st
     config, params = models.get("unet")
     # Sizes come from the release; the view count is a call-time choice of the case (not in the release config).
     config = dataclasses.replace(config, num_frames=int(case["num_frames"]))
-    x = np.transpose(case["x"], (0, 2, 3, 1))  # [b * views, h, w, c]
+    x = nhwc(case["x"])  # [b * views, h, w, c]
     image_tokens = case.get("images_tokens")  # absent in the text-only case: no image term at all
     apply = jax.jit(MultiViewUNet(config).apply)
     eps = apply({"params": params}, x, case["timesteps"], case["context"], case["camera"], image_tokens,
                 case["scale"])  # [b * views, h, w, c]
-    return {"eps": (np.transpose(np.asarray(eps), (0, 3, 1, 2)), case["eps"])}
+    return {"eps": (nchw(eps), case["eps"])}

@@ -104,7 +104,7 @@ def test_missing_config_json_is_an_error_naming_the_fix(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"hidden_act": "relu"}, "hidden_act='relu'"),
     ({"num_attention_heads": 5}, "not divisible by num_attention_heads=5"),
-    ({"dtype": "float16"}, "dtype='float16'"),
+    ({"dtype": "float16"}, "dtype 'float16' is not supported"),
     ({"patch_size": 7}, "not a multiple of patch_size=7"),
     ({"hidden_size": 0}, "positive integers"),
 ])
