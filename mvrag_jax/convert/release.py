@@ -43,6 +43,25 @@ class ReleaseError(ValueError):
     """The release directory is missing, incomplete or unreadable."""
 
 
+def _read_header(f, path: pathlib.Path) -> dict[str, Any]:
+    try:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_size))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReleaseError(f"cannot read safetensors file {path}: {e}; re-download or re-export that file") from e
+    header.pop("__metadata__", None)
+    return header
+
+
+def read_safetensors_shapes(path: pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a .safetensors file from its header alone (no tensor data is read)."""
+    try:
+        with open(path, "rb") as f:
+            return {key: tuple(info["shape"]) for key, info in _read_header(f, path).items()}
+    except OSError as e:
+        raise ReleaseError(f"cannot read safetensors file {path}: {e}") from e
+
+
 def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file as numpy arrays (fp16/bf16 kept as stored; callers cast).
 
@@ -50,15 +69,12 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     """
     try:
         with open(path, "rb") as f:
-            (header_size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_size))
+            header = _read_header(f, path)
             data = f.read()
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise ReleaseError(f"cannot read safetensors file {path}: {e}; re-download or re-export that file") from e
     tensors = {}
     for key, info in header.items():
-        if key == "__metadata__":
-            continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise ReleaseError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
@@ -129,14 +145,24 @@ class Release:
         except json.JSONDecodeError as e:
             raise ReleaseError(f"{path} is not valid JSON ({e}); restore it from the official release") from e
 
-    def weights(self, component: str) -> dict[str, np.ndarray]:
-        """The component's tensors from its .safetensors file(s), as stored (dtype cast happens in conversion)."""
+    def _weight_files(self, component: str) -> list[pathlib.Path]:
         folder = self.folder(component)
         files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise ReleaseError(f"{folder} holds no .safetensors weights; convert .bin weights to safetensors first "
                                "(e.g. with the official diffusers/transformers save_pretrained(safe_serialization=True))")
+        return files
+
+    def weights(self, component: str) -> dict[str, np.ndarray]:
+        """The component's tensors from its .safetensors file(s), as stored (dtype cast happens in conversion)."""
         tensors: dict[str, np.ndarray] = {}
-        for path in files:
+        for path in self._weight_files(component):
             tensors.update(read_safetensors(path))
         return tensors
+
+    def shapes(self, component: str) -> dict[str, tuple[int, ...]]:
+        """The component's tensor shapes, read from the file headers only (cheap even for multi-GB weights)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for path in self._weight_files(component):
+            shapes.update(read_safetensors_shapes(path))
+        return shapes

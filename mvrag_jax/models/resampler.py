@@ -75,7 +75,7 @@ class ResamplerConfig:
         shapes of resampler/model.safetensors; every size the file lacks comes from the shapes, and heads vs dim_head
         (which shapes cannot separate) from the official dim_head=64."""
         folder = release.folder("resampler")
-        derived = sizes_from_shapes({key: tuple(array.shape) for key, array in release.weights("resampler").items()})
+        derived = sizes_from_shapes(release.shapes("resampler"))
         file_config = release.config("resampler")
         given = {} if file_config is None else {name: file_config[name] for name in SIZE_FIELDS if name in file_config}
         _validate_against_shapes(given, derived, folder)

@@ -64,3 +64,9 @@ def test_reads_the_tiny_release():
     assert release.config("unet")["model_channels"] == 32
     assert release.config("dinov2")["patch_size"] == 7  # facebook/dinov2-base inside the release
     assert "latents" in release.weights("resampler")
+
+
+def test_shapes_come_from_headers_and_match_the_tensors():
+    release = Release.open(TINY_RELEASE)
+    weights = release.weights("unet")
+    assert release.shapes("unet") == {key: value.shape for key, value in weights.items()}
