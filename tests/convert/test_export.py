@@ -80,3 +80,25 @@ def test_exported_files_sit_where_the_official_loaders_look(tiny_ckpt, tmp_path)
     for component in COMPONENTS:
         files = list((out / COMPONENT_FOLDERS[component.name]).glob("*.safetensors"))
         assert len(files) == 1 and read_safetensors(files[0])
+
+
+def test_trained_weights_are_what_gets_exported(tiny_ckpt, tmp_path):
+    """A checkpoint whose to_k_ip and resampler weights changed (as training changes them) exports those values."""
+    from mvrag_jax.convert.export import export_release
+    from mvrag_jax.convert.keys import flatten, unflatten
+
+    _, params = load_model_checkpoint(tiny_ckpt)
+    trained = {}
+    for name, tree in params.items():
+        flat = flatten(tree)
+        for path in flat:
+            if name == "resampler" or path[-2] in ("to_k_ip", "to_v_ip"):
+                flat[path] = flat[path] + np.float32(0.5)
+        trained[name] = unflatten(flat)
+    out = export_release(tiny_ckpt, trained, tmp_path / "exported", show_progress=False)
+    original, exported = Release.open(TINY_RELEASE), Release.open(out)
+    ip_key = next(k for k in exported.weights("unet") if k.endswith("attn2.to_k_ip.weight"))
+    np.testing.assert_array_equal(exported.weights("unet")[ip_key], original.weights("unet")[ip_key] + 0.5)
+    np.testing.assert_array_equal(exported.weights("resampler")["latents"], original.weights("resampler")["latents"] + 0.5)
+    frozen_key = ip_key.replace("to_k_ip", "to_k")
+    np.testing.assert_array_equal(exported.weights("unet")[frozen_key], original.weights("unet")[frozen_key])
