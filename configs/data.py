@@ -93,7 +93,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         "prefetch": 2,              # batches prefetched by a thread in the consuming process (0: off)
         "num_epochs": -1,           # -1: repeat forever (reshuffled every epoch)
         "shuffle": True,
-        "max_skip_fraction": 0.5,   # more unreadable records than this (after 100) stops the run: data is broken
+        "max_skip_fraction": 0.5,   # more unreadable records than this (after 100 records, or at the end of a
+                                    # finite run) stops the run: the data is broken
     })
 
     if args.size == "tiny":

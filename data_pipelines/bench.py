@@ -3,8 +3,8 @@
     python -m data_pipelines.bench --config configs/data.py:size=tiny --config.data_dir /tmp/mvrag_data
     python -m data_pipelines.bench --config configs/data.py --config.loader.num_workers 2 --modes 3d,2d --steps 20
 
-Datasets are built first if needed (not timed); then `--warmup` batches start workers and fill buffers, and
-`--steps` batches are timed. One JSON line per mode.
+Building datasets (if needed), starting workers and the `--warmup` batches are reported as startup_s; then
+`--steps` batches are timed for the rates. One JSON line per mode.
 """
 
 import json
@@ -30,14 +30,16 @@ def bench(cfg: mlc.ConfigDict, mode: str, steps: int = 20, warmup: int = 2) -> d
         cfg.mix.weight_3d, cfg.mix.weight_2d = MODE_WEIGHTS[mode]
     start = time.perf_counter()
     iterator = iter(loader.make_dataset(cfg, shard=grain.sharding.NoSharding()))
-    for _ in range(warmup):
-        next(iterator)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(iterator)
-    seconds = time.perf_counter() - start
-    iterator.close()
+    try:
+        for _ in range(warmup):
+            next(iterator)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(iterator)
+        seconds = time.perf_counter() - start
+    finally:
+        iterator.close()  # stops worker processes also when a batch fails
     return {"mode": mode, "examples_per_s": round(steps * cfg.batch_size / seconds, 2),
             "batches_per_s": round(steps / seconds, 3), "batch_size": cfg.batch_size, "image_size": cfg.image_size,
             "num_views": cfg.num_views, "num_retrieved": cfg.num_retrieved, "retrieved_size": cfg.retrieved_size,

@@ -15,7 +15,6 @@ Records are written grouped by class (see records.py), so the loader finds same-
 
 import dataclasses
 import io
-import zlib
 
 import ml_collections as mlc
 import tensorflow_datasets as tfds
@@ -117,7 +116,7 @@ class ClassImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> ClassImages:
     params = dict(store_size=cfg.class_images.store_size, min_images_per_class=cfg.class_images.min_images_per_class,
                   background=cfg.background)
-    name = f"s{params['store_size']}_{zlib.crc32(repr(sorted(params.items())).encode()):08x}"
+    name = f"s{params['store_size']}_{records.config_digest(params)}"
     return ClassImages(data_dir=data_dir, config=ClassImagesConfig(name=name, description=f"class_images {params}",
                                                                    **params))
 

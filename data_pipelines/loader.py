@@ -89,7 +89,13 @@ class _SkipCorruptIterator(grain.DatasetIterator):
 
     def __next__(self):
         while True:
-            element = next(self._parent)
+            try:
+                element = next(self._parent)
+            except StopIteration:
+                # A finite run over fewer than 100 records must not end silently with (almost) nothing read.
+                if self._seen:
+                    self._check_fraction()
+                raise
             self._seen += 1
             if not isinstance(element, Skipped):
                 return element
@@ -97,11 +103,15 @@ class _SkipCorruptIterator(grain.DatasetIterator):
             if self._skipped <= _LOG_EACH_FIRST or self._skipped % _LOG_EVERY == 0:  # a damaged shard must not flood
                 logging.warning("%s: skipped %s: %s (%d of %d records so far)", self._name, element.record,
                                 element.reason, self._skipped, self._seen)
-            if self._seen >= _MIN_SEEN_BEFORE_RATIO_CHECK and self._skipped > self._max_fraction * self._seen:
-                raise CorruptDataError(
-                    f"{self._name}: {self._skipped} of {self._seen} records were unreadable (more than "
-                    f"loader.max_skip_fraction={self._max_fraction}); the dataset is damaged or was built for another "
-                    "config: rebuild it with python -m data_pipelines.build")
+            if self._seen >= _MIN_SEEN_BEFORE_RATIO_CHECK:
+                self._check_fraction()
+
+    def _check_fraction(self) -> None:
+        if self._skipped > self._max_fraction * self._seen:
+            raise CorruptDataError(
+                f"{self._name}: {self._skipped} of {self._seen} records were unreadable (more than "
+                f"loader.max_skip_fraction={self._max_fraction}); the dataset is damaged or was built for another "
+                "config: rebuild it with python -m data_pipelines.build")
 
     def get_state(self) -> dict[str, Any]:
         return {"parent": self._parent.get_state(), SKIPPED_KEY: self._skipped, "seen": self._seen}

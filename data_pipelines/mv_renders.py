@@ -17,7 +17,6 @@ Objects that break any rule are skipped with the reason in the log and in the da
 import dataclasses
 import json
 import math
-import zlib
 
 import ml_collections as mlc
 import numpy as np
@@ -154,6 +153,6 @@ class MvRenders(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> MvRenders:
     params = dict(image_size=cfg.image_size, num_views=cfg.num_views, min_extra_views=cfg.mv_renders.min_extra_views,
                   background=cfg.background)
-    name = f"{cfg.image_size}px_v{cfg.num_views}_{zlib.crc32(repr(sorted(params.items())).encode()):08x}"
+    name = f"{cfg.image_size}px_v{cfg.num_views}_{records.config_digest(params)}"
     return MvRenders(data_dir=data_dir, config=MvRendersConfig(name=name, description=f"mv_renders {params}",
                                                                **params))

@@ -40,16 +40,20 @@ def _images(folder: epath.Path, background: int) -> list[bytes]:
     found = []
     for path in records.image_files(folder):
         try:
-            records.load_image_file(path, background)
+            data = path.read_bytes()
+            records.decode_image(data, background)  # validate once at build time; the bytes are stored as they are
         except records.DECODE_ERRORS as e:
             raise BadPromptError(f"{folder.name}/{path.name} is not a readable image ({type(e).__name__}: {e})") from e
-        found.append(path.read_bytes())
+        found.append(data)
     return found
 
 
 def load_prompt(folder: epath.Path, background: int) -> dict:
     prompt_file = folder / "prompt.txt"
-    prompt = prompt_file.read_text().strip() if prompt_file.exists() else ""
+    try:
+        prompt = prompt_file.read_text().strip() if prompt_file.exists() else ""
+    except UnicodeDecodeError as e:
+        raise BadPromptError(f"prompt.txt is not UTF-8 text ({e})") from e
     if not prompt:
         raise BadPromptError("prompt.txt is missing or empty")
     retrieved = _images(folder / "retrieved", background)
@@ -102,8 +106,11 @@ def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> OodEval:
     return OodEval(data_dir=data_dir, config=config)
 
 
-def read_prompts(builder: OodEval, split: str = "test", background: int = 127) -> list[dict]:
-    """All prompts with decoded uint8 images: [{prompt_id, prompt, retrieved: [[h, w, 3]], reference: [...]}]."""
+def read_prompts(builder: OodEval, split: str = "test") -> list[dict]:
+    """All prompts with decoded uint8 images: [{prompt_id, prompt, retrieved: [[h, w, 3]], reference: [...]}].
+
+    Transparent pixels are composited over the background the builder was made with (cfg.background)."""
+    background = builder.builder_config.background
     source = builder.as_data_source(split=split)
     out = []
     for i in range(len(source)):

@@ -9,6 +9,7 @@ images, with the decoded caption and mode underneath. Tiny images are enlarged (
 
 import sys
 
+import grain
 import ml_collections as mlc
 import numpy as np
 from absl import app, flags
@@ -55,16 +56,18 @@ def render_grid(batches: list[dict], captions: list[list[str]], cell: int = 96) 
     return canvas
 
 
-def decode_captions(batch: dict, tokenizer_dir: str) -> list[str]:
+def decode_captions(batches: list[dict], tokenizer_dir: str) -> list[list[str]]:
+    """The caption of each example of each batch, decoded back from its token ids."""
     from transformers import CLIPTokenizer  # only the preview needs text back
     tokenizer = CLIPTokenizer.from_pretrained(str(transforms.Tokenizer(tokenizer_dir).folder))
-    return [tokenizer.decode(ids, skip_special_tokens=True).replace("!", "").strip() for ids in batch["input_ids"]]
+    return [[tokenizer.decode(ids, skip_special_tokens=True).replace("!", "").strip() for ids in batch["input_ids"]]
+            for batch in batches]
 
 
 def write_preview(cfg: mlc.ConfigDict, out: str, num_batches: int = 2, cell: int = 96) -> str:
-    iterator = iter(loader.make_dataset(cfg, shard=loader.grain.sharding.NoSharding()))
+    iterator = iter(loader.make_dataset(cfg, shard=grain.sharding.NoSharding()))
     batches = [next(iterator) for _ in range(num_batches)]
-    captions = [decode_captions(batch, cfg.tokenizer_dir) for batch in batches]
+    captions = decode_captions(batches, cfg.tokenizer_dir)
     render_grid(batches, captions, cell).save(out)
     return out
 

@@ -74,13 +74,6 @@ def decode_image(data: bytes, background: int = 127) -> np.ndarray:
         return to_rgb(image, background)
 
 
-def load_image_file(path, background: int) -> np.ndarray:
-    """Read and fully decode an image file (build-time validation); raises one of DECODE_ERRORS if it is bad."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image, background)
-
-
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop to a square, then resize to [size, size, 3] (no-op when already that size)."""
     h, w = image.shape[:2]
@@ -94,6 +87,12 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 def as_text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def config_digest(params: dict) -> str:
+    """8 hex digits that change with any build parameter: builder config names carry it, so datasets built with
+    different parameters never share a directory."""
+    return f"{zlib.crc32(repr(sorted(params.items())).encode()):08x}"
 
 
 def report_skipped(skipped: list, item: str, reason: str) -> None:

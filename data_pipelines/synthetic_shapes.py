@@ -15,7 +15,6 @@ Everything is a pure function of the config (its seed included), so a dataset ca
 """
 
 import dataclasses
-import zlib
 
 import ml_collections as mlc
 import numpy as np
@@ -68,8 +67,7 @@ def make_config(cfg: mlc.ConfigDict, kind: str) -> SyntheticShapesConfig:
                   background=cfg.background, seed=syn.seed)
     for shape in params["shape_names"]:
         shapes.make_mesh(shape, params["colour_names"][0])  # fail now, with the bad name, not in the middle of a build
-    digest = zlib.crc32(repr(sorted(params.items())).encode())
-    name = f"{kind}_{cfg.image_size}px_{digest:08x}"
+    name = f"{kind}_{cfg.image_size}px_{records.config_digest(params)}"
     return SyntheticShapesConfig(name=name, description=f"synthetic_shapes {params}", **params)
 
 

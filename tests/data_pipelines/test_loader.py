@@ -127,6 +127,12 @@ def test_a_mostly_corrupt_dataset_stops_the_run(damaged_cfg):
         next(iter(loader.make_dataset(damaged_cfg, shard=NO_SHARDING)))
 
 
+def test_a_finite_run_over_mostly_corrupt_data_fails_at_its_end(damaged_cfg):
+    _damage_records(_train_file(damaged_cfg), {i: (lambda r: b"\x00") for i in range(42)})  # one epoch: < 100 seen
+    with pytest.raises(loader.CorruptDataError, match="42 of 42"):
+        list(loader.make_dataset(damaged_cfg, shard=NO_SHARDING))
+
+
 def test_hosts_read_disjoint_shards(tiny_cfg):
     tiny_cfg.mix.weight_2d, tiny_cfg.loader.num_epochs, tiny_cfg.batch_size = 0.0, 1, 1
 

@@ -34,3 +34,12 @@ def test_build_and_read_prompts(tiny_cfg, tmp_path):
     assert [p["prompt"] for p in prompts] == ["a 1950s jukebox", "a tiny origami crane"]
     assert len(prompts[0]["retrieved"]) == 3 and prompts[0]["retrieved"][1].shape == (20, 24, 3)
     assert len(prompts[0]["reference"]) == 1 and prompts[1]["reference"] == []
+
+
+def test_read_prompts_composites_over_the_builder_background(tiny_cfg, tmp_path):
+    root = tmp_path / "ood"
+    folder = _prompt(root, "p000", "a glass marble", retrieved=0)
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(folder / "retrieved" / "clear.png")  # fully transparent
+    tiny_cfg.data_dir, tiny_cfg.ood_eval.manual_dir, tiny_cfg.background = str(tmp_path / "data"), str(root), 90
+    [prompt] = ood_eval.read_prompts(build.prepare(tiny_cfg, "ood_eval"))
+    assert (prompt["retrieved"][0] == 90).all()
