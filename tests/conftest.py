@@ -15,3 +15,17 @@ def tiny_ckpt(tmp_path_factory) -> pathlib.Path:
     """The tiny release converted with `convert_release` (read-only for tests: copy before mutating)."""
     from mvrag_jax.convert import convert_release
     return convert_release(TINY_RELEASE, tmp_path_factory.mktemp("ckpt") / "tiny", show_progress=False)
+
+
+def load_case(name: str) -> dict:
+    """The arrays of reference case `name` (tests/reference/cases/<name>.npz)."""
+    import numpy as np
+    with np.load(CASES / f"{name}.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def release_models():
+    """The tiny release's models, each converted once per session (as `mvrag verify-reference` converts them)."""
+    from mvrag_jax.verify.models import ReleaseModels
+    return ReleaseModels.open(TINY_RELEASE)

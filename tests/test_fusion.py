@@ -1,6 +1,5 @@
 """mvrag_jax/fusion.py: the DINOv2 fusion weight against the official f_score / pipeline outputs."""
 
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +10,11 @@ from mvrag_jax import fusion
 from mvrag_jax.models import dinov2
 from mvrag_jax.verify import COMPONENT_TOL, compare
 from mvrag_jax.verify.models import ReleaseModels
-
-REFERENCE = pathlib.Path(__file__).parent / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
+from tests.conftest import CASES, TINY_RELEASE
 
 
 def _load(name: str) -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / f"{name}.npz") as data:
+    with np.load(CASES / f"{name}.npz") as data:
         return {k: data[k] for k in data.files}
 
 

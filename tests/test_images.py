@@ -1,7 +1,6 @@
 """mvrag_jax/images.py: the official retrieved-image preprocessing (pad_to_square -> v2.Resize(256) ->
 CLIPImageProcessor, PIL backend), against the clip_vision reference case; plus the uint8 rule of verify/clip.py."""
 
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,15 +9,12 @@ from PIL import Image
 from mvrag_jax import images
 from mvrag_jax.convert.release import Release
 from mvrag_jax.verify.arrays import uint8_violations
-
-REFERENCE = pathlib.Path(__file__).parent / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
+from tests.conftest import TINY_RELEASE, load_case
 
 
 @pytest.fixture(scope="module")
 def case() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / "clip_vision.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_case("clip_vision")
 
 
 @pytest.fixture(scope="module")

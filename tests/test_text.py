@@ -2,7 +2,6 @@
 
 import json
 import logging
-import pathlib
 import shutil
 
 import numpy as np
@@ -10,9 +9,7 @@ import pytest
 
 from mvrag_jax.convert.release import Release
 from mvrag_jax.text import PromptError, load_tokenizer, process_prompt, prompt_input_ids, tokenize
-
-REFERENCE = pathlib.Path(__file__).parent / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
+from tests.conftest import TINY_RELEASE, load_case
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +19,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def case() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / "clip_text.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_case("clip_text")
 
 
 def test_prompt_rule_matches_official_processed_prompts(case):

@@ -13,9 +13,8 @@ from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params, co
 from mvrag_jax.convert.keys import CheckpointKeyError, flatten, params_to_state_dict, unflatten
 from mvrag_jax.convert.release import Release, ReleaseError, read_safetensors, write_safetensors
 from mvrag_jax.models.resampler import ResamplerConfig, resample
+from tests.conftest import CASES, TINY_RELEASE
 
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
 RESAMPLER = COMPONENTS_BY_NAME["resampler"]
 
 
@@ -125,7 +124,7 @@ def test_half_precision_weights_convert_to_float32_with_same_outputs(tmp_path, d
     for path, value in flatten(params).items():
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, flatten(reference_params)[path].astype(dtype).astype(np.float32))
-    case = np.load(REFERENCE / "cases" / "resampler.npz")
+    case = np.load(CASES / "resampler.npz")
     with jax.default_matmul_precision("highest"):
         ours = np.asarray(resample(config, params, case["x_clip"]))
     # Weights carry one rounding of relative size eps; LayerNorm-ed O(1) tokens move by a few eps.

@@ -1,7 +1,6 @@
 """mvrag_jax/convert/keys.py: the rename table, layout transforms, and CheckpointKeyError reporting."""
 
 import json
-import pathlib
 
 import jax
 import ml_dtypes
@@ -12,8 +11,8 @@ from mvrag_jax.convert.keys import (CheckpointKeyError, flatten, flax_path_to_to
                                     params_to_state_dict, state_dict_to_params, torch_key_to_module_path,
                                     torch_to_flax_array, unflatten)
 from mvrag_jax.convert.release import read_safetensors
+from tests.conftest import REFERENCE
 
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
 MANIFEST_NAMES = ("unet", "resampler", "clip_text", "clip_vision", "vae", "dinov2")
 
 

@@ -16,8 +16,8 @@ import pytest
 from configs import mvrag_sd21
 from mvrag_jax.convert.components import COMPONENTS, COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import flatten, flax_path_to_torch_key, flax_to_torch_array, state_dict_to_params
+from tests.conftest import MANIFESTS
 
-MANIFESTS = pathlib.Path(__file__).parents[1] / "reference" / "manifests"
 
 # Hook for components whose full-size config cannot come from configs/mvrag_sd21.py (e.g. an encoder sized by its hub
 # config): map the component name to a zero-argument factory returning its full-size config. Every other component

@@ -19,21 +19,12 @@ from mvrag_jax.convert.release import Release
 from mvrag_jax.models import clip
 from mvrag_jax.sharding import DEFAULT_RULES, abstract_state, make_mesh
 from mvrag_jax.verify import COMPONENT_TOL, compare, run_case
-from mvrag_jax.verify.models import ReleaseModels
-
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
-
-
-@pytest.fixture(scope="module")
-def models() -> ReleaseModels:
-    return ReleaseModels.open(TINY_RELEASE)
+from tests.conftest import CASES, REFERENCE, TINY_RELEASE, load_case
 
 
 @pytest.fixture(scope="module")
 def clip_vision_case() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / "clip_vision.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_case("clip_vision")
 
 
 @pytest.mark.parametrize("case, arrays", [
@@ -42,8 +33,8 @@ def clip_vision_case() -> dict[str, np.ndarray]:
     ("clip_vision", {"hidden_states_m2", "last_hidden_state", "pooler_output", "all_hidden_states",
                      "pipe_transformed_uint8_violations", "pipe_pixel_values", "pipe_hidden_states_m2"}),
 ])
-def test_matches_official_towers_on_reference_case(models, case, arrays):
-    result = run_case(case, models, REFERENCE / "cases")
+def test_matches_official_towers_on_reference_case(release_models, case, arrays):
+    result = run_case(case, release_models, CASES)
     assert result.status == "pass", result.details
     assert set(result.details) == arrays
 
@@ -146,9 +137,9 @@ def test_key_mismatch_names_keys_and_hint():
     assert "CLIPVisionModelWithProjection" in message
 
 
-def test_text_encoder_is_causal(models):
+def test_text_encoder_is_causal(release_models):
     """Token i attends only to tokens <= i: changing token 5 leaves positions 0..4 untouched and changes 5.."""
-    config, params = models.get("clip_text")
+    config, params = release_models.get("clip_text")
     ids = np.array([[572, 320, 541, 85, 72, 77, 83, 551, 573] + [0] * 68], np.int32)  # [1, 77]
     changed = ids.copy()
     changed[0, 5] = 300
@@ -158,14 +149,14 @@ def test_text_encoder_is_causal(models):
     assert np.all(np.abs(a[:, 5:] - b[:, 5:]).max(axis=-1) > 1e-3)
 
 
-def test_pixel_shape_mismatch_names_the_layout(models):
-    config, params = models.get("clip_vision")
+def test_pixel_shape_mismatch_names_the_layout(release_models):
+    config, params = release_models.get("clip_vision")
     with pytest.raises(clip.CLIPConfigError, match=r"expects \[b, 32, 32, 3\] \(NHWC\)"):
         clip.encode_images(config, params, jnp.zeros((1, 3, 32, 32)))
 
 
-def test_image_features_are_the_penultimate_hidden_state(models, clip_vision_case):
-    config, params = models.get("clip_vision")
+def test_image_features_are_the_penultimate_hidden_state(release_models, clip_vision_case):
+    config, params = release_models.get("clip_vision")
     pixels = np.transpose(clip_vision_case["pixel_values"], (0, 2, 3, 1))
     with jax.default_matmul_precision("highest"):
         features = jax.jit(clip.image_features)(config, params, pixels)
@@ -173,8 +164,8 @@ def test_image_features_are_the_penultimate_hidden_state(models, clip_vision_cas
     assert ok, err
 
 
-def test_bfloat16_compute_keeps_float32_params_and_stays_close(models, clip_vision_case):
-    config, params = models.get("clip_vision")
+def test_bfloat16_compute_keeps_float32_params_and_stays_close(release_models, clip_vision_case):
+    config, params = release_models.get("clip_vision")
     bf16 = dataclasses.replace(config, dtype="bfloat16")
     pixels = np.transpose(clip_vision_case["pixel_values"], (0, 2, 3, 1))
     out = jax.jit(clip.encode_images)(bf16, params, pixels)

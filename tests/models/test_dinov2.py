@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -19,26 +18,18 @@ from mvrag_jax import images
 from mvrag_jax.models import dinov2
 from mvrag_jax.sharding import DEFAULT_RULES
 from mvrag_jax.verify import run_case
-from mvrag_jax.verify.models import ReleaseModels
+from tests.conftest import CASES, REFERENCE, TINY_RELEASE, load_case
 
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
 DINO_FOLDER = TINY_RELEASE / "facebook" / "dinov2-base"
 
 
 @pytest.fixture(scope="module")
-def models() -> ReleaseModels:
-    return ReleaseModels.open(TINY_RELEASE)
-
-
-@pytest.fixture(scope="module")
 def case() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / "dinov2.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_case("dinov2")
 
 
-def test_matches_official_similarity_model_on_reference_case(models):
-    result = run_case("dinov2", models, REFERENCE / "cases")
+def test_matches_official_similarity_model_on_reference_case(release_models):
+    result = run_case("dinov2", release_models, CASES)
     assert result.status == "pass", result.details
     assert {"cls", "last_hidden_state", "cls_normalized", "ret_pixel_values", "gen_pixel_values", "ret_embeddings",
             "gen_embeddings", "per_view_mean_sim", "similarity_score", "alpha"} <= set(result.details)
@@ -106,12 +97,12 @@ def test_bicubic_borders_replicate_and_differ_from_jax_image_resize():
     assert np.abs(ours - theirs).max() > 1e-3  # jax's kernel (a=-0.5, no clamping) would miss parity
 
 
-def test_in_memory_transformers_names_convert_identically(models):
-    config, params = models.get("dinov2")
+def test_in_memory_transformers_names_convert_identically(release_models):
+    config, params = release_models.get("dinov2")
     renames = {"attention.attention.query.": "attention.q_proj.", "attention.attention.key.": "attention.k_proj.",
                "attention.attention.value.": "attention.v_proj.", "attention.output.dense.": "attention.o_proj."}
     in_memory = {}
-    for key, array in models.release.weights("dinov2").items():
+    for key, array in release_models.release.weights("dinov2").items():
         for hub, new in renames.items():
             key = key.replace(hub, new)
         in_memory[key] = array
@@ -136,8 +127,8 @@ def test_processor_accepts_pil_and_arrays_identically(case):
         dinov2.preprocess([], processor)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_stays_close(models, case):
-    config, params = models.get("dinov2")
+def test_bfloat16_compute_keeps_float32_params_and_stays_close(release_models, case):
+    config, params = release_models.get("dinov2")
     bf16 = dataclasses.replace(config, dtype="bfloat16")
     pixels = jnp.asarray(np.transpose(case["pixel_values"], (0, 2, 3, 1)))
     cls = dinov2.cls_embeddings(bf16, params, pixels)

@@ -18,9 +18,7 @@ from mvrag_jax.models.resampler import ResamplerConfig, ResamplerConfigError, in
 from mvrag_jax.sharding import DEFAULT_RULES
 from mvrag_jax.verify import run_case
 from mvrag_jax.verify.models import ReleaseModels
-
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
+from tests.conftest import CASES, REFERENCE, TINY_RELEASE
 
 
 def _resampler_release(root: pathlib.Path, config: dict | None, tensors: dict | None = None) -> Release:
@@ -40,7 +38,7 @@ def _tiny_file_config() -> dict:
 
 
 def test_matches_official_resampler_on_reference_case():
-    result = run_case("resampler", ReleaseModels.open(TINY_RELEASE), REFERENCE / "cases")
+    result = run_case("resampler", ReleaseModels.open(TINY_RELEASE), CASES)
     assert result.status == "pass", result.details
     assert set(result.details) == {"tokens", "tokens_clip"}
 
@@ -92,7 +90,7 @@ def test_tokens_ignore_feature_order_and_other_batch_rows():
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
     models = ReleaseModels.open(TINY_RELEASE)
     config, params = models.get("resampler")
-    case = np.load(REFERENCE / "cases" / "resampler.npz")
+    case = np.load(CASES / "resampler.npz")
     bf16 = dataclasses.replace(config, dtype="bfloat16")
     tokens = resample(bf16, params, case["x_clip"])
     assert tokens.dtype == jnp.bfloat16

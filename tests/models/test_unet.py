@@ -18,10 +18,8 @@ from mvrag_jax.convert.keys import flatten, flax_path_to_torch_key
 from mvrag_jax.convert.release import Release
 from mvrag_jax.models.unet import MultiViewUNet, UNetConfig, UNetConfigError, init_params
 from mvrag_jax.verify import run_case
-from mvrag_jax.verify.models import ReleaseModels
+from tests.conftest import CASES, REFERENCE, TINY_RELEASE, load_case
 
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
 # Two levels, attention only at the inner one: every block kind (skip conv, down/upsample, transformer) in ~1 s.
 MICRO = UNetConfig(image_size=8, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1,
                    attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=16, context_dim=32,
@@ -29,19 +27,13 @@ MICRO = UNetConfig(image_size=8, in_channels=4, out_channels=4, model_channels=3
 
 
 @pytest.fixture(scope="module")
-def release_models() -> ReleaseModels:
-    return ReleaseModels.open(TINY_RELEASE)
-
-
-@pytest.fixture(scope="module")
 def ip_case() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / "unet_forward_ip.npz") as data:
-        return {key: data[key] for key in data.files}
+    return load_case("unet_forward_ip")
 
 
 @pytest.mark.parametrize("case", ["unet_forward_text", "unet_forward_ip"])
 def test_matches_official_unet_on_reference_case(release_models, case):
-    result = run_case(case, release_models, REFERENCE / "cases")
+    result = run_case(case, release_models, CASES)
     assert result.status == "pass", result.details
     assert set(result.details) == {"eps"}
 

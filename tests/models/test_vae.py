@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -17,25 +16,16 @@ from mvrag_jax.convert.release import Release
 from mvrag_jax.models import vae
 from mvrag_jax.sharding import DEFAULT_RULES
 from mvrag_jax.verify import run_case
-from mvrag_jax.verify.models import ReleaseModels
-
-REFERENCE = pathlib.Path(__file__).parents[1] / "reference"
-TINY_RELEASE = REFERENCE / "tiny_release"
-
-
-@pytest.fixture(scope="module")
-def models() -> ReleaseModels:
-    return ReleaseModels.open(TINY_RELEASE)
+from tests.conftest import CASES, REFERENCE, TINY_RELEASE, load_case
 
 
 @pytest.fixture(scope="module")
 def case() -> dict[str, np.ndarray]:
-    with np.load(REFERENCE / "cases" / "vae.npz") as data:
-        return {k: data[k] for k in data.files}
+    return load_case("vae")
 
 
-def test_matches_official_autoencoder_on_reference_case(models):
-    result = run_case("vae", models, REFERENCE / "cases")
+def test_matches_official_autoencoder_on_reference_case(release_models):
+    result = run_case("vae", release_models, CASES)
     assert result.status == "pass", result.details
     assert {"posterior_mean", "posterior_logvar", "posterior_std", "decoded", "pipe_decode_latents"} <= set(
         result.details)
@@ -57,10 +47,10 @@ def test_tiny_config_matches_tiny_release():
     assert from_release.downscale_factor == 2
 
 
-def test_legacy_attention_names_and_conv_weights_convert_identically(models):
+def test_legacy_attention_names_and_conv_weights_convert_identically(release_models):
     """Old diffusers checkpoints: mid-block attention `query/key/value/proj_attn`, stored as 1x1 convs."""
-    release = models.release
-    config, params = models.get("vae")
+    release = release_models.release
+    config, params = release_models.get("vae")
     legacy_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
     legacy = {}
     for key, array in release.weights("vae").items():
@@ -86,8 +76,8 @@ def test_legacy_attention_weight_that_is_not_1x1_is_rejected():
         vae.normalize_keys(bad)
 
 
-def test_sample_posterior_uses_the_explicit_key(models, case):
-    config, params = models.get("vae")
+def test_sample_posterior_uses_the_explicit_key(release_models, case):
+    config, params = release_models.get("vae")
     image = jnp.asarray(np.transpose(case["image"], (0, 2, 3, 1)))                 # [b, h, w, c]
     with jax.default_matmul_precision("highest"):
         mean, logvar = vae.encode(config, params, image)
@@ -100,8 +90,8 @@ def test_sample_posterior_uses_the_explicit_key(models, case):
 
 
 @pytest.mark.parametrize("shift, bound", [(1e4, 20.0), (-1e4, -30.0)])
-def test_encode_clamps_logvar_like_diffusers(models, case, shift, bound):
-    config, params = models.get("vae")
+def test_encode_clamps_logvar_like_diffusers(release_models, case, shift, bound):
+    config, params = release_models.get("vae")
     bias = params["quant_conv"]["bias"]
     latent = config.latent_channels
     shifted = {**params, "quant_conv": {**params["quant_conv"],
@@ -111,8 +101,8 @@ def test_encode_clamps_logvar_like_diffusers(models, case, shift, bound):
     assert np.all(np.isfinite(vae.posterior_std(logvar)))
 
 
-def test_decode_latents_is_scaled_clipped_decode(models, case):
-    config, params = models.get("vae")
+def test_decode_latents_is_scaled_clipped_decode(release_models, case):
+    config, params = release_models.get("vae")
     z = jnp.asarray(np.transpose(case["z"], (0, 2, 3, 1))) * 5.0                   # large latents saturate
     with jax.default_matmul_precision("highest"):
         images = vae.decode_latents(config, params, z)
@@ -124,8 +114,8 @@ def test_decode_latents_is_scaled_clipped_decode(models, case):
     np.testing.assert_allclose(images[inside], (raw[inside] / 2 + 0.5), rtol=1e-6, atol=1e-7)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_stays_close(models, case):
-    config, params = models.get("vae")
+def test_bfloat16_compute_keeps_float32_params_and_stays_close(release_models, case):
+    config, params = release_models.get("vae")
     bf16 = dataclasses.replace(config, dtype="bfloat16")
     z = jnp.asarray(np.transpose(case["z"], (0, 2, 3, 1)))
     decoded = vae.decode(bf16, params, z)

@@ -1,6 +1,5 @@
 """mvrag_jax/train/trainable.py: exactly the resampler and the to_k_ip/to_v_ip projections train."""
 
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -15,8 +14,8 @@ from mvrag_jax.convert.keys import torch_key_to_module_path
 from mvrag_jax.convert.release import Release
 from mvrag_jax.models.unet import UNetConfig, init_params
 from mvrag_jax.train.trainable import NoTrainableParamsError, make_optimizer, trainable_labels, trainable_paths
+from tests.conftest import TINY_RELEASE
 
-TINY_RELEASE = pathlib.Path(__file__).parents[1] / "reference" / "tiny_release"
 # Where configs/tiny.py puts a SpatialTransformer3D (levels at rates 1, 2, 4; attention at rates 1 and 2).
 TINY_TRANSFORMERS = ("input_blocks_1_1", "input_blocks_3_1", "middle_block_1", "output_blocks_2_1",
                      "output_blocks_3_1", "output_blocks_4_1", "output_blocks_5_1")
