@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Callable
 
 from absl import flags
@@ -88,10 +89,10 @@ def _define_verify(fv):
 
 def _run_verify(fv, argv):
     from mvrag_jax.verify import run_cases
-    failed = skipped = 0
+    counts = {"pass": 0, "fail": 0, "skipped": 0}
+    start = time.perf_counter()
     for result in run_cases(fv.release, fv.cases, only=fv.only or None):
-        failed += result.status == "fail"
-        skipped += result.status == "skipped"
+        counts[result.status] += 1
         if fv.json:
             print(json.dumps({"case": result.case, "status": result.status, "max_abs_err": result.max_abs_err,
                               "tol": result.tol, "details": result.details}), flush=True)
@@ -99,7 +100,10 @@ def _run_verify(fv, argv):
             err = "" if result.max_abs_err is None else f"  max_abs_err={result.max_abs_err:.3g}"
             reason = f"  ({result.details.get('reason')})" if result.status == "skipped" else ""
             print(f"{result.status:7s} {result.case}{err}{reason}", flush=True)
-    return 1 if failed or (fv.require_all and skipped) else 0
+    if not fv.json:  # JSON mode prints case objects only
+        print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skipped']} skipped "
+              f"in {time.perf_counter() - start:.1f} s (conversion and compiles included)")
+    return 1 if counts["fail"] or (fv.require_all and counts["skipped"]) else 0
 
 
 # ---- bench ---------------------------------------------------------------------------------------------------------
@@ -168,6 +172,8 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    # transformers (used for tokenizers only) otherwise announces at import that PyTorch is absent.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(_usage())
         return 0

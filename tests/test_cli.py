@@ -58,3 +58,23 @@ def test_convert_then_export_from_the_cli(tmp_path, capsys):
     assert (out / "model_index.json").is_file()
     assert main(["mvrag", "export", "--ckpt", str(ckpt), "--out", str(out), "--compile_cache_dir", "none"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_verify_reference_text_mode_ends_with_counts(capsys):
+    rc = main(["mvrag", "verify-reference", "--release", str(TINY_RELEASE), "--cases", str(CASES),
+               "--only", "camera", "--compile_cache_dir", "none"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert lines[0].split() == ["pass", "camera", "max_abs_err=0"]
+    assert lines[-1].startswith("1 passed, 0 failed, 0 skipped in ")
+
+
+def test_require_all_fails_when_a_case_is_skipped(tmp_path, capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "mystery.npz").write_bytes((CASES / "camera.npz").read_bytes())  # a case file with no check
+    args = ["mvrag", "verify-reference", "--release", str(TINY_RELEASE), "--cases", str(cases),
+            "--compile_cache_dir", "none"]
+    assert main(args) == 0
+    assert main(args + ["--require_all"]) == 1
+    assert "skipped" in capsys.readouterr().out
