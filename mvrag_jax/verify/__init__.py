@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from mvrag_jax.verify import camera, clip, dinov2, resampler, unet, vae
+from mvrag_jax.verify import camera, clip, dinov2, resampler, sampling, unet, vae
 from mvrag_jax.verify.models import NotImplementedYet, ReleaseModels
 
 
@@ -45,7 +45,7 @@ CASES: dict[str, tuple[Check, Tolerance]] = {
     "clip_vision": (clip.check_clip_vision, COMPONENT_TOL),
     "vae": (vae.check_vae, COMPONENT_TOL),
     "dinov2": (dinov2.check_dinov2, COMPONENT_TOL),
-    "ddim_sample": (_not_yet("ddim sampling"), SAMPLING_TOL),
+    "ddim_sample": (sampling.check_ddim_sample, SAMPLING_TOL),
     "pipeline_e2e": (_not_yet("pipeline"), SAMPLING_TOL),
 }
 
