@@ -10,13 +10,13 @@ Outputs are NHWC float32 (our models are NHWC); the reference fixtures are NCHW.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from mvrag_jax.convert.release import Release
+from mvrag_jax.release import Release
+
 
 PIPELINE_RESIZE = 256  # the pipeline's `v2.Resize(size=256)` after pad_to_square
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
-    from mvrag_jax.convert.release import Release
+    from mvrag_jax.release import Release
 
 _LOG = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mvrag_jax import images
-from mvrag_jax.convert.release import Release
+from mvrag_jax.release import Release
 from mvrag_jax.verify.arrays import uint8_violations
 from tests.conftest import TINY_RELEASE, load_case
 

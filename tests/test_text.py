@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mvrag_jax.convert.release import Release
+from mvrag_jax.release import Release
 from mvrag_jax.text import PromptError, load_tokenizer, process_prompt, prompt_input_ids, tokenize
 from tests.conftest import TINY_RELEASE, load_case
 

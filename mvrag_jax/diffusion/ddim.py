@@ -9,14 +9,13 @@ Tables are numpy (host, once per schedule); `ddim_step` is pure jnp so it runs i
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:
-    from mvrag_jax.convert.release import Release
+from mvrag_jax.release import Release
 
 SCHEDULER_CONFIG = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear")

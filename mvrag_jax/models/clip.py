@@ -13,7 +13,7 @@ are nn.Embed, so their torch `weight` becomes `embedding`.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,9 +23,8 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype, config_block, square_size
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM, VOCAB
+from mvrag_jax.release import Release
 
-if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
-    from mvrag_jax.convert.release import Release
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh")
 TEXT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

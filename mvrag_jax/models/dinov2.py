@@ -15,7 +15,7 @@ pipeline come from mvrag_jax/images.py; only the file they are read from differs
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,9 +26,8 @@ from mvrag_jax import images
 from mvrag_jax.models.config import check_compute_dtype, config_block, square_size
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM
+from mvrag_jax.release import Release
 
-if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
-    from mvrag_jax.convert.release import Release
 
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
                "num_channels", "layer_norm_eps", "layerscale_value", "hidden_act", "qkv_bias", "use_mask_token")

@@ -13,7 +13,7 @@ lacks from those shapes; heads vs dim_head, which shapes cannot separate, falls 
 import dataclasses
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -23,9 +23,8 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP
+from mvrag_jax.release import Release
 
-if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
-    from mvrag_jax.convert.release import Release
 
 _LOG = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ release (`input_blocks_N_M`, `middle_block_N`, `output_blocks_N_M`), and each bl
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,9 +20,8 @@ from mvrag_jax.models import layers
 from mvrag_jax.models.attention import NORM_GROUPS, SpatialTransformer3D
 from mvrag_jax.models.embeddings import timestep_embedding
 from mvrag_jax.sharding import ACT_EMBED, BATCH, CONV_OUT, EMBED, MLP
+from mvrag_jax.release import Release
 
-if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
-    from mvrag_jax.convert.release import Release
 
 Dtype = Any
 

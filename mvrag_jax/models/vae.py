@@ -11,7 +11,7 @@ Functional entry points take (config, params) as converted: `encode` -> (mean, l
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -21,9 +21,8 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
+from mvrag_jax.release import Release
 
-if TYPE_CHECKING:  # convert/ imports the models, so a runtime import would be circular
-    from mvrag_jax.convert.release import Release
 
 GROUP_NORM_EPS = 1e-6  # every diffusers VAE norm (resnets, mid attention, conv_norm_out)
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamps logvar to this range

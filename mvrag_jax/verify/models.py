@@ -5,7 +5,7 @@ import pathlib
 from typing import Any
 
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, convert_component
-from mvrag_jax.convert.release import Release
+from mvrag_jax.release import Release
 
 
 class NotImplementedYet(Exception):

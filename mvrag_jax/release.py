@@ -1,5 +1,7 @@
 """Reading the official MV-RAG release from disk (diffusers-style folders, safetensors weights, JSON configs).
 
+Models, the pipeline and the converter all stand on this reader; it imports nothing else of ours.
+
 The release is the source of truth for every size: configs come from its files (or, where the official code ignores
 them, from tensor shapes), never from assumptions about the published model.
 """
