@@ -34,6 +34,14 @@ _WORDS = re.compile(r"\w+")
 _POSSESSIVE = re.compile(r"(?<=\w)['\u2019]s\b")  # Lucene's EnglishPossessiveFilter: "car's" -> "car"
 
 
+def _bm25s():
+    """The bm25s module, with its logger back at WARNING (bm25s sets it to DEBUG at import, which prints one line
+    per index build wherever a root handler exists)."""
+    import bm25s
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 def make_stemmer() -> Callable[[list[str]], list[str]]:
     try:
         import Stemmer
@@ -52,10 +60,8 @@ def analyze(text: str, stem: Callable[[list[str]], list[str]]) -> list[str]:
 
 def write_index(folder: pathlib.Path, records: Sequence[CollectionRecord]) -> dict[str, Any]:
     """Index the captions of `records` into folder/bm25; returns the manifest block."""
-    import bm25s
-
     stem = make_stemmer()
-    model = bm25s.BM25(k1=K1, b=B, method=METHOD)
+    model = _bm25s().BM25(k1=K1, b=B, method=METHOD)
     model.index([analyze(r.caption, stem) for r in records], show_progress=False)
     model.save(str(folder / BM25_FOLDER), show_progress=False)
     return {"k1": K1, "b": B, "method": METHOD, "analyzer": ANALYZER, "stemmer": STEMMER}
@@ -66,15 +72,13 @@ class BM25Retriever:
 
     def __init__(self, index_dir: pathlib.Path, manifest: dict[str, Any], root: pathlib.Path,
                  records: Sequence[CollectionRecord]):
-        import bm25s
-
         settings = manifest.get("bm25", {})
         if settings.get("analyzer") != ANALYZER:
             raise RetrievalError(f"index {index_dir} was built with analyzer {settings.get('analyzer')!r}, this "
                                  f"version uses {ANALYZER!r}; rebuild it with `mvrag index --overwrite`")
         self.index_dir, self.root, self.records = index_dir, root, list(records)
         self.stem = make_stemmer()
-        self.model = bm25s.BM25.load(str(index_dir / BM25_FOLDER), show_progress=False)
+        self.model = _bm25s().BM25.load(str(index_dir / BM25_FOLDER), show_progress=False)
         if self.model.scores["num_docs"] != len(self.records):
             raise RetrievalError(f"index {index_dir} is inconsistent ({self.model.scores['num_docs']} BM25 documents, "
                                  f"{len(self.records)} records); rebuild it with `mvrag index --overwrite`")
