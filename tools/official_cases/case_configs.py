@@ -86,15 +86,16 @@ CONFIG_B = {
     "unet_ip_scale": 1.2,
 }
 
-# C: 6 views, k=1, 40 px images, 2-level VAE with 2 blocks per level, 3-level UNet with num_head_channels and
-# attention at every level, resampler and CLIP vision at other sizes, bf16 text encoder on disk.
+# C: 6 views, k=1, 32 px images, 2-level VAE with 2 blocks per level, 3-level UNet with num_head_channels 8 and
+# attention at every level, resampler and CLIP/DINOv2 at other sizes, quick_gelu text tower, UNet and text encoder
+# in bfloat16 and VAE in float16 on disk.
 CONFIG_C = {
     "seed": 99,
     "num_frames": 6,
-    "image_size": 40,
+    "image_size": 32,
     "k": 1,
-    "unet": {"image_size": 20, "in_channels": 4, "out_channels": 4, "model_channels": 32, "num_res_blocks": 1,
-             "attention_resolutions": [1, 2, 4], "channel_mult": [1, 1, 2], "num_head_channels": 8,
+    "unet": {"image_size": 16, "in_channels": 4, "out_channels": 4, "model_channels": 32, "num_res_blocks": 1,
+             "attention_resolutions": [1, 2, 4], "channel_mult": [1, 1, 1], "num_head_channels": 8,
              "context_dim": 24, "camera_dim": 16, "transformer_depth": 1},
     "resampler": {"dim": 24, "depth": 1, "dim_head": 12, "heads": 2, "num_queries": 3, "embedding_dim": 36,
                   "output_dim": 24, "ff_mult": 3},
@@ -110,7 +111,7 @@ CONFIG_C = {
                "image_size": 16},
     "dinov2_proc": {"shortest_edge": 24, "crop": 24},
     "num_merges": 50,
-    "weights_dtype": {"clip_text": "bfloat16"},
+    "weights_dtype": {"unet": "bfloat16", "vae": "float16", "clip_text": "bfloat16"},
     "pipe": {"prompt": "a green ceramic vase", "elevation": 0, "azimuth_start": 90, "num_inference_steps": 2,
              "num_initial_steps": 2, "guidance_scale": 6.0, "seed": 3, "eta": 0.0},
     "ddim": {"steps": 3, "guidance_scale": 7.5, "scale": 0.25},

@@ -46,6 +46,10 @@ import case_configs  # noqa: E402
 import official_env  # noqa: E402
 
 
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype.str if dtype.kind == "U" else dtype.name  # float32, int64, uint8, <U26 (as in config A's README)
+
+
 def write_readme(cases_dir: pathlib.Path, name: str, cfg: dict, cases: dict, commit: str):
     lines = [f"# MV-RAG reference cases (config {name})", "",
              f"Computed with the OFFICIAL MV-RAG PyTorch code (github yosefdayani/MV-RAG @ {commit}) on the "
@@ -57,7 +61,7 @@ def write_readme(cases_dir: pathlib.Path, name: str, cfg: dict, cases: dict, com
              f"Scheduler config: `{json.dumps(case_configs.SCHEDULER)}`", "", "## Cases", ""]
     for case, arrays in cases.items():
         lines += [f"### {case}.npz", "", "| array | shape | dtype |", "|---|---|---|"]
-        lines += [f"| {k} | {tuple(np.shape(v))} | {np.asarray(v).dtype.str} |" for k, v in arrays.items()]
+        lines += [f"| {k} | {tuple(np.shape(v))} | {_dtype_name(np.asarray(v).dtype)} |" for k, v in arrays.items()]
         lines.append("")
     (cases_dir / "README.md").write_text("\n".join(lines))
 
