@@ -5,7 +5,8 @@
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
     mvrag bench unet --config configs/tiny.py
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
-Run `mvrag <subcommand> --help` for its flags.
+Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
+--require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
 
 import dataclasses
@@ -18,6 +19,8 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
+import configs
+from mvrag_jax import cli_flags
 from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
 
 # Errors a user can fix from the message alone: printed without a traceback, exit code 2.
@@ -30,6 +33,7 @@ class Command:
     summary: str
     define: Callable[[flags.FlagValues], None]
     run: Callable[[flags.FlagValues, list[str]], int]
+    config: tuple[str, str] | None = None  # (default spec in configs/, help) of a `--config` flag, if any
 
 
 def _define_runtime(fv: flags.FlagValues) -> None:
@@ -108,8 +112,6 @@ def _run_verify(fv, argv):
 
 # ---- bench ---------------------------------------------------------------------------------------------------------
 def _define_bench(fv):
-    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config (configs/*.py[:arg]).",
-                                    flag_values=fv, lock_config=True)
     flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
 
@@ -125,8 +127,6 @@ def _run_bench(fv, argv):
 
 # ---- data ----------------------------------------------------------------------------------------------------------
 def _define_data(fv):
-    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config (configs/data.py[:arg]).",
-                                    flag_values=fv, lock_config=True)
     flags.DEFINE_list("datasets", ["mode_3d", "mode_2d"], "build: mode_3d, mode_2d, ood_eval or a dataset name.",
                       flag_values=fv)
     flags.DEFINE_string("out", "/tmp/mvrag_preview.png", "preview: PNG to write.", flag_values=fv)
@@ -158,9 +158,9 @@ COMMANDS = {c.name: c for c in (
     Command("verify-reference", "Check parity with the official outputs stored in a cases folder.", _define_verify,
             _run_verify),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
-            _define_data, _run_data),
+            _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
     Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
-            _run_bench),
+            _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
 )}
 
 
@@ -168,6 +168,34 @@ def _usage() -> str:
     lines = [__doc__.strip(), "", "subcommands:"]
     lines += [f"  {name:18s} {c.summary}" for name, c in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _flag_values(command: Command, args: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """`command`'s flags, defined, and `args` with dashed names and config paths normalised (not parsed yet)."""
+    fv = flags.FlagValues()
+    command.define(fv)
+    _define_runtime(fv)
+    args = cli_flags.normalise_argv(args, fv)
+    if command.config:
+        args = cli_flags.resolve_config_args(args)
+        argv = [f"mvrag {command.name}"] + args  # config_flags reads `--config.x` overrides from this list
+        config_flags.DEFINE_config_file("config", configs.resolve(command.config[0]), command.config[1],
+                                        flag_values=fv, lock_config=True, sys_argv=argv)
+    return fv, args
+
+
+def parse(command: Command, args: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """Define `command`'s flags and parse `args` (after the subcommand); returns (flags, positional args).
+
+    Raises flags.Error for unknown or missing flags, FileNotFoundError for a config file that does not exist.
+    """
+    fv, args = _flag_values(command, args)
+    return fv, fv([f"mvrag {command.name}"] + args)
+
+
+def command_help(command: Command) -> str:
+    fv, _ = _flag_values(command, [])
+    return f"mvrag {command.name}: {command.summary}\n\n{cli_flags.dashed_help(fv.get_help(), fv)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,17 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvrag: unknown subcommand {argv[1]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     command = COMMANDS[argv[1]]
-    fv = flags.FlagValues()
-    command.define(fv)
-    _define_runtime(fv)
-    rest = [f"mvrag {command.name}"] + argv[2:]
-    if any(a in ("-h", "--help", "-help") for a in rest[1:]):
-        print(f"mvrag {command.name}: {command.summary}\n\n{fv.get_help()}")
+    if any(a in ("-h", "--help", "-help") for a in argv[2:]):
+        print(command_help(command))
         return 0
     try:
-        positional = fv(rest)
+        fv, positional = parse(command, argv[2:])
     except flags.Error as e:
         print(f"mvrag {command.name}: {e}\nRun `mvrag {command.name} --help` for the flags.", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"mvrag {command.name}: error: {e}", file=sys.stderr)
         return 2
     _setup_jax(fv)
     try:
