@@ -3,7 +3,8 @@
     mvrag convert --release DIR --out CKPT_DIR
     mvrag export --ckpt CKPT_DIR --out DIR [--dtype fp32|fp16|bf16]
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
-    mvrag bench unet --config configs/tiny.py
+    mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
+    mvrag bench unet|sample --config configs/tiny.py
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
 Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
 --require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
@@ -110,6 +111,48 @@ def _run_verify(fv, argv):
     return 1 if counts["fail"] or (fv.require_all and counts["skipped"]) else 0
 
 
+# ---- generate ------------------------------------------------------------------------------------------------------
+def _define_generate(fv):
+    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert` or training).", flag_values=fv)
+    flags.DEFINE_string("release", None, "Official release folder (converted in memory), instead of --ckpt.",
+                        flag_values=fv)
+    flags.DEFINE_string("prompt", None, "One prompt, e.g. \"a red vintage car\".", flag_values=fv)
+    flags.DEFINE_string("prompts", None, "Prompt file: one prompt per line, or JSON lines {\"prompt\": ..., "
+                        "\"retrieved\": FOLDER} (folder relative to the file).", flag_values=fv)
+    flags.DEFINE_string("retrieved", None, "Folder of retrieved images (the first --k by name are used).",
+                        flag_values=fv)
+    flags.DEFINE_string("index", None, "Retrieval index (from `mvrag index`), instead of --retrieved.", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "Retrieved images per object.", flag_values=fv)
+    flags.DEFINE_list("seeds", ["0"], "Seeds: each prompt is generated once per seed.", flag_values=fv)
+    flags.DEFINE_integer("steps", 50, "DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "DDIM steps of the prior pass (it sets the fusion weight).",
+                         flag_values=fv)
+    flags.DEFINE_float("guidance", 5.0, "Classifier-free guidance scale (>= 1; 1 disables it).", flag_values=fv)
+    flags.DEFINE_float("elevation", 15.0, "Camera elevation of the views, degrees.", flag_values=fv)
+    flags.DEFINE_string("dtype", "fp32", "Compute dtype: fp32 or bf16 (params stay fp32).", flag_values=fv)
+    flags.DEFINE_bool("no_prior", False, "Skip the prior pass; needs --fusion_weight.", flag_values=fv)
+    flags.DEFINE_float("fusion_weight", None, "Fixed fusion weight for the main pass (ablations).", flag_values=fv)
+    flags.DEFINE_bool("require_retrieval", False, "Fail instead of generating text-only when no image is found.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch", 1, "Objects per device call (rounded up to a multiple of the local devices).",
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder: one subfolder per object (views, grid.png, record.json); "
+                        "a rerun skips complete objects.", flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
+
+
+def _run_generate(fv, argv):
+    from mvrag_jax import generate
+    settings = generate.Settings(steps=fv.steps, prior_steps=fv.prior_steps, guidance=fv.guidance,
+                                 elevation=fv.elevation, dtype=fv.dtype, use_prior=not fv.no_prior,
+                                 fusion_weight=fv.fusion_weight, k=fv.k, require_retrieval=fv.require_retrieval,
+                                 batch=fv.batch)
+    summary = generate.run(out=fv.out, ckpt=fv.ckpt, release=fv.release, prompt=fv.prompt, prompts=fv.prompts,
+                           retrieved=fv.retrieved, index=fv.index, seeds=fv.seeds, settings=settings)
+    print(json.dumps(summary))
+    return 0
+
+
 # ---- bench ---------------------------------------------------------------------------------------------------------
 def _define_bench(fv):
     flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
@@ -157,6 +200,8 @@ COMMANDS = {c.name: c for c in (
     Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
     Command("verify-reference", "Check parity with the official outputs stored in a cases folder.", _define_verify,
             _run_verify),
+    Command("generate", "Generate multiview images for prompts (with retrieved images), resumable and batched.",
+            _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
     Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
