@@ -189,15 +189,21 @@ def plan_objects(entries: Iterable[PromptEntry], seeds: Sequence[int], process_i
                 yield ObjectJob(number, entry, seed, object_name(entry, seed))
 
 
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch = []
+def batched_by(items: Iterable[Any], size: int, key: Callable[[Any], Any]) -> Iterator[list[Any]]:
+    """Batches of `size` items sharing key(item); the partial batches follow at the end, smallest key first.
+
+    Keyed by the number of retrieved images, every device call has one shape per k, so nothing recompiles when
+    text-only and retrieval objects, or folders with fewer than k images, are mixed. At most size - 1 items per
+    distinct key wait in memory.
+    """
+    pending: dict[Any, list[Any]] = {}
     for item in items:
+        batch = pending.setdefault(key(item), [])
         batch.append(item)
         if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+            yield pending.pop(key(item))
+    for k in sorted(pending):
+        yield pending[k]
 
 
 def padded_batch_size(batch: int, data_parallel: int) -> int:
@@ -340,19 +346,20 @@ def generate_objects(pipeline: Any, options: Any, jobs: Iterable[ObjectJob], out
             else:
                 yield job
 
-    with bar:
-        for batch in batched(todo(), settings.batch):
+    def conditioned() -> Iterator[tuple[ObjectJob, Retrieval, float]]:
+        for job in todo():
             start = time.perf_counter()
-            conditioning = [retrieve(job.entry) for job in batch]
-            retrieve_s = time.perf_counter() - start
-            for job, cond in zip(batch, conditioning):
-                if cond.notice and cond.source is not None:  # no source at all was announced once, up front
-                    bar.write(f"{job.name}: {cond.notice}")
+            cond = retrieve(job.entry)
+            if cond.notice and cond.source is not None:  # no source at all was announced once, up front
+                bar.write(f"{job.name}: {cond.notice}")
+            yield job, cond, time.perf_counter() - start
+
+    with bar:
+        for batch in batched_by(conditioned(), settings.batch, key=lambda item: len(item[1].hits)):
             requests = [request_type(prompt=job.entry.prompt, retrieved=tuple(h.image for h in cond.hits),
-                                     seed=job.seed) for job, cond in zip(batch, conditioning)]
+                                     seed=job.seed) for job, cond, _ in batch]
             results, timings = pipeline.generate(pad_to(requests, call_size), options)
-            stage_s = {"retrieve": retrieve_s, **{k: float(v) for k, v in timings.items()}}
-            for job, cond, result in zip(batch, conditioning, results):  # padding results are dropped here
+            for (job, cond, retrieve_s), result in zip(batch, results):  # padding results are dropped here
                 record = {
                     "format": RECORD_FORMAT, "prompt": job.entry.prompt, "prompt_index": job.entry.index,
                     "seed": job.seed, "object": job.number, "model": model or {}, "settings": expected,
@@ -360,8 +367,10 @@ def generate_objects(pipeline: Any, options: Any, jobs: Iterable[ObjectJob], out
                                   "files": [{"path": h.path, "score": h.score, "caption": h.caption}
                                             for h in cond.hits]},
                     "fusion_weight": result.fusion_weight, "similarity_score": result.similarity_score,
-                    # seconds for the whole call; "compile" is reported apart from the stage times
-                    "timings": {"batch_objects": len(batch), "call_objects": call_size, **stage_s},
+                    # retrieve: this object's seconds; the rest: seconds of its whole device call, which held
+                    # batch_objects real objects padded to call_objects; compile is reported apart from the stages
+                    "timings": {"retrieve": retrieve_s, "batch_objects": len(batch), "call_objects": call_size,
+                                **{k: float(v) for k, v in timings.items()}},
                 }
                 write_object(out, job, np.asarray(result.images), cond.hits, record)
                 counts["generated"] += 1

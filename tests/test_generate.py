@@ -64,8 +64,9 @@ def test_objects_split_over_processes_exactly_once():
 def test_batches_pad_to_a_static_call_size():
     assert generate.padded_batch_size(3, 4) == 4 and generate.padded_batch_size(8, 4) == 8
     assert generate.padded_batch_size(5, 1) == 5
-    assert [len(b) for b in generate.batched(range(7), 3)] == [3, 3, 1]
     assert generate.pad_to([1, 2], 4) == [1, 2, 2, 2]
+    batches = list(generate.batched_by([3, 0, 3, 1, 0, 3, 0, 3], 2, key=lambda k: k))
+    assert batches == [[3, 3], [0, 0], [3, 3], [0], [1]]  # one k per call; partial batches last
 
 
 def test_seeds_and_settings_checks():
@@ -134,6 +135,7 @@ def test_outputs_records_padding_and_resume(tmp_path):
     assert counts == {"generated": 4, "skipped": 0, "text_only": 2}
     assert [len(c) for c in pipeline.calls] == [4, 4]  # 2 objects per batch, every call padded to 4
     assert pipeline.calls[0][2] == pipeline.calls[0][1]  # padding repeats the last request
+    assert [{len(r.retrieved) for r in c} for c in pipeline.calls] == [{2}, {0}]  # one k per call
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert len(folders) == 4 and folders[0].startswith("00000_a-red-car_") and folders[0].endswith("_s0")
     car = tmp_path / folders[0]
@@ -148,7 +150,8 @@ def test_outputs_records_padding_and_resume(tmp_path):
     grid = np.asarray(Image.open(car / "grid.png"))
     assert grid.shape == (8, 2 * 8 + 4 + 4 * 8, 3) and tuple(grid[4, 4]) == (255, 0, 0)
     lamp = json.loads((tmp_path / folders[2] / "record.json").read_text())
-    assert lamp["retrieval"]["text_only"] and lamp["fusion_weight"] is None and "no image" in lamp["retrieval"]["notice"]
+    assert lamp["retrieval"]["text_only"] and lamp["fusion_weight"] is None
+    assert "no image" in lamp["retrieval"]["notice"]
     assert np.asarray(Image.open(tmp_path / folders[2] / "grid.png")).shape == (8, 32, 3)
 
     again = FakePipeline()
