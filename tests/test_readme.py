@@ -30,9 +30,11 @@ _SUBSTITUTIONS = {
     "/path/to/mv-rag-release": str(TINY_RELEASE), "/path/to/release": str(TINY_RELEASE),
     "/path/to/cases": str(CASES), "ckpt/mvrag": "{tmp}/ckpt", "exported/": "{tmp}/exported",
     "/tmp/mvrag_data": "{tmp}/data", "/tmp/preview.png": "{tmp}/preview.png",
+    "tests/reference/tiny_release": str(TINY_RELEASE),
 }
 # Commands cheap enough on the tiny stand-ins to run for real, in README order; the rest are parsed only (a full
-# verify-reference, a full-size UNet bench, a build from real-data folders that do not exist here).
+# verify-reference, a full-size UNet bench, a build from real-data folders that do not exist here; the generate
+# smoke run is run by tests/test_generate_e2e.py).
 _RUN = ("convert", "export", "data build --config configs/data.py:size=tiny", "data preview", "data bench")
 
 
@@ -50,12 +52,13 @@ def readme_command_lines() -> list[str]:
 def test_every_readme_command_line_parses_and_the_cheap_ones_run(tmp_path, monkeypatch):
     from mvrag_jax.cli import COMMANDS, main, parse
     commands = readme_command_lines()
-    assert {c.split()[0] for c in commands} >= {"convert", "export", "verify-reference", "bench", "data"}
+    assert {c.split()[0] for c in commands} >= {"convert", "export", "verify-reference", "bench", "data",
+                                                      "generate"}
     monkeypatch.chdir(tmp_path)  # the documented lines must work from any directory
     ran = []
     for command in commands:
-        for placeholder, value in _SUBSTITUTIONS.items():
-            command = command.replace(placeholder, value.format(tmp=tmp_path))
+        pattern = "|".join(map(re.escape, _SUBSTITUTIONS))  # one pass: a substitute is never substituted again
+        command = re.sub(pattern, lambda m: _SUBSTITUTIONS[m[0]].format(tmp=tmp_path), command)
         args = shlex.split(command)
         fv, positional = parse(COMMANDS[args[0]], args[1:] + ["--compile_cache_dir=none"])
         assert len(positional) <= 2, positional
