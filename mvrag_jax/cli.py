@@ -155,16 +155,26 @@ def _run_generate(fv, argv):
 
 # ---- bench ---------------------------------------------------------------------------------------------------------
 def _define_bench(fv):
-    flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1, "unet: objects per call (each has num_frames views).", flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
+    flags.DEFINE_list("objects", ["1", "4"], "sample: objects per call, one run each.", flag_values=fv)
+    flags.DEFINE_integer("sample_steps", 50, "sample: DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "sample: DDIM steps of the prior pass.", flag_values=fv)
+    flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
+                        "the bundled tiny release, which matches configs/tiny.py).", flag_values=fv)
 
 
 def _run_bench(fv, argv):
-    from mvrag_jax import bench
-    targets = {"unet": bench.bench_unet}
+    from mvrag_jax import bench, bench_sample
+    targets = {
+        "unet": lambda: bench.bench_unet(fv.config, batch_size=fv.batch_size, steps=fv.steps),
+        "sample": lambda: bench_sample.bench_sample(fv.config, objects=[int(n) for n in fv.objects], calls=fv.steps,
+                                                    sample_steps=fv.sample_steps, prior_steps=fv.prior_steps,
+                                                    release_dir=fv.release),
+    }
     if len(argv) != 2 or argv[1] not in targets:
         raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
-    print(json.dumps(targets[argv[1]](fv.config, batch_size=fv.batch_size, steps=fv.steps), indent=1))
+    print(json.dumps(targets[argv[1]](), indent=1))
     return 0
 
 
@@ -204,8 +214,8 @@ COMMANDS = {c.name: c for c in (
             _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
-    Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
-            _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
+    Command("bench", "Time compiles and calls: the UNet (`mvrag bench unet`) or whole samples (`mvrag bench sample`).",
+            _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
 )}
 
 
