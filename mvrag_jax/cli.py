@@ -6,6 +6,8 @@
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
     mvrag bench unet|sample --config configs/tiny.py
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
+    mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
+    mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
 Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
 --require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
@@ -205,6 +207,44 @@ def _run_data(fv, argv):
     return 0
 
 
+# ---- index / retrieve ----------------------------------------------------------------------------------------------
+def _define_index(fv):
+    flags.DEFINE_string("collection", None, 'Captioned collection: a .jsonl of {"image": path relative to the file\'s '
+                        'folder, "caption": text} lines.', flag_values=fv)
+    flags.DEFINE_string("out", None, "Index folder to write (atomically).", flag_values=fv)
+    flags.DEFINE_enum("kind", "bm25", ["bm25", "dense"], "bm25: captions, the paper's Pyserini settings (k1=0.9, "
+                      "b=0.4); dense: CLIP text -> image similarity.", flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "dense: a transformers CLIPModel folder (config.json, *.safetensors, "
+                        "tokenizer files).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["collection", "out"], flag_values=fv)
+
+
+def _run_index(fv, argv):
+    from mvrag_jax.retrieval import build_index
+    print(f"wrote {build_index(fv.collection, fv.out, kind=fv.kind, clip_model=fv.clip_model, overwrite=fv.overwrite)}")
+    return 0
+
+
+def _define_retrieve(fv):
+    flags.DEFINE_string("index", None, "Index folder from `mvrag index` (or use --folder).", flag_values=fv)
+    flags.DEFINE_string("folder", None, "A folder of images, returned in name order (the official simple retriever).",
+                        flag_values=fv)
+    flags.DEFINE_string("prompt", None, "Text prompt.", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "Images to retrieve (the paper uses 4).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Copy the hits here as 00_<name>, 01_<name>, ... (a new or empty folder).",
+                        flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "dense index: use this CLIPModel folder instead of the one it was built "
+                        "with.", flag_values=fv)
+    flags.mark_flags_as_required(["prompt"], flag_values=fv)
+
+
+def _run_retrieve(fv, argv):
+    from mvrag_jax.retrieval import show_hits
+    print(show_hits(fv.prompt, fv.k, folder=fv.folder, index=fv.index, clip_model=fv.clip_model, out=fv.out))
+    return 0
+
+
 COMMANDS = {c.name: c for c in (
     Command("convert", "Convert an official PyTorch release into an mvrag checkpoint.", _define_convert, _run_convert),
     Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
@@ -216,6 +256,10 @@ COMMANDS = {c.name: c for c in (
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
     Command("bench", "Time compiles and calls: the UNet (`mvrag bench unet`) or whole samples (`mvrag bench sample`).",
             _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
+    Command("index", "Build a BM25 or dense (CLIP) retrieval index from a captioned image collection.", _define_index,
+            _run_index),
+    Command("retrieve", "Retrieve k images for a prompt from an index or a folder; list them, optionally copy them.",
+            _define_retrieve, _run_retrieve),
 )}
 
 
