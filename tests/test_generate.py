@@ -194,3 +194,24 @@ def test_missing_model_folders_and_no_model(tmp_path, capsys):
         assert "does not exist" in capsys.readouterr().err
     assert main(["mvrag", "generate", "--prompt", "x", "--out", "o"]) == 2
     assert "exactly one of --ckpt" in capsys.readouterr().err
+
+
+def test_retrieval_sources_fallback_and_require(tmp_path):
+    from PIL import Image
+    folder, empty = tmp_path / "imgs", tmp_path / "empty"
+    folder.mkdir()
+    empty.mkdir()
+    for name, colour in (("b.png", "blue"), ("a.png", "red")):
+        Image.new("RGB", (12, 9), colour).save(folder / name)
+    retrieve = generate.make_retrieve(str(folder), None, 4, require=False)
+    got = retrieve(generate.PromptEntry(0, "a car"))
+    assert [h.path for h in got.hits] == [str(folder / "a.png"), str(folder / "b.png")] and got.notice is None
+    assert got.source == f"folder:{folder}"
+    own = retrieve(generate.PromptEntry(1, "a lamp", str(empty)))  # the prompt file's folder wins, and is empty
+    assert own.hits == () and "holds no image file" in own.notice and own.source == f"folder:{empty}"
+    none = generate.make_retrieve(None, None, 4, require=False)(generate.PromptEntry(0, "x"))
+    assert none.hits == () and none.source is None and "no retrieval source" in none.notice
+    with pytest.raises(generate.GenerateError, match="prompt 1 .*holds no image file.*--require_retrieval"):
+        generate.make_retrieve(str(folder), None, 4, require=True)(generate.PromptEntry(1, "a lamp", str(empty)))
+    with pytest.raises(generate.GenerateError, match="at most one of --retrieved"):
+        generate.make_retrieve(str(folder), "idx", 4, require=False)
