@@ -404,6 +404,9 @@ def run(*, out: str | os.PathLike, ckpt: str | None = None, release: str | None 
     total = done = num_prompts = 0
     for entry in source():  # a first streamed pass validates every line before any work, and sizes the progress bar
         num_prompts += 1
+        if settings.require_retrieval and entry.retrieved is None and retrieved is None and index is None:
+            raise GenerateError(f"prompt {entry.index} ({entry.prompt!r}) has no retrieval source and "
+                                "--require_retrieval is set; pass --retrieved DIR or --index IDX")
         for job in plan_objects([entry], seeds, process, processes):
             total += 1
             done += is_complete(out, job.name)

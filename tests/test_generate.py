@@ -176,6 +176,7 @@ BAD_INPUT = [
     (["--prompt", "x", "--prompts", "f.txt"], "exactly one of --prompt"),
     (["--prompts", "missing.txt"], "missing.txt does not exist"),
     (["--prompt", "x", "--no-prior"], "--fusion_weight"),
+    (["--prompt", "x", "--require-retrieval"], "has no retrieval source and --require_retrieval"),
 ]
 
 
