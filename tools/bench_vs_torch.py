@@ -1,7 +1,7 @@
 """Dev tool (not part of the test suite): the official PyTorch UNet forward vs ours, same weights and inputs, on CPU.
 
     PYTHONPATH=$PWD /work/main/.venv/bin/python tools/bench_vs_torch.py                 # issue 8 figures
-    PYTHONPATH=$PWD /work/main/.venv/bin/python tools/bench_vs_torch.py --repeats 9 --attention xla
+    PYTHONPATH=$PWD /work/main/.venv/bin/python tools/bench_vs_torch.py --repeats 9 --attention xla   # before
     PYTHONPATH=$PWD /work/main/.venv/bin/python tools/bench_vs_torch.py --profile /tmp/unet_trace   # jax trace
 
 Config (issue 8): 8 rows (1 object x 4 views x 2 for CFG), 32x32 latents, model_channels 64, 32 channels per head,
@@ -111,10 +111,7 @@ def jax_forward(workdir: pathlib.Path, attention: str, precision: str):
     from mvrag_jax.convert.keys import state_dict_to_params
     from mvrag_jax.models.unet import MultiViewUNet, UNetConfig, init_params
 
-    fields = dict(UNET, num_frames=VIEWS)
-    if attention != "xla":  # only pass it when set, so the tool also runs on a tree without the setting
-        fields["attention"] = attention
-    config = UNetConfig(**fields)
+    config = UNetConfig(**UNET, num_frames=VIEWS, attention=attention)
     shapes = nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0)))
     params = state_dict_to_params(load_file(str(workdir / "unet.safetensors")), shapes, component="unet")
     raw = np.load(workdir / "inputs.npz")
@@ -144,7 +141,7 @@ def main() -> None:
     parser.add_argument("--torch-attention", choices=("sdpa", "math"), default="sdpa",
                         help="stand-in for xformers: torch's fused SDPA kernel or explicit softmax(q k^T) v")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per side, interleaved")
-    parser.add_argument("--attention", default="xla", help="our runtime.attention kernel")
+    parser.add_argument("--attention", default="auto", help="our runtime.attention kernel (xla: the pre-issue path)")
     parser.add_argument("--precision", default="highest", help="jax.default_matmul_precision of our forward")
     parser.add_argument("--profile", help="also write a jax.profiler trace of 3 of our forwards here")
     parser.add_argument("--seed", type=int, default=0)

@@ -93,9 +93,17 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.A
     rows = _chunk_rows(b, lq, heads, k.shape[1])
     if mask is not None or rows == lq or rows < MIN_CHUNK_ROWS:
         return _exact(q, k, v, scale, mask)
-    blocks = q.reshape(b, lq // rows, rows, heads, dh).swapaxes(0, 1)  # [n, b, rows, h, dh]
-    out = jax.lax.map(lambda block: _exact(block, k, v, scale, None), blocks)  # [n, b, rows, h, dh]
-    return out.swapaxes(0, 1).reshape(b, lq, heads, dh)
+    # Heads-major layouts once, outside the loop (inside, XLA would transpose k and v again for every block).
+    k_t, v_t = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)  # [b, h, dh, lk], [b, h, lk, dh]
+    blocks = q.reshape(b, lq // rows, rows, heads, dh).transpose(1, 0, 3, 2, 4)  # [n, b, h, rows, dh]
+
+    def block_attention(q_block: jax.Array) -> jax.Array:  # same maths as _exact
+        logits = jnp.einsum("bhqd,bhdk->bhqk", q_block, k_t, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [b, h, rows, lk]
+        return jnp.einsum("bhqk,bhkd->bhqd", probs, v_t)  # [b, h, rows, dh]
+
+    out = jax.lax.map(block_attention, blocks)  # [n, b, h, rows, dh]
+    return out.transpose(1, 0, 3, 2, 4).reshape(b, lq, heads, dh)
 
 
 def _pallas_tpu(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None) -> jax.Array:

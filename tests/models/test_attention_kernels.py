@@ -107,10 +107,12 @@ def test_pallas_tpu_matches_xla_with_padded_lengths():
 def test_pallas_tpu_spatial_transformer_compiles_for_a_tpu_topology_forward_and_backward():
     mesh = _topology_mesh()
     layer = SpatialTransformer3D(32, 2, 16, num_frames=4, attention_kernel="pallas_tpu")
-    x, context, tokens = (jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(
-        ("data", "fsdp")))) for s in ((8, 8, 8, 32), (8, 77, 32), (8, 4, 32)))
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((8, 8, 8, 32), (8, 77, 32), (8, 4, 32))]
+    params, specs = sharding.abstract_state(layer.init, mesh, sharding.DEFAULT_RULES, jax.random.key(0), *shapes)
+    params = jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spec), params, specs)
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    x, context, tokens = (jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rows) for s in shapes)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        params = nn.unbox(jax.eval_shape(layer.init, jax.random.key(0), x, context, tokens))
         loss = lambda p, x, c, t: jnp.sum(layer.apply(p, x, c, t, 0.7))
         lowered = jax.jit(jax.value_and_grad(loss)).lower(params, x, context, tokens)
         assert lowered.as_text().count("tpu_custom_call") >= 4  # attn1, attn2 text + image, and their backward
