@@ -75,15 +75,18 @@ def test_chunked_with_a_mask_matches_xla():
                                    rtol=1e-6, atol=1e-6)
 
 
-def test_unet_forward_is_the_same_with_every_kernel_this_backend_runs(tiny_unet_case):
-    config, params, inputs = tiny_unet_case
+def test_spatial_transformer_is_the_same_with_every_kernel_this_backend_runs():
+    x, context, tokens = (jnp.asarray(np.random.default_rng(i).standard_normal(s).astype(np.float32))
+                          for i, s in enumerate(((8, 16, 16, 32), (8, 77, 32), (8, 4, 32))))
+    layer = lambda kernel: SpatialTransformer3D(32, 2, 16, num_frames=4, attention_kernel=kernel)
+    params = layer("xla").init(jax.random.key(0), x, context, tokens)
     runnable = [k for k in ("chunked", "cudnn", "pallas_tpu") if _runs_here(k)]
+    apply = jax.jit(lambda kernel, p, *a: layer(kernel).apply(p, *a, 0.7), static_argnums=0)
     with jax.default_matmul_precision("highest"):
-        reference = MultiViewUNet(config).apply({"params": params}, **inputs)
+        reference = apply("xla", params, x, context, tokens)  # attn1 over 4 views x 256 tokens: chunked splits it
         for kernel in runnable:
-            out = MultiViewUNet(UNetConfig(**{**config.__dict__, "attention": kernel})).apply({"params": params},
-                                                                                              **inputs)
-            np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5, err_msg=kernel)
+            np.testing.assert_allclose(apply(kernel, params, x, context, tokens), reference, rtol=1e-5, atol=1e-5,
+                                       err_msg=kernel)
 
 
 @pytest.mark.skipif(BACKEND != "gpu", reason="cudnn attention needs a GPU; this backend is " + BACKEND)
@@ -136,17 +139,6 @@ def test_pallas_tpu_tiny_unet_compiles_for_a_tpu_topology_forward_and_backward()
         lowered = jax.jit(jax.value_and_grad(loss)).lower(params, inputs)
         assert "tpu_custom_call" in lowered.as_text()
         lowered.compile()
-
-
-@pytest.fixture(scope="module")
-def tiny_unet_case():
-    config = UNetConfig.from_config(_tiny_config(attention="xla"))
-    rng = np.random.default_rng(0)
-    shapes = nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0)))
-    params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32) * 0.2), shapes)
-    inputs = {name: None if value is None else jnp.asarray(rng.standard_normal(value.shape).astype(np.float32))
-              for name, value in dummy_inputs(config, num_image_tokens=4).items()}
-    return config, params, {**inputs, "scale": 0.7}
 
 
 def _tiny_config(**runtime):
