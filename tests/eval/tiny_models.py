@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mvrag_jax.convert.keys import params_to_state_dict
+from mvrag_jax.convert.keys import flatten, flax_to_torch_array
 from mvrag_jax.models import inception
 from mvrag_jax.release import write_safetensors
 
@@ -22,10 +22,14 @@ def inception_state_dict(width_divisor: int = WIDTH_DIVISOR, seed: int = 0) -> d
     """A random state dict with the FID Inception's keys (+ BatchNorm num_batches_tracked counters, as torch saves)."""
     config = inception.InceptionConfig(width_divisor=width_divisor)
     shapes = jax.eval_shape(inception.init_params, config, jax.random.key(0))
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+    # pytorch-fid's names keep `_<digit>` inside segments (branch7x7_2), so join the Flax path with dots as it is
+    # (params_to_state_dict would read `_2` as a torch list index).
+    torch_leaf = {"kernel": "weight", "scale": "weight"}
+    zeros = {".".join(path[:-1] + (torch_leaf.get(path[-1], path[-1]),)):
+             flax_to_torch_array(path[-1], np.zeros(s.shape, np.float32)) for path, s in flatten(shapes).items()}
     rng = np.random.default_rng(seed)
     tensors = {}
-    for key, value in sorted(params_to_state_dict(zeros).items()):
+    for key, value in sorted(zeros.items()):
         if key.endswith("running_var"):
             tensors[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
         elif key.endswith("bn.weight"):
