@@ -4,6 +4,7 @@
     mvrag export --ckpt CKPT_DIR --out DIR [--dtype fp32|fp16|bf16]
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
     mvrag bench unet --config configs/tiny.py
+    mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
     mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip_model DIR]
     mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
@@ -115,9 +116,25 @@ def _define_bench(fv):
                                     flag_values=fv, lock_config=True)
     flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
+    flags.DEFINE_string("out", "bench.json", "all: the JSON file to write.", flag_values=fv)
+
+
+def _run_bench_suite(fv, argv):
+    """`mvrag bench all` (every benchmark -> one JSON) and `mvrag bench compare A.json B.json`."""
+    from mvrag_jax import bench_suite
+    if argv[1] == "compare":
+        if len(argv) != 4:
+            raise ValueError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
+        print(bench_suite.compare(argv[2], argv[3]))
+        return 0
+    path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None)
+    print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _run_bench(fv, argv):
+    if argv[1:2] in (["all"], ["compare"]):
+        return _run_bench_suite(fv, argv)
     from mvrag_jax import bench
     targets = {"unet": bench.bench_unet}
     if len(argv) != 2 or argv[1] not in targets:
