@@ -1,5 +1,7 @@
 """models/inception.py: the resize matrices, pooling rules, shapes; conversion checks every key (eval/encoders.py)."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,3 +66,15 @@ def test_feature_shapes_at_the_smallest_input():
     shapes = jax.eval_shape(inception.init_params, config, jax.random.key(0))
     pool3, logits = jax.eval_shape(inception.features, config, shapes, jax.ShapeDtypeStruct((2, 40, 50, 3), jnp.float32))
     assert pool3.shape == (2, 2048 // 16) and logits.shape == (2, 1008)
+
+
+def test_features_match_torch_fixture(tmp_path):
+    """Flax port vs a PyTorch build of pytorch-fid's FID Inception (tests/eval/make_inception_fixture.py) on the
+    same tiny random weights: layout transforms, padding, pooling rules, branch order and the 299 px resize."""
+    fixture = np.load(pathlib.Path(__file__).parents[1] / "eval" / "tiny_inception_features.npz")
+    write_safetensors(tmp_path / "inc.safetensors", inception_state_dict())
+    config, params = load_fid_inception(tmp_path / "inc.safetensors")
+    pool3, logits = inception.features(config, params, jnp.asarray(fixture["inputs"]))
+    scale = np.abs(fixture["pool3"]).max()
+    np.testing.assert_allclose(pool3, fixture["pool3"], atol=1e-4 * scale, rtol=1e-4)
+    np.testing.assert_allclose(logits, fixture["logits"], atol=1e-4 * np.abs(fixture["logits"]).max(), rtol=1e-4)
