@@ -312,8 +312,8 @@ COMMANDS = {c.name: c for c in (
             _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
-    Command("bench", "Time compiles and calls: `mvrag bench unet|sample`; every benchmark to one JSON: `mvrag bench all`; "
-            "ratios of two such files: `mvrag bench compare A.json B.json`.",
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample`; every benchmark to one JSON: "
+            "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
             _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
     Command("index", "Build a BM25 or dense (CLIP) retrieval index from a captioned image collection.", _define_index,
             _run_index),

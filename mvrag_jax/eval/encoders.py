@@ -8,8 +8,9 @@ guessed (its metrics are then reported as missing with the reason).
   dinov2 component); with `--ckpt` and no `--dinov2`, the checkpoint's own. Embedding: L2-normalised CLS, as the
   fusion weight uses it.
 * Inception (FID, IS): pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` converted to safetensors once, in an
-  environment that has torch:
-      python -c "import torch, safetensors.torch as s; s.save_file(torch.load('pt_inception-2015-12-05-6726825d.pth'), 'pt_inception.safetensors')"
+  environment that has torch (one line):
+      python -c "import torch, safetensors.torch as s; s.save_file({k: v.contiguous() for k, v in torch.load(
+      'pt_inception-2015-12-05-6726825d.pth', map_location='cpu').items()}, 'pt_inception.safetensors')"
   Every tensor key must map onto models/inception.py (BatchNorm's `num_batches_tracked` counters are dropped, they
   are not weights); a missing or unexpected key raises CheckpointKeyError.
 * ImageReward: its encoder is a BLIP model, which this port does not implement; the metric is always reported
@@ -122,6 +123,12 @@ def dinov2_encoder(config: dinov2.DINOv2Config, params: Any, processor: image_op
 
 
 # ---- Inception -------------------------------------------------------------------------------------------------------
+def convert_command(pth: str = "pt_inception-2015-12-05-6726825d.pth", out: str = "pt_inception.safetensors") -> str:
+    """The one-line torch command that turns pytorch-fid's .pth into the safetensors file --inception reads."""
+    return (f"python -c \"import torch, safetensors.torch as s; s.save_file({{k: v.contiguous() for k, v in "
+            f"torch.load('{pth}', map_location='cpu').items()}}, '{out}')\"")
+
+
 def load_fid_inception(path: str | pathlib.Path, image_size: int = inception.FID_IMAGE_SIZE
                        ) -> tuple[inception.InceptionConfig, Any]:
     """(config, params) of a safetensors conversion of pytorch-fid's FID Inception weights; the width divisor and
@@ -131,9 +138,8 @@ def load_fid_inception(path: str | pathlib.Path, image_size: int = inception.FID
         raise FileNotFoundError(f"Inception weights {path} do not exist; pass --inception with the safetensors "
                                 "conversion of pt_inception-2015-12-05-6726825d.pth (see mvrag_jax/eval/encoders.py)")
     if path.suffix != ".safetensors":
-        raise EncoderError(f"{path} is not a .safetensors file; convert the torch file once with: python -c \"import "
-                           "torch, safetensors.torch as s; s.save_file(torch.load('" + path.name + "'), "
-                           "'pt_inception.safetensors')\"")
+        raise EncoderError(f"{path} is not a .safetensors file; convert the torch file once with: "
+                           f"{convert_command(path.name)}")
     state_dict = {k: v for k, v in read_safetensors(path).items() if not k.endswith(".num_batches_tracked")}
     first, fc = state_dict.get("Conv2d_1a_3x3.conv.weight"), state_dict.get("fc.weight")
     if first is None or fc is None or first.shape[0] == 0 or 32 % first.shape[0]:

@@ -59,8 +59,8 @@ def grid_png(path: pathlib.Path, rows: Sequence[dict], views: dict[tuple, np.nda
     draw = ImageDraw.Draw(canvas)
     for i, row in enumerate(chosen):
         rank = ranked.index(row) + 1
-        draw.text((2, i * line_h + 2), f"#{rank}/{len(ranked)} {metric}={row[metric]:.1f} {row['prompt_id']}: {row['prompt'][:60]}",
-                  fill=(0, 0, 0))
+        caption = f"#{rank}/{len(ranked)} {metric}={row[metric]:.1f} {row['prompt_id']}: {row['prompt'][:60]}"
+        draw.text((2, i * line_h + 2), caption, fill=(0, 0, 0))
         tiles = [references[row["prompt_id"]][0]] + list(views[(row["prompt_id"], row["seed"])])
         for j, image in enumerate(tiles):
             canvas.paste(_tile(image), (j * TILE, i * line_h + 16))

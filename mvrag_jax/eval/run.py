@@ -3,7 +3,8 @@
     mvrag eval --images DIR --dataset ood_eval|DATASET_DIR --out OUT [--clip_model DIR] [--dinov2 DIR] [--inception F]
     mvrag eval --ckpt CKPT  --dataset ood_eval|DATASET_DIR --out OUT [--k 4] [--seeds 0,1] [--steps 50] ...
 
-`--images DIR` layout (the same as `mvrag generate` writes per object, and as `--ckpt` writes under OUT/views):
+`--images DIR` layout (what `--ckpt` writes under OUT/views; `mvrag generate` writes the same view_<i>.png files per
+object, in folders named after the prompt instead of its dataset id):
 
     DIR/<prompt_id>/view_<i>.png    the generated views of one prompt (i = 0, 1, ...; >= 1 view)
     DIR/<prompt_id>/meta.json       optional {"fusion_weight": float} (for the fusion-weight plot)
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mvrag_jax.convert.checkpoint import atomic_directory
+from mvrag_jax.convert.checkpoint import CONFIG_FILE, atomic_directory
 from mvrag_jax.eval.dataset import EvalDataset, load_dataset
 from mvrag_jax.eval.encoders import Encoders, load_encoders
 from mvrag_jax.eval.report import write_report
@@ -111,6 +112,14 @@ def sampling_options(steps: int, guidance_scale: float) -> Any:
     return SamplingOptions(num_inference_steps=steps, guidance_scale=guidance_scale)
 
 
+def default_dinov2(ckpt: str | None) -> str | None:
+    """With --ckpt and no --dinov2: the checkpoint itself when it holds a dinov2 component (else None: missing)."""
+    if ckpt is None:
+        return None
+    meta = pathlib.Path(ckpt).expanduser() / CONFIG_FILE
+    return ckpt if meta.is_file() and "dinov2" in json.loads(meta.read_text()).get("components", {}) else None
+
+
 def evaluate(encoders: Encoders, dataset: EvalDataset, samples: Sequence[Sample], *, method: str,
              seeds: Sequence[int] | None, skipped: Sequence[dict] = (), timings: dict | None = None,
              show_progress: bool = True) -> dict[str, Any]:
@@ -137,7 +146,8 @@ def run(*, out: str, dataset: str, images: str | None = None, ckpt: str | None =
     if k < 0:
         raise ValueError(f"--k={k}; it must be >= 0 (0: text-only generation)")
     data = load_dataset(dataset)
-    encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or ckpt, inception_path=inception)
+    encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or default_dinov2(ckpt),
+                             inception_path=inception)
     with atomic_directory(out, overwrite) as folder:
         if images is not None:
             samples, skipped = read_image_folder(images, data)

@@ -22,7 +22,7 @@ from mvrag_jax.convert.checkpoint import atomic_directory
 from mvrag_jax.eval.dataset import EvalDataset, EvalPrompt, load_dataset
 from mvrag_jax.eval.encoders import load_encoders
 from mvrag_jax.eval.report import write_report
-from mvrag_jax.eval.run import evaluate, generate_samples, load_pipeline, sampling_options
+from mvrag_jax.eval.run import default_dinov2, evaluate, generate_samples, load_pipeline, sampling_options
 from mvrag_jax.eval.score import LABELS, PER_SAMPLE, SET_LEVEL
 
 CONDITIONS = ("correct", "shuffled", "noise")
@@ -99,7 +99,8 @@ def run_study(*, out: str, dataset: str, ckpt: str | None, ks: Sequence[int] = (
     if not ks or min(ks) < 0:
         raise ValueError(f"--ks={list(ks)}; give k values >= 0, e.g. --ks 0,1,2,4")
     data = load_dataset(dataset)
-    encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or ckpt, inception_path=inception)
+    encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or default_dinov2(ckpt),
+                             inception_path=inception)
     pipeline = load_pipeline(ckpt, num_views)
     options = sampling_options(steps, guidance_scale)
     table: dict[str, dict[int, dict]] = {c: {} for c in CONDITIONS}

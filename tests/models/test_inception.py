@@ -64,7 +64,8 @@ def test_torch_file_gets_the_conversion_command(tmp_path):
 def test_feature_shapes_at_the_smallest_input():
     config = inception.InceptionConfig(width_divisor=16, image_size=75)
     shapes = jax.eval_shape(inception.init_params, config, jax.random.key(0))
-    pool3, logits = jax.eval_shape(inception.features, config, shapes, jax.ShapeDtypeStruct((2, 40, 50, 3), jnp.float32))
+    images = jax.ShapeDtypeStruct((2, 40, 50, 3), jnp.float32)
+    pool3, logits = jax.eval_shape(inception.features, config, shapes, images)
     assert pool3.shape == (2, 2048 // 16) and logits.shape == (2, 1008)
 
 
