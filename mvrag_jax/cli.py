@@ -5,9 +5,11 @@
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
     mvrag bench unet|sample --config configs/tiny.py
+    mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
     mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
     mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
+    mvrag eval (--ckpt DIR | --images DIR) --dataset ood_eval|DIR --out DIR [--clip_model DIR] [--dinov2 DIR] ...
 Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
 --require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
@@ -164,9 +166,25 @@ def _define_bench(fv):
     flags.DEFINE_integer("prior_steps", 10, "sample: DDIM steps of the prior pass.", flag_values=fv)
     flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
                         "the bundled tiny release, which matches configs/tiny.py).", flag_values=fv)
+    flags.DEFINE_string("out", "bench.json", "all: the JSON file to write.", flag_values=fv)
+
+
+def _run_bench_suite(fv, argv):
+    """`mvrag bench all` (every benchmark -> one JSON) and `mvrag bench compare A.json B.json`."""
+    from mvrag_jax import bench_suite
+    if argv[1] == "compare":
+        if len(argv) != 4:
+            raise ValueError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
+        print(bench_suite.compare(argv[2], argv[3]))
+        return 0
+    path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None)
+    print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _run_bench(fv, argv):
+    if argv[1:2] in (["all"], ["compare"]):
+        return _run_bench_suite(fv, argv)
     from mvrag_jax import bench, bench_sample
     targets = {
         "unet": lambda: bench.bench_unet(fv.config, batch_size=fv.batch_size, steps=fv.steps),
@@ -245,6 +263,46 @@ def _run_retrieve(fv, argv):
     return 0
 
 
+# ---- eval ----------------------------------------------------------------------------------------------------------
+def _define_eval(fv):
+    flags.DEFINE_string("images", None, "Score another method's views: <images>/<prompt_id>/view_<i>.png.",
+                        flag_values=fv)
+    flags.DEFINE_string("ckpt", None, "Generate with this mvrag checkpoint, then score.", flag_values=fv)
+    flags.DEFINE_string("dataset", "ood_eval", "ood_eval (the built tfds dataset) or a folder in its manual layout "
+                        "(<prompt_id>/prompt.txt, retrieved/, reference/).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder (written atomically): metrics.json, report.md, ...",
+                        flag_values=fv)
+    flags.DEFINE_enum("study", None, ["retrieval"], "retrieval: k in --ks with correct, shuffled and noisy "
+                      "retrievals (needs --ckpt).", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "--ckpt: retrieved images per prompt (0: text-only).", flag_values=fv)
+    flags.DEFINE_list("ks", ["0", "1", "2", "4"], "--study retrieval: the k values.", flag_values=fv)
+    flags.DEFINE_list("seeds", ["0"], "--ckpt: seeds; each (prompt, seed) is one sample.", flag_values=fv)
+    flags.DEFINE_integer("steps", 50, "--ckpt: DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_float("guidance_scale", 5.0, "--ckpt: classifier-free guidance scale.", flag_values=fv)
+    flags.DEFINE_integer("num_views", 4, "--ckpt: views per object.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 4, "--ckpt: objects per pipeline call.", flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "CLIP similarity: a transformers CLIPModel folder; without it the metric "
+                        "is reported missing.", flag_values=fv)
+    flags.DEFINE_string("dinov2", None, "DINOv2 similarity and view consistency: a facebook/dinov2-base folder, a "
+                        "release or a checkpoint (default with --ckpt: its own).", flag_values=fv)
+    flags.DEFINE_string("inception", None, "FID and IS: pytorch-fid's pt_inception-2015-12-05 weights as "
+                        ".safetensors (conversion command: mvrag_jax/eval/encoders.py).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
+
+
+def _run_eval(fv, argv):
+    from mvrag_jax.eval import run, study
+    common = dict(out=fv.out, dataset=fv.dataset, seeds=[int(s) for s in fv.seeds], clip_model=fv.clip_model,
+                  dinov2=fv.dinov2, inception=fv.inception, steps=fv.steps, guidance_scale=fv.guidance_scale,
+                  num_views=fv.num_views, batch_size=fv.batch_size, overwrite=fv.overwrite)
+    if fv.study == "retrieval":
+        print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
+    else:
+        print(f"wrote {run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, **common)}")
+    return 0
+
+
 COMMANDS = {c.name: c for c in (
     Command("convert", "Convert an official PyTorch release into an mvrag checkpoint.", _define_convert, _run_convert),
     Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
@@ -254,12 +312,15 @@ COMMANDS = {c.name: c for c in (
             _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
-    Command("bench", "Time compiles and calls: the UNet (`mvrag bench unet`) or whole samples (`mvrag bench sample`).",
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample`; every benchmark to one JSON: "
+            "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
             _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
     Command("index", "Build a BM25 or dense (CLIP) retrieval index from a captioned image collection.", _define_index,
             _run_index),
     Command("retrieve", "Retrieve k images for a prompt from an index or a folder; list them, optionally copy them.",
             _define_retrieve, _run_retrieve),
+    Command("eval", "Score a checkpoint or another method's views: CLIP/DINOv2 similarity, consistency, FID, IS.",
+            _define_eval, _run_eval),
 )}
 
 
