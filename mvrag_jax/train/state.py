@@ -19,6 +19,7 @@ Where weights come from (cfg.train.init):
 
 import dataclasses
 import functools
+import logging
 import pathlib
 from typing import Any
 
@@ -37,6 +38,7 @@ from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models import clip, resampler, unet, vae
 from mvrag_jax.train.trainable import merge_params, split_trainable
 
+_LOG = logging.getLogger(__name__)
 COMPONENTS = ("unet", "resampler", "clip_text", "clip_vision", "vae")
 INIT_MODES = ("random", "base")  # anything else is a checkpoint path
 IP_MODULES = {"to_k_ip": "to_k", "to_v_ip": "to_v"}  # image-branch projection -> the text projection it starts from
@@ -161,24 +163,24 @@ def _check_shapes(name: str, host: dict, shapes: dict, source: str) -> None:
                               "with this version of `mvrag convert`")
 
 
-def host_params(cfg: Any, shapes: dict) -> tuple[dict, bool]:
-    """(numpy params per component, whether the image branch must be initialised from the text branch)."""
+def host_params(cfg: Any, shapes: dict) -> dict:
+    """Numpy params per component; without "resampler" when it must be freshly initialised (base init)."""
     init, seed = str(cfg.train.init), int(cfg.train.seed)
     if not is_checkpoint_init(init):
-        host = {name: host_random_params(shapes[name], seed + i) for i, name in enumerate(COMPONENTS)
-                if name != "resampler"}
-        if init == "base":
-            host["unet"] = with_ip_from_text(_drop_ip(host["unet"]))
-        return host, init == "base"
-    _, loaded = load_checkpoint(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
-    host = {name: loaded[name] for name in COMPONENTS if name in loaded}
-    base = cfg.train.reset_ip or "resampler" not in host or not _has_ip(host["unet"])
+        host = {name: host_random_params(shapes[name], seed + i) for i, name in enumerate(COMPONENTS)}
+        base = init == "base"
+    else:
+        _, loaded = load_checkpoint(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
+        host = {name: loaded[name] for name in COMPONENTS if name in loaded}
+        base = bool(cfg.train.reset_ip) or "resampler" not in host or not _has_ip(host["unet"])
+    if base or init == "random":  # a real init for the resampler (host_random_params' zero biases are fine, its
+        host.pop("resampler", None)  # learned queries are not: they are the whole input of the first layer)
     if base:
-        host.pop("resampler", None)
         host["unet"] = with_ip_from_text(_drop_ip(host["unet"]))
+        _LOG.info("image branch of %s: to_k_ip/to_v_ip copied from to_k/to_v, fresh resampler", init)
     for name, params in host.items():
-        _check_shapes(name, params, shapes[name], f"checkpoint {init}")
-    return host, base
+        _check_shapes(name, params, shapes[name], f"init {init}")
+    return host
 
 
 def _drop_ip(unet_params: dict) -> dict:
@@ -189,7 +191,7 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
                shapes: dict, shardings: dict, rules=sharding.DEFAULT_RULES, trainable: str = "ip") -> TrainState:
     """A TrainState whose every array is born on its sharding (see the module docstring for the sources);
     `shapes`/`shardings` are `abstract_params(models, mesh, rules)`."""
-    host, _ = host_params(cfg, shapes)
+    host = host_params(cfg, shapes)
     params = {name: jax.device_put(host[name], shardings[name]) for name in host}
     if "resampler" not in params:  # the one jitted init: small, and born sharded
         params["resampler"] = sharding.init_sharded(models.init_fns()["resampler"], mesh, rules, rng)
@@ -198,9 +200,8 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
     abstract_opt = jax.eval_shape(tx.init, train_params)
     opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(abstract_opt, train_shardings, mesh))(train_params)
     scalar = NamedSharding(mesh, PartitionSpec())
-    zero = jax.device_put(jnp.zeros((), jnp.int32), scalar)
-    return TrainState(step=zero, trainable=train_params, frozen=frozen, opt_state=opt_state,
-                      skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+    zero = lambda: jax.device_put(np.zeros((), np.int32), scalar)  # host value: fine on every process
+    return TrainState(step=zero(), trainable=train_params, frozen=frozen, opt_state=opt_state, skipped_steps=zero())
 
 
 def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransformation, mesh: Mesh,

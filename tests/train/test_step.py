@@ -140,3 +140,40 @@ def test_non_finite_batch_is_skipped_and_counted(run):
     for key, value in run["bad_before"].items():
         np.testing.assert_array_equal(run["bad_after"][key], value, err_msg=key)
     assert all(m["skipped"] == 0 for m in run["metrics"])
+
+
+def test_retrieved_pixels_match_the_clip_processor_and_resize_in_graph():
+    from mvrag_jax.images import CLIPImageProcessorConfig, clip_preprocess
+    from mvrag_jax.train.step import retrieved_pixel_values
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    processor = CLIPImageProcessorConfig(shortest_edge=32, crop_hw=(32, 32))
+    expected = clip_preprocess(list(images), processor)  # sizes already right: only rescale + normalise apply
+    got = np.asarray(retrieved_pixel_values(images, 32, processor.image_mean, processor.image_std))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    resized = np.asarray(retrieved_pixel_values(images, 16, processor.image_mean, processor.image_std))
+    assert resized.shape == (3, 16, 16, 3) and np.isfinite(resized).all()
+
+
+def test_cfg_dropout_events_are_exclusive_at_the_configured_rates():
+    from mvrag_jax.train.step import StepOptions, cfg_drops
+    options = StepOptions(empty_input_ids=(0,), alphas_cumprod=(0.5,), clip_mean=(0, 0, 0), clip_std=(1, 1, 1),
+                          cfg_drop_text=0.1, cfg_drop_image=0.2, cfg_drop_both=0.3)
+    text, image = map(np.asarray, cfg_drops(jax.random.key(0), 200_000, options))
+    assert np.mean(text & ~image) == pytest.approx(0.1, abs=0.005)
+    assert np.mean(image & ~text) == pytest.approx(0.2, abs=0.005)
+    assert np.mean(text & image) == pytest.approx(0.3, abs=0.005)
+
+
+def test_full_size_trainer_is_consistent_without_allocating():
+    cfg = train_config.get_config("size=full")
+    cfg.train.init = "random"
+    trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+    size = lambda tree: sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+    assert size(trainer.abstract_state.trainable["resampler"]) == 48_541_696
+    assert size(trainer.abstract_state.trainable) + size(trainer.abstract_state.frozen["unet"]) == \
+        48_541_696 + 893_131_204
+    moments = [leaf for leaf in jax.tree.leaves(trainer.abstract_state.opt_state) if leaf.ndim > 0]
+    assert sum(int(np.prod(m.shape)) for m in moments) == 2 * size(trainer.abstract_state.trainable)  # AdamW mu, nu
+    assert trainer.abstract_batch["images"].shape == (64, 4, 256, 256, 3)
+    assert trainer.abstract_batch["retrieved"].shape == (64, 4, 224, 224, 3)
+    assert trainer.models.unet.dtype == "bfloat16" and trainer.models.unet.remat == "dots_saveable"
