@@ -17,7 +17,7 @@ import numpy as np
 
 from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models.unet import CONTEXT_LENGTH, MultiViewUNet, UNetConfig, init_params
-from mvrag_jax.train.trainable import TRAIN, label_for_path
+from mvrag_jax.train.trainable import merge_params, split_trainable
 
 TIMESTEPS = 1000  # DDPM training steps: the range timesteps are drawn from
 
@@ -61,14 +61,6 @@ def host_random_params(shapes: Any, seed: int = 0) -> dict:
         return np.full(shape, 1.0 if path[-1] in _ONES else 0.0, np.float32)
 
     return unflatten({path: fill(path, leaf.shape) for path, leaf in flatten(shapes).items()})
-
-
-def _split_trainable(params: dict) -> tuple[dict, dict]:
-    """(trainable, frozen) halves of a nested param dict, by train/trainable.py's labels."""
-    flat = flatten(params)
-    trainable = {path: v for path, v in flat.items() if label_for_path(list(path)) == TRAIN}
-    frozen = {path: v for path, v in flat.items() if path not in trainable}
-    return unflatten(trainable), unflatten(frozen)
 
 
 def _count(tree: Any) -> int:
@@ -116,13 +108,13 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
         shapes = nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0)))
         params = jax.device_put(host_random_params(shapes, seed))
         inputs = jax.device_put(_unet_inputs(config, batch_size, num_image_tokens, seed + 1))
-        trainable, frozen = _split_trainable(params)
+        trainable, frozen = split_trainable(params)
 
         def forward(params, inputs):
             return model.apply({"params": params}, **inputs)
 
         def loss(trainable, frozen, inputs):
-            eps = model.apply({"params": _merge(trainable, frozen)}, **inputs)
+            eps = model.apply({"params": merge_params(trainable, frozen)}, **inputs)
             return jnp.mean(jnp.square(eps.astype(jnp.float32)))
 
         forward_stats = _time_compiled(forward, (params, inputs), steps)
@@ -145,7 +137,3 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
         "forward": forward_stats,
         "forward_backward": backward_stats,
     }
-
-
-def _merge(trainable: dict, frozen: dict) -> dict:
-    return unflatten({**flatten(frozen), **flatten(trainable)})
