@@ -22,6 +22,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections as mlc
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
@@ -39,15 +40,24 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
 def open_manager(workdir: str | pathlib.Path, *, save_every: int = 1, keep: int | None = 3, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
     """The run's manager: saves every `save_every` steps (others are skipped by `save`), keeps the last `keep`."""
-    if save_every < 1:
+    if save_every < 1 and not read_only:
         raise ValueError(f"checkpoint save_every={save_every}; set --config.checkpoint.save_every to a positive step "
                          "count")
-    if keep is not None and keep < 1:
+    if keep is not None and keep < 1 and not read_only:
         raise ValueError(f"checkpoint keep={keep}; set --config.checkpoint.keep to at least 1")
+    if read_only:
+        save_every, keep = 0, None  # what orbax sets for a read-only manager anyway (it warns otherwise)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()  # lets metadata/restore name items without args
+    for item, save_args, restore_args in (("state", ocp.args.StandardSave, ocp.args.StandardRestore),
+                                          ("config", ocp.args.JsonSave, ocp.args.JsonRestore),
+                                          ("data_iter", grain.checkpoint.CheckpointSave,
+                                           grain.checkpoint.CheckpointRestore)):
+        registry.add(item, save_args)
+        registry.add(item, restore_args)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator | None,
@@ -84,10 +94,18 @@ def restore_config(workdir: str | pathlib.Path, step: int | None = None) -> tupl
     return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
-def restore_state(workdir: str | pathlib.Path, abstract_state: Any, step: int | None = None) -> tuple[int, Any]:
-    """(step, state) of a training workdir (default: the latest step), for export and evaluation."""
+def restore_state(workdir: str | pathlib.Path, abstract_state: Any | None = None,
+                  step: int | None = None) -> tuple[int, Any]:
+    """(step, state) of a training workdir (default: the latest step), for export and evaluation.
+
+    With `abstract_state` (e.g. `trainer.abstract_state`) the state lands on its shardings; without it, as a tree
+    of dicts on the first local device, whatever mesh or process count wrote it (export on one host)."""
     manager = open_manager(workdir, read_only=True)
     step = _pick_step(manager, workdir, step)
+    if abstract_state is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                      manager.item_metadata(step)["state"].tree)
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
     return step, state
 
@@ -104,7 +122,41 @@ def _pick_step(manager: ocp.CheckpointManager, workdir, step: int | None) -> int
     return step
 
 
-def host_tree(tree: Any) -> Any:
-    """Fully addressable copies of a (possibly sharded) tree as numpy arrays, on every process."""
-    from jax.experimental import multihost_utils
-    return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
+
+def is_workdir(path: str | pathlib.Path) -> bool:
+    """A training workdir (has checkpoints/), as opposed to a converted model checkpoint (mvrag convert)."""
+    return checkpoint_dir(path).is_dir()
+
+
+def export_params(workdir: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, dict]:
+    """(model checkpoint the run started from, its params with the trained ones merged in) for `step` (default:
+    the latest). Components the run does not hold (DINOv2) come from that checkpoint unchanged."""
+    from mvrag_jax.convert import load_model_checkpoint
+    from mvrag_jax.train.trainable import merge_params
+    step, cfg = restore_config(workdir, step)
+    init = str(cfg.get("train", {}).get("init", ""))
+    init_dir = pathlib.Path(init).expanduser()
+    if not (init_dir / "release_files" / "model_index.json").is_file():
+        raise NoCheckpointError(
+            f"{workdir} started from train.init={init!r}, not from a converted checkpoint, so the release configs to "
+            "export with are unknown; export runs whose --config.train.init is a `mvrag convert` folder")
+    _, params = load_model_checkpoint(init_dir)
+    _, state = restore_state(workdir, step=step)
+    trained = jax.tree.map(np.asarray, merge_params(state["trainable"], state["frozen"]))
+    for name, tree in trained.items():
+        if name not in params:
+            raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")
+        params[name] = tree
+    return init_dir, params
+
+
+def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
+           overwrite: bool = False, step: int | None = None) -> pathlib.Path:
+    """`mvrag export`: a converted checkpoint, or a training workdir (its latest step, or `step`), written in the
+    official release layout at `out_dir`."""
+    from mvrag_jax.convert import export_checkpoint
+    from mvrag_jax.convert.export import export_release
+    if not is_workdir(ckpt_or_workdir):
+        return export_checkpoint(ckpt_or_workdir, out_dir, dtype=dtype, overwrite=overwrite)
+    init_dir, params = export_params(ckpt_or_workdir, step)
+    return export_release(init_dir, params, out_dir, dtype=dtype, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""The training loop: it only moves data, steps, logs and saves; the maths is in the trainer (train/step.py).
+"""The training loop: it only moves data, steps, logs and saves; the maths is in the trainer (train/trainer.py, train/step.py).
 
     summary = run(get_config("size=tiny"), "/tmp/mvrag_train_tiny")      # configs/train.py
     mvrag train --config configs/train.py:size=tiny --workdir /tmp/mvrag_train_tiny   # the same from the shell
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data_pipelines import build, loader
 from mvrag_jax import sharding
-from mvrag_jax.train import checkpoint, metrics
+from mvrag_jax.train import checkpoint, distributed, metrics
 from mvrag_jax.train.data import to_global
 
 SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
@@ -46,29 +46,14 @@ class TrainConfigError(ValueError):
     """The config cannot run on these devices; the message names the field to change."""
 
 
-def check_config(cfg: mlc.ConfigDict, num_devices: int, num_processes: int) -> None:
-    """Fail before anything expensive: unknown mesh axes, a mesh larger than the devices, a batch that does not
-    split over data*fsdp or over the hosts, a missing init checkpoint."""
+def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
+    """Fail before anything expensive: unknown mesh axes, a batch that does not split over the hosts, a missing init
+    checkpoint. (sharding.make_mesh checks the mesh against the devices, make_trainer the batch against data*fsdp.)"""
     unknown = sorted(set(cfg.mesh.keys()) - set(sharding.MESH_AXES))
     if unknown:
         raise TrainConfigError(f"unknown mesh axis {', '.join(map(repr, unknown))} in --config.mesh; the mesh axes are "
                                f"{', '.join(sharding.MESH_AXES)}")
-    sizes = {axis: int(cfg.mesh.get(axis, 1)) for axis in sharding.MESH_AXES}
-    if any(s == 0 or s < -1 for s in sizes.values()) or list(sizes.values()).count(-1) > 1:
-        raise TrainConfigError(f"mesh {sizes}: sizes must be positive, with at most one -1 (the remaining devices); "
-                               "fix --config.mesh.data/fsdp/tensor")
-    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
-    if fixed > num_devices or (-1 not in sizes.values() and fixed != num_devices) or num_devices % fixed:
-        raise TrainConfigError(
-            f"mesh data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} does not fit the "
-            f"{num_devices} devices of this job; make the product of --config.mesh sizes {num_devices} (or set one "
-            "axis to -1 to take the remaining devices)")
-    if -1 in sizes.values():
-        sizes[next(a for a, s in sizes.items() if s == -1)] = num_devices // fixed
-    batch, shards = int(cfg.train.batch_size), sizes["data"] * sizes["fsdp"]
-    if batch % shards:
-        raise TrainConfigError(f"batch {batch} is not divisible by data*fsdp={shards}; set --config.train.batch_size "
-                               f"to a multiple of {shards}")
+    batch = int(cfg.train.batch_size)  # its split over data*fsdp is checked by make_trainer
     if batch % num_processes:
         raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
                                f"--config.train.batch_size to a multiple of {num_processes}")
@@ -81,17 +66,14 @@ def check_config(cfg: mlc.ConfigDict, num_devices: int, num_processes: int) -> N
                 "(`mvrag convert --release DIR --out CKPT_DIR`), or to random / base")
 
 
-def data_config(cfg: mlc.ConfigDict, workdir: pathlib.Path, num_processes: int) -> mlc.ConfigDict:
-    """The loader's config: this host's share of the global batch, datasets under WORKDIR/data unless
-    `data.data_dir` is set."""
-    data = copy.deepcopy(cfg.data).copy_and_resolve_references()
-    per_host = int(cfg.train.batch_size) // num_processes
-    if data.batch_size not in (cfg.train.batch_size, per_host):
-        raise TrainConfigError(f"--config.data.batch_size={data.batch_size} is neither the global batch "
-                               f"{cfg.train.batch_size} nor its per-host share {per_host}; leave it unset")
-    data.batch_size = per_host
-    data.data_dir = str(data.data_dir or workdir / DATA_SUBDIR)
-    return data
+def resolve_config(cfg: mlc.ConfigDict, workdir: pathlib.Path, num_processes: int) -> mlc.ConfigDict:
+    """A copy of `cfg` with references resolved, the loader's batch set to this host's share of train.batch_size
+    (unless data.batch_size was set explicitly) and datasets under WORKDIR/data unless data.data_dir is set."""
+    resolved = copy.deepcopy(cfg).copy_and_resolve_references()
+    if resolved.data.batch_size == resolved.train.batch_size:  # still the configs/train.py link: per host
+        resolved.data.batch_size = int(resolved.train.batch_size) // num_processes
+    resolved.data.data_dir = str(resolved.data.data_dir or workdir / DATA_SUBDIR)
+    return resolved
 
 
 def prepare_data(data_cfg: mlc.ConfigDict) -> None:
@@ -156,24 +138,31 @@ def _check_data_position(workdir: pathlib.Path, step: int, num_processes: int) -
 
 
 def _host_scalars(metrics_list: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[str, Any]]:
-    fetched = jax.device_get([m for _, m in metrics_list])
-    return [{"step": step, **{k: float(np.asarray(v)) for k, v in m.items()}}
-            for (step, _), m in zip(metrics_list, fetched)]
+    """Device metrics -> one JSON-able record per step. A per-mode loss is kept only for steps whose batch had
+    views of that mode (the step reports 0 otherwise, which would draw a false curve)."""
+    records = []
+    for (step, _), fetched in zip(metrics_list, jax.device_get([m for _, m in metrics_list])):
+        record = {"step": step, **{k: float(np.asarray(v)) for k, v in fetched.items()}}
+        for mode in ("3d", "2d"):
+            if record.get(f"views_{mode}") == 0:
+                record.pop(f"loss_{mode}", None)
+        records.append(record)
+    return records
 
 
 def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn | None = None,
         stop: threading.Event | None = None) -> dict[str, Any]:
     """Train (or resume) in `workdir` until `cfg.train.steps`; returns a summary (steps, losses, timings)."""
-    from mvrag_jax.train.step import make_mesh, make_trainer  # heavy: models
+    from mvrag_jax.train.trainer import make_mesh, make_trainer  # heavy: models
     workdir = pathlib.Path(workdir).expanduser().absolute()
     num_processes, is_main = jax.process_count(), jax.process_index() == 0
-    check_config(cfg, jax.device_count(), num_processes)
+    check_config(cfg, num_processes)
+    cfg = resolve_config(cfg, workdir, num_processes)
     mesh = make_mesh(cfg)
     trainer = make_trainer(cfg, mesh)
-    data_cfg = data_config(cfg, workdir, num_processes)
-    prepare_data(data_cfg)
+    prepare_data(cfg.data)
     shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    data_iter = iter(loader.make_dataset(data_cfg, shard=shard))
+    data_iter = iter(loader.make_dataset(cfg.data, shard=shard))
 
     t = cfg.train
     manager = checkpoint.open_manager(workdir, save_every=t.ckpt_every, keep=t.keep_checkpoints)
@@ -192,8 +181,7 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
     logging.info("process %d of %d reads data shard %d; first batch %s", jax.process_index(), num_processes,
                  jax.process_index(), fingerprint)
     batch = to_global(host_batch, trainer.batch_sharding)
-    compiled, compile_s = trainer.compile(jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch))
+    compiled, compile_s = trainer.compile(trainer.abstract_batch)
     logging.info("compiled the train step in %.1f s", compile_s)
 
     summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
@@ -244,6 +232,14 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
         summary["loss_png"] = str(png) if png else None
     summary["checkpoint_step"] = step
     return summary
+
+
+def launch(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, coordinator: str | None = None,
+           num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
+           multihost: bool = False, sample_fn: SampleFn | None = None) -> dict[str, Any]:
+    """`mvrag train`: join the job (train/distributed.py; a no-op on one process), then `run`."""
+    distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
+    return run(cfg, workdir, sample_fn=sample_fn)
 
 
 def _write_samples(images: dict[str, np.ndarray], workdir: pathlib.Path, step: int,
