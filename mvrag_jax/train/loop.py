@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data_pipelines import build, loader
 from mvrag_jax import sharding
-from mvrag_jax.train import checkpoint, distributed, metrics
+from mvrag_jax.train import checkpoint, distributed, metrics, state as state_lib
 from mvrag_jax.train.data import to_global
 
 SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
@@ -58,7 +58,7 @@ def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
         raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
                                f"--config.train.batch_size to a multiple of {num_processes}")
     init = str(cfg.train.init)
-    if init not in ("random", "base"):
+    if state_lib.is_checkpoint_init(init):
         path = pathlib.Path(init).expanduser() if init else None
         if path is None or not path.is_dir():
             raise TrainConfigError(
