@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mvrag_jax import sharding
 from mvrag_jax.bench import host_random_params
 from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, load_configs
+from mvrag_jax.convert.components import COMPONENTS as CONVERTED
 from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models import clip, resampler, unet, vae
 from mvrag_jax.train.trainable import merge_params, split_trainable
@@ -39,8 +40,7 @@ from mvrag_jax.train.trainable import merge_params, split_trainable
 COMPONENTS = ("unet", "resampler", "clip_text", "clip_vision", "vae")
 INIT_MODES = ("random", "base")  # anything else is a checkpoint path
 IP_MODULES = {"to_k_ip": "to_k", "to_v_ip": "to_v"}  # image-branch projection -> the text projection it starts from
-_CONFIG_CLASSES = {"unet": unet.UNetConfig, "resampler": resampler.ResamplerConfig,
-                   "clip_text": clip.CLIPTextConfig, "clip_vision": clip.CLIPVisionConfig, "vae": vae.VAEConfig}
+_CONFIG_CLASSES = {c.name: c.config_class for c in CONVERTED}  # a checkpoint may hold more (dinov2): not trained
 
 
 class InitError(ValueError):
