@@ -53,10 +53,11 @@ def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
     if unknown:
         raise TrainConfigError(f"unknown mesh axis {', '.join(map(repr, unknown))} in --config.mesh; the mesh axes are "
                                f"{', '.join(sharding.MESH_AXES)}")
-    batch = int(cfg.train.batch_size)  # its split over data*fsdp is checked by make_trainer
+    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp and data.batch_size x hosts
     if batch % num_processes:
         raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
-                               f"--config.train.batch_size to a multiple of {num_processes}")
+                               f"--config.train.batch_size to a multiple of {num_processes} (and "
+                               "--config.data.batch_size to its share per process)")
     init = str(cfg.train.init)
     if state_lib.is_checkpoint_init(init):
         path = pathlib.Path(init).expanduser() if init else None
@@ -66,12 +67,10 @@ def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
                 "(`mvrag convert --release DIR --out CKPT_DIR`), or to random / base")
 
 
-def resolve_config(cfg: mlc.ConfigDict, workdir: pathlib.Path, num_processes: int) -> mlc.ConfigDict:
-    """A copy of `cfg` with references resolved, the loader's batch set to this host's share of train.batch_size
-    (unless data.batch_size was set explicitly) and datasets under WORKDIR/data unless data.data_dir is set."""
+def resolve_config(cfg: mlc.ConfigDict, workdir: pathlib.Path) -> mlc.ConfigDict:
+    """A copy of `cfg` with references resolved and the datasets under WORKDIR/data unless data.data_dir is set
+    (the copy is what the checkpoint's `config` item records)."""
     resolved = copy.deepcopy(cfg).copy_and_resolve_references()
-    if resolved.data.batch_size == resolved.train.batch_size:  # still the configs/train.py link: per host
-        resolved.data.batch_size = int(resolved.train.batch_size) // num_processes
     resolved.data.data_dir = str(resolved.data.data_dir or workdir / DATA_SUBDIR)
     return resolved
 
@@ -157,7 +156,7 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
     workdir = pathlib.Path(workdir).expanduser().absolute()
     num_processes, is_main = jax.process_count(), jax.process_index() == 0
     check_config(cfg, num_processes)
-    cfg = resolve_config(cfg, workdir, num_processes)
+    cfg = resolve_config(cfg, workdir)
     mesh = make_mesh(cfg)
     trainer = make_trainer(cfg, mesh)
     prepare_data(cfg.data)

@@ -10,8 +10,10 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# The tiny trainer at its smallest: 2 objects per step, one loader thread, a log line and a record per step.
-TINY = ["--config", "configs/train.py:size=tiny", "--config.train.batch_size=2", "--config.train.log_every=1",
+# The real trainer at its smallest (configs/train.py:size=micro, the tiny model shrunk to compile fast): 2 objects
+# per step (per process: `data.batch_size`), a log line and a metrics record per step.
+MICRO = "configs/train.py:size=micro"
+TINY = ["--config", MICRO, "--config.train.batch_size=2", "--config.data.batch_size=2", "--config.train.log_every=1",
         "--config.train.optimizer.warmup_steps=2"]
 
 
@@ -41,11 +43,11 @@ def run_python(code: str, *args: str, timeout: float = 600, **env: str) -> subpr
 
 @pytest.fixture(scope="session")
 def train_data_dir(tmp_path_factory) -> pathlib.Path:
-    """configs/train.py:size=tiny's datasets, built once."""
+    """configs/train.py:size=micro's datasets, built once."""
     from configs import train
     from data_pipelines import build
     data_dir = tmp_path_factory.mktemp("train_data")
-    cfg = train.get_config("size=tiny")
+    cfg = train.get_config("size=micro")
     cfg.data.data_dir = str(data_dir)
     build.build_all(cfg.data, ["mode_3d", "mode_2d"])
     return data_dir

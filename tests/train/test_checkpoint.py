@@ -25,8 +25,8 @@ from configs import train
 from mvrag_jax.train import checkpoint
 from mvrag_jax.train.trainer import make_mesh, make_trainer
 workdir = pathlib.Path(sys.argv[1])
-cfg = train.get_config("size=tiny")
-cfg.train.batch_size = 2
+cfg = train.get_config("size=micro")
+cfg.train.batch_size = cfg.data.batch_size = 2
 trainer = make_trainer(cfg, make_mesh(cfg))
 state = trainer.init(jax.random.key(0))
 manager = checkpoint.open_manager(workdir, save_every=1)
@@ -70,7 +70,7 @@ def test_a_save_killed_with_minus_9_leaves_the_previous_checkpoint_restorable(tm
     from configs import train
     manager = checkpoint.open_manager(workdir, save_every=1)  # a resuming run: sees step 1 and saves step 2 again
     assert checkpoint.latest_step(manager) == 1
-    assert checkpoint.save(manager, 2, state, None, train.get_config("size=tiny"))
+    assert checkpoint.save(manager, 2, state, None, train.get_config("size=micro"))
     manager.wait_until_finished()
     manager.close()
     assert checkpoint.open_manager(workdir, read_only=True).all_steps() == [1, 2]
@@ -85,8 +85,8 @@ from mvrag_jax.train import checkpoint
 from mvrag_jax.train.trainer import make_mesh, make_trainer
 assert jax.device_count() == 8
 def trainer_on(data, fsdp):
-    cfg = train.get_config("size=tiny")
-    cfg.train.batch_size = 8
+    cfg = train.get_config("size=micro")
+    cfg.train.batch_size = cfg.data.batch_size = 8
     cfg.mesh.update(data=data, fsdp=fsdp, tensor=1)
     return cfg, make_trainer(cfg, make_mesh(cfg))
 cfg, saver = trainer_on(1, 8)
@@ -120,6 +120,7 @@ def test_export_of_a_training_workdir_merges_trained_params_into_the_init_checkp
     from mvrag_jax.train.trainer import make_mesh, make_trainer
     cfg = train.get_config("size=tiny")
     cfg.train.update(batch_size=2, init=str(tiny_ckpt), trainable="ip")
+    cfg.data.batch_size = 2
     trainer = make_trainer(cfg, make_mesh(cfg))
     state = trainer.init(jax.random.key(0))
     state = state.replace(trainable=jax.tree.map(lambda x: x + 1.0, state.trainable))  # "trained"

@@ -45,7 +45,8 @@ def test_the_message_of_a_worker_names_the_coordinator():
 def test_two_processes_train_on_their_own_shards_and_one_restores(tmp_path, train_data_dir, compile_cache):
     address, workdir = f"127.0.0.1:{_free_port()}", tmp_path / "run"
     procs = [subprocess.Popen(train_argv(workdir, train_data_dir, compile_cache, "--config.train.steps=2",
-                                         "--config.train.ckpt_every=1", f"--coordinator={address}",
+                                         "--config.train.ckpt_every=1", "--config.data.batch_size=1",
+                                         f"--coordinator={address}",
                                          "--num_processes=2", f"--process_id={i}", "--init_timeout=120"),
                               cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
@@ -58,7 +59,7 @@ def test_two_processes_train_on_their_own_shards_and_one_restores(tmp_path, trai
     # Each host read its own shard: its first batch is the first batch of loader shard i of 2.
     from configs import train
     from data_pipelines import loader
-    cfg = loop.resolve_config(train.get_config("size=tiny"), workdir, 2)
+    cfg = loop.resolve_config(train.get_config("size=micro"), workdir)
     cfg.data.update(batch_size=1, data_dir=str(train_data_dir))
     expected = [loop.batch_fingerprint(next(iter(loader.make_dataset(
         cfg.data, shard=grain.sharding.ShardOptions(i, 2, drop_remainder=True))))) for i in range(2)]

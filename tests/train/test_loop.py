@@ -18,7 +18,7 @@ from tests.train.conftest import REPO, run_python, run_train, subprocess_env, tr
 
 def _tiny():
     cfg = train.get_config("size=tiny")
-    cfg.train.batch_size = 2
+    cfg.train.batch_size = cfg.data.batch_size = 2
     return cfg
 
 
@@ -29,7 +29,7 @@ def test_config_errors_name_the_field_and_fix(tmp_path):
     with pytest.raises(loop.TrainConfigError, match=r"unknown mesh axis 'pipeline'.*data, fsdp, tensor"):
         loop.check_config(cfg, num_processes=1)
     cfg = _tiny()
-    cfg.train.batch_size = 3
+    cfg.train.batch_size = cfg.data.batch_size = 3
     with pytest.raises(loop.TrainConfigError, match=r"batch 3 does not split over 2 processes; set "
                                                      r"--config.train.batch_size to a multiple of 2"):
         loop.check_config(cfg, num_processes=2)
@@ -48,7 +48,7 @@ from mvrag_jax.train import loop
 for overrides in ({"mesh": {"data": 1, "fsdp": 16, "tensor": 1}}, {"mesh": {"data": 2, "fsdp": 4, "tensor": 1}}):
     cfg = train.get_config("size=tiny")
     cfg.update_from_flattened_dict({"mesh." + k: v for k, v in overrides["mesh"].items()})
-    cfg.train.batch_size = 12
+    cfg.train.batch_size = cfg.data.batch_size = 12
     try:
         loop.run(cfg, sys.argv[1])
     except ValueError as e:
