@@ -174,6 +174,12 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
         state, _ = checkpoint.restore(manager, start, trainer.abstract_state, data_iter)
         logging.info("resumed %s at step %d", workdir, start)
     rng = jax.random.key(t.seed)
+    summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
+               "processes": num_processes, "checkpoint_step": start}
+    if start >= t.steps:
+        logging.info("%s already reached train.steps=%d; raise --config.train.steps to go on", workdir, t.steps)
+        manager.close()
+        return summary
 
     host_batch = next(data_iter)
     fingerprint = batch_fingerprint(host_batch)
@@ -183,8 +189,7 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
     compiled, compile_s = trainer.compile(trainer.abstract_batch)
     logging.info("compiled the train step in %.1f s", compile_s)
 
-    summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
-               "compile_s": compile_s, "processes": num_processes, "first_batch": fingerprint}
+    summary.update(compile_s=compile_s, first_batch=fingerprint)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     examples_per_step = int(t.batch_size)
     step = last_saved = start
@@ -214,7 +219,7 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
                 summary["last"] = records[-1]
                 pending, window_start, window_steps = [], time.perf_counter(), 0
             if sample_fn is not None and t.sample_every > 0 and step % t.sample_every == 0:
-                _write_samples(sample_fn(state, step), workdir, step, writer)
+                write_samples(sample_fn(state, step), workdir, step, writer)
             if preempted:
                 logging.warning("stopping at step %d (preemption); saving", step)
                 summary["preempted"] = True
@@ -241,8 +246,9 @@ def launch(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, coordinator: str
     return run(cfg, workdir, sample_fn=sample_fn)
 
 
-def _write_samples(images: dict[str, np.ndarray], workdir: pathlib.Path, step: int,
-                   writer: metrics.MetricWriter) -> None:
+def write_samples(images: dict[str, np.ndarray], workdir: pathlib.Path, step: int,
+                  writer: metrics.MetricWriter) -> None:
+    """What `sample_fn` returned -> WORKDIR/samples/<name>_<step>.png and TensorBoard images (process 0)."""
     if not writer.enabled:
         return
     from PIL import Image

@@ -119,3 +119,15 @@ def test_sigterm_at_a_random_step_then_resume_is_bitwise_identical(tmp_path, tra
                         "--config.train.ckpt_every=2")
     assert resumed["start_step"] == stopped["step"] and resumed["step"] == steps
     assert _losses(broken) == _losses(tmp_path / "whole"), f"stopped after step {stopped['step']}"
+
+
+def test_sample_hook_output_becomes_pngs_and_tensorboard_images(tmp_path):
+    grid = np.zeros((8, 16, 3), np.uint8)
+    grid[:, 8:] = 255
+    with metrics.MetricWriter(tmp_path) as writer:
+        loop.write_samples({"grid": grid}, tmp_path, 12, writer)
+        with pytest.raises(ValueError, match=r"return \[H, W, 3\] uint8"):
+            loop.write_samples({"bad": grid.astype(np.float32)}, tmp_path, 12, writer)
+    with Image.open(tmp_path / loop.SAMPLES_SUBDIR / "grid_00000012.png") as image:
+        np.testing.assert_array_equal(np.asarray(image), grid)
+    assert b"samples/grid" in next((tmp_path / metrics.TB_DIR).glob("events.*")).read_bytes()
