@@ -1,7 +1,7 @@
 """MV-RAG training: model (configs/tiny.py or mvrag_sd21.py) + data (configs/data.py) + a `train` block.
 
     mvrag train --config configs/train.py:size=tiny --workdir /tmp/mvrag_train_tiny \
-        --config.data.data_dir /tmp/mvrag_data
+        --config.data.data_dir /tmp/mvrag_data      # datasets default to WORKDIR/data
     mvrag train --config configs/train.py:size=full --workdir gs://bucket/run \
         --config.train.init /ckpt/mvrag --config.data.tokenizer_dir /release/tokenizer \
         --config.mesh.data=-1 --config.mesh.fsdp=8
@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.model.vae.update(block_out_channels=(32,))
     c.train = train_block()
     c.data = d
+    c.data.data_dir = ""  # "" = WORKDIR/data (built there on first use); set a folder to share datasets across runs
     if args.size == "full":
         c.train.init = ""  # must be set: --config.train.init /path/to/converted/ckpt
         c.mesh.update(data=1, fsdp=-1, tensor=1)

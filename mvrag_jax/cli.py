@@ -1,7 +1,7 @@
 """`mvrag`: the command line. Each subcommand only parses flags and calls one library function.
 
     mvrag convert --release DIR --out CKPT_DIR
-    mvrag export --ckpt CKPT_DIR --out DIR [--dtype fp32|fp16|bf16]
+    mvrag export --ckpt CKPT_DIR|WORKDIR --out DIR [--dtype fp32|fp16|bf16]
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
     mvrag bench unet|sample --config configs/tiny.py
@@ -10,6 +10,7 @@
     mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
     mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
     mvrag eval (--ckpt DIR | --images DIR) --dataset ood_eval|DIR --out DIR [--clip_model DIR] [--dinov2 DIR] ...
+    mvrag train --config configs/train.py:size=tiny --workdir DIR [--config.train.steps=100 ...]
 Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
 --require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
@@ -72,7 +73,8 @@ def _run_convert(fv, argv):
 
 # ---- export --------------------------------------------------------------------------------------------------------
 def _define_export(fv):
-    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert` or training).", flag_values=fv)
+    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert`), or a `mvrag train` --workdir "
+                        "(its latest step, merged into the checkpoint the run started from).", flag_values=fv)
     flags.DEFINE_string("out", None, "Output release folder in the official layout (written atomically).",
                         flag_values=fv)
     flags.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Stored weight dtype.", flag_values=fv)
@@ -81,8 +83,8 @@ def _define_export(fv):
 
 
 def _run_export(fv, argv):
-    from mvrag_jax.convert import export_checkpoint
-    print(f"wrote {export_checkpoint(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite)}")
+    from mvrag_jax.train.checkpoint import export
+    print(f"wrote {export(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite)}")
     return 0
 
 
@@ -300,6 +302,33 @@ def _run_eval(fv, argv):
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
     else:
         print(f"wrote {run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, **common)}")
+# ---- train ---------------------------------------------------------------------------------------------------------
+def _define_train(fv):
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, tb/, loss.png, data/. A run resumes "
+                        "from its latest checkpoint.", flag_values=fv)
+    flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0 (omit on one host).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes join.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.", flag_values=fv)
+    flags.DEFINE_bool("multihost", False, "Join a Cloud TPU pod slice (coordinator, count and id auto-detected).",
+                      flag_values=fv)
+    flags.DEFINE_float("init_timeout", 300.0, "Seconds to wait for every process to connect before exiting with a "
+                       "message naming the missing one.", flag_values=fv)
+    flags.mark_flags_as_required(["workdir"], flag_values=fv)
+
+
+def _run_train(fv, argv):
+    import jax
+    from absl import logging
+    from mvrag_jax.train import loop
+    if fv.num_processes and fv.num_processes > 1:  # CPU collectives between processes (tests, CPU clusters)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)  # per-save chatter
+    flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
+    summary = loop.launch(fv.config, fv.workdir, coordinator=fv.coordinator, num_processes=fv.num_processes,
+                          process_id=fv.process_id, init_timeout_s=fv.init_timeout, multihost=fv.multihost)
+    print(json.dumps(summary), flush=True)
     return 0
 
 
@@ -321,6 +350,8 @@ COMMANDS = {c.name: c for c in (
             _define_retrieve, _run_retrieve),
     Command("eval", "Score a checkpoint or another method's views: CLIP/DINOv2 similarity, consistency, FID, IS.",
             _define_eval, _run_eval),
+    Command("train", "Train (or resume) a run in --workdir; SIGTERM saves and exits 0.", _define_train, _run_train,
+            config=("train.py:size=tiny", "Train config (configs/train.py[:arg]).")),
 )}
 
 
