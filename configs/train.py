@@ -19,6 +19,9 @@ Variants (arg string):
 - `size=medium`: configs/tiny.py:size=medium (full depth, 1/4 width) on tiny data: a CPU-sized benchmark.
 - `size=tiny`: configs/tiny.py with tiny data (32 px, k=2): tests and the laptop demo. fp32, random init, whole-UNet
   training (`trainable=unet`), since random weights have nothing to fine-tune from.
+- `size=demo`: tiny, with the demo's pooling VAE (mvrag_jax/demo/pixel_vae.py: decoded colours are learned colours)
+  and a learning rate for minutes of training from random weights; `make demo` runs it on 8 fake CPU devices
+  (data=2, fsdp=4) from the checkpoint `python -m mvrag_jax.demo.base` writes (--config.train.init).
 - `size=micro`: tiny, shrunk to a one-level UNet and a one-block VAE on 16 px views: the smallest consistent model,
   for tests of the training machinery (compiles in a fraction of tiny's time).
 
@@ -76,10 +79,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     if args.size == "full":
         c, d = mvrag_sd21.get_config(), data.get_config("size=paper")
         c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="dots_saveable")
-    elif args.size in ("tiny", "medium", "micro"):
+    elif args.size in ("tiny", "medium", "micro", "demo"):
         c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
     else:
-        raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, medium or full")
+        raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium or full")
     if args.size == "micro":
         c.model.image_size = 16
         c.model.unet.update(image_size=16, channel_mult=(1,), attention_resolutions=(1,))
@@ -95,6 +98,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.optimizer.update(learning_rate=1e-4, warmup_steps=10)
         c.train.update(cfg_drop_text=0.1, cfg_drop_image=0.1, cfg_drop_both=0.1)
         c.mesh.update(data=-1, fsdp=1, tensor=1)
+    if args.size == "demo":
+        c.model.vae.update(block_out_channels=(32, 32), norm_num_groups=1, scaling_factor=1.0)
+        c.train.update(init="", steps=300, log_every=25, ckpt_every=100, sample_every=0)
+        c.train.optimizer.update(learning_rate=1e-3, warmup_steps=20, schedule="cosine", end_factor=0.1)
+        c.mesh.update(data=2, fsdp=4, tensor=1)
     # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
     # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
     c.data.batch_size = c.train.batch_size
