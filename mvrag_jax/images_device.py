@@ -99,12 +99,7 @@ def preprocess_views(views: jax.Array, config: images.CLIPImageProcessorConfig) 
         levels = pil_resize_levels(levels, height, width, config.resample)
     if config.do_center_crop:
         levels = _center_crop(levels, *config.crop_hw)
-    if config.do_rescale:
-        # transformers rescales in float64 and rounds to float32: a 256-entry table holds those exact values
-        table = (np.arange(256, dtype=np.float64) * config.rescale_factor).astype(np.float32)
-        pixels = jnp.asarray(table)[levels]
-    else:
-        pixels = levels.astype(jnp.float32)
-    if config.do_normalize:
-        pixels = (pixels - jnp.asarray(config.image_mean, jnp.float32)) / jnp.asarray(config.image_std, jnp.float32)
-    return pixels
+    # Rescale and normalise map each (level, channel) to one float32 value; a [256, 3] table built on the host with
+    # the host path's own arithmetic holds those values exactly (XLA may turn the division into a reciprocal multiply).
+    table = images.rescale_normalize(np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1), config)  # [256, 3]
+    return jnp.asarray(table)[levels, jnp.arange(3)]
