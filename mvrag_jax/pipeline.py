@@ -133,9 +133,10 @@ class Pipeline:
     @classmethod
     def from_components(cls, release: Release, configs: dict[str, Any], params: dict[str, Any], *,
                         num_views: int = 4, image_size: int | None = None, dtype: str = "float32",
-                        mesh: Mesh | None = None) -> "Pipeline":
+                        mesh: Mesh | None = None, programs: stages.Programs | None = None) -> "Pipeline":
         """From converted (configs, params) per component. num_views: views per object (the official num_frames,
-        not in the release); image_size: output side in pixels (default: the UNet's latent size x the VAE factor)."""
+        not in the release); image_size: output side in pixels (default: the UNet's latent size x the VAE factor);
+        programs: compiled stages to share with other pipelines of the same sizes (default: a fresh cache)."""
         if dtype not in DTYPES:
             raise PipelineError(f"dtype={dtype!r}; choose one of {DTYPES}")
         if num_views < 1:
@@ -150,7 +151,7 @@ class Pipeline:
             image_size = configs["unet"].image_size * configs["vae"].downscale_factor
         placement = None if mesh is None else NamedSharding(mesh, PartitionSpec())  # replicated
         params = jax.device_put(params, placement) if placement else jax.device_put(params)
-        return cls(release, configs, params, num_views, image_size, mesh)
+        return cls(release, configs, params, num_views, image_size, mesh, programs or stages.Programs())
 
     @classmethod
     def load(cls, *, ckpt: str | pathlib.Path | None = None, release: str | pathlib.Path | None = None,

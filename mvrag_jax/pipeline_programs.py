@@ -41,7 +41,8 @@ def encode_retrieved(vision_config: clip.CLIPVisionConfig, vision_params: Any,
     '(b n) c f -> b (n c) f' over cat([neg x k, pos x k]) lays them out.
     """
     b, k = pixel_values.shape[:2]
-    pixels = jnp.concatenate([jnp.zeros_like(pixel_values[:1, 0]), pixel_values.reshape(b * k, *pixel_values.shape[2:])])
+    pixels = pixel_values.reshape(b * k, *pixel_values.shape[2:])
+    pixels = jnp.concatenate([jnp.zeros_like(pixels[:1]), pixels])                     # [1 + b k, s, s, 3]
     features = clip.image_features(vision_config, vision_params, pixels)                # [1 + b k, T, hidden]
     tokens = resampler.Resampler(resampler_config).apply({"params": resampler_params}, features)  # [1 + b k, Q, D]
     q, d = tokens.shape[1:]

@@ -1,25 +1,46 @@
 """mvrag_jax/pipeline.py on the tiny release: batching, compile reuse, options, text-only generation, errors.
 
-Parity with the official __call__ is the `pipeline_e2e` case (tests/verify/test_pipeline.py). Every test here shares
-one pipeline and prior_steps == num_inference_steps == 2, so the text-only main pass reuses the prior pass's program
-and the whole module compiles each stage at most once per batch size.
+Parity with the official __call__ is the `pipeline_e2e` case (tests/verify/test_harness.py). The pipeline here shares
+its compiled stages with the harness (`release_models.programs`) and the case's step counts, so single-object calls
+reuse the harness's programs; each stage compiles at most once per batch size.
 """
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
+from mvrag_jax.convert.components import release_components
 from mvrag_jax.pipeline import ObjectRequest, Pipeline, PipelineError, SamplingOptions
 from mvrag_jax.verify.arrays import retrieved_images
 from tests.conftest import load_case, write_text_only_release
 
-OPTIONS = SamplingOptions(num_inference_steps=2, prior_steps=2, guidance_scale=5.0)
+OPTIONS = SamplingOptions(num_inference_steps=4, prior_steps=3, guidance_scale=5.0, fusion_path="exact")
+
+
+@pytest.fixture(autouse=True)
+def full_precision():
+    """The harness's matmul precision (part of the compiled-program key), so programs are shared with it."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_ckpt) -> Pipeline:
-    return Pipeline.load(ckpt=tiny_ckpt)  # the checkpoint's release_files/ serve tokenizer, scheduler, processors
+def pipe(release_models) -> Pipeline:
+    names = [c.name for c in release_components(release_models.release)]
+    return Pipeline.from_components(release_models.release, {n: release_models.get(n)[0] for n in names},
+                                    {n: release_models.get(n)[1] for n in names}, programs=release_models.programs)
+
+
+def test_load_from_a_checkpoint_uses_its_release_files(tiny_ckpt, pipe):
+    loaded = Pipeline.load(ckpt=tiny_ckpt)  # release_files/ serve tokenizer, scheduler and processors
+    assert loaded.release.root.name == "release_files"
+    assert (loaded.num_views, loaded.image_size, loaded.latent_shape) == (pipe.num_views, pipe.image_size,
+                                                                          pipe.latent_shape)
+    assert loaded.schedule == pipe.schedule and loaded.dino_processor == pipe.dino_processor
+    np.testing.assert_array_equal(np.asarray(loaded.encode_prompts(["a chair"])),
+                                  np.asarray(pipe.encode_prompts(["a chair"])))
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +125,12 @@ def test_bad_requests_and_options_are_clear_errors(pipe, requests):
         pipe.generate([dataclasses.replace(requests[0], initial_latents=np.zeros((3, 2, 2, 4)))], OPTIONS)
     with pytest.raises(PipelineError, match="no requests"):
         pipe.generate([], OPTIONS)
+
+
+def test_device_fusion_path_gives_the_exact_weight(pipe, requests, batched):
+    (device,), _ = pipe.generate([requests[0]], dataclasses.replace(OPTIONS, fusion_path="device"))
+    assert device.fusion_weight == pytest.approx(batched[0][0].fusion_weight, abs=1e-6)
+    np.testing.assert_allclose(device.images_float, batched[0][0].images_float, atol=1e-4, rtol=0)
 
 
 def test_text_only_base_release_generates(tmp_path):

@@ -25,7 +25,7 @@ def _pipeline(models: ReleaseModels, num_views: int, image_size: int) -> Pipelin
     converted = {c.name: models.get(c.name) for c in release_components(models.release)}
     return Pipeline.from_components(models.release, {n: c for n, (c, _) in converted.items()},
                                     {n: p for n, (_, p) in converted.items()}, num_views=num_views,
-                                    image_size=image_size)
+                                    image_size=image_size, programs=models.programs)
 
 
 def check_pipeline(models: ReleaseModels, case: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
