@@ -19,7 +19,7 @@ from tests.conftest import load_case, write_text_only_release
 OPTIONS = SamplingOptions(num_inference_steps=4, prior_steps=3, guidance_scale=5.0, fusion_path="exact")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def full_precision():
     """The harness's matmul precision (part of the compiled-program key), so programs are shared with it."""
     with jax.default_matmul_precision("highest"):
@@ -142,3 +142,10 @@ def test_text_only_base_release_generates(tmp_path):
     assert result.fusion_weight is None and timings["prior"] == 0.0
     with pytest.raises(PipelineError, match="no image branch"):
         base.generate([ObjectRequest("a chair", (np.zeros((8, 8, 3), np.uint8),), seed=1)], options)
+
+
+def test_dtype_applies_to_every_component(release_models, pipe):
+    bf16 = Pipeline.from_components(release_models.release, pipe.configs, pipe.params, dtype="bfloat16")
+    assert {getattr(c, "dtype", "bfloat16") for c in bf16.configs.values()} == {"bfloat16"}
+    with pytest.raises(PipelineError, match="dtype"):
+        Pipeline.from_components(release_models.release, pipe.configs, pipe.params, dtype="float16")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 REPO = pathlib.Path(__file__).parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -41,6 +43,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # compiles every stage twice at 8 objects (sharded and single-device) in a subprocess
 def test_objects_split_over_the_mesh_match_one_device(tiny_ckpt):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO))

@@ -113,7 +113,9 @@ class UNetConfig:
         if "channel_mult" not in known:
             known["channel_mult"] = (1, 2, 4, 8)  # official default
         # The config does not say whether the decoupled image attention exists; the weights do (header read only).
-        image_branch = any(".to_k_ip." in key for key in release.shapes("unet"))
+        # A folder without weights (a config being prepared) is taken as the MV-RAG UNet; converting it fails later.
+        weights = sorted(release.folder("unet").glob("*.safetensors"))
+        image_branch = not weights or any(".to_k_ip." in key for key in release.shapes("unet"))
         return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, image_branch=image_branch)
 
     @classmethod
