@@ -296,8 +296,8 @@ class Pipeline:
         prior_latents = prior_views = fused = None
         if run_prior:
             with clock("prior"):
-                prior_latents = block(self._sample("sample_prior", options.prior_steps, latents, embeds, cam,
-                                                         None, self._put(np.ones(b, np.float32)), guidance))
+                prior_latents = block(self._sample("sample_prior", options.prior_steps, latents, embeds, cam, None,
+                                                   self._put(np.ones(b, np.float32)), guidance))
             with clock("decode"):
                 prior_views = block(self._decode(prior_latents))
             with clock("fusion"):
@@ -310,7 +310,7 @@ class Pipeline:
             scale = fused[3]
         with clock("main"):
             final = block(self._sample("sample_main", options.num_inference_steps, latents, embeds, cam, tokens,
-                                             scale, guidance))
+                                       scale, guidance))
         with clock("decode"):
             views = block(self._decode(final))
         return _results(b, views, final, prior_views, prior_latents, fused, retrieved_embeddings,
