@@ -113,9 +113,11 @@ class UNetConfig:
         if "channel_mult" not in known:
             known["channel_mult"] = (1, 2, 4, 8)  # official default
         # The config does not say whether the decoupled image attention exists; the weights do (header read only).
-        # A folder without weights (a config being prepared) is taken as the MV-RAG UNet; converting it fails later.
+        # A release with a resampler/ is MV-RAG: its UNet must have the branch (missing to_k_ip keys then fail the
+        # conversion with the "base MVDream UNet?" hint). A folder without weights is taken as MV-RAG too.
         weights = sorted(release.folder("unet").glob("*.safetensors"))
-        image_branch = not weights or any(".to_k_ip." in key for key in release.shapes("unet"))
+        image_branch = (not weights or release.has("resampler")
+                        or any(".to_k_ip." in key for key in release.shapes("unet")))
         return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, image_branch=image_branch)
 
     @classmethod
