@@ -17,7 +17,7 @@ import numpy as np
 
 from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models.unet import CONTEXT_LENGTH, MultiViewUNet, UNetConfig, init_params
-from mvrag_jax.train.trainable import TRAIN, label_for_path
+from mvrag_jax.train.trainable import merge_params, split_trainable
 
 TIMESTEPS = 1000  # DDPM training steps: the range timesteps are drawn from
 
@@ -37,8 +37,15 @@ def _unet_inputs(config: UNetConfig, batch_size: int, num_image_tokens: int, see
     }
 
 
+# Learned tables and tokens: N(0, 0.02) as the transformers initialisers; left at 0 a whole model degenerates
+# (zero CLS token -> zero DINOv2 embedding -> NaN cosine similarity -> NaN fusion weight).
+_EMBEDDINGS = ("embedding", "class_embedding", "cls_token", "mask_token", "position_embeddings", "latents")
+_ONES = ("scale", "lambda1")  # norm scales and DINOv2's layer scale
+
+
 def host_random_params(shapes: Any, seed: int = 0) -> dict:
-    """Fill an abstract param tree on the host: kernels N(0, 1/fan_in), norm scales 1, everything else 0.
+    """Fill an abstract param tree on the host: kernels N(0, 1/fan_in), embeddings N(0, 0.02), norm and layer
+    scales 1, everything else (biases) 0.
 
     For timings and numerics checks where the values are incidental: a jitted `init_params` spends most of its
     (CPU) compile time on one truncated-normal sampler per kernel, which would dwarf a small config's benchmark.
@@ -49,17 +56,11 @@ def host_random_params(shapes: Any, seed: int = 0) -> dict:
         if path[-1] == "kernel":
             fan_in = int(np.prod(shape[:-1]))
             return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-        return np.full(shape, 1.0 if path[-1] == "scale" else 0.0, np.float32)
+        if path[-1] in _EMBEDDINGS:
+            return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+        return np.full(shape, 1.0 if path[-1] in _ONES else 0.0, np.float32)
 
     return unflatten({path: fill(path, leaf.shape) for path, leaf in flatten(shapes).items()})
-
-
-def _split_trainable(params: dict) -> tuple[dict, dict]:
-    """(trainable, frozen) halves of a nested param dict, by train/trainable.py's labels."""
-    flat = flatten(params)
-    trainable = {path: v for path, v in flat.items() if label_for_path(list(path)) == TRAIN}
-    frozen = {path: v for path, v in flat.items() if path not in trainable}
-    return unflatten(trainable), unflatten(frozen)
 
 
 def _count(tree: Any) -> int:
@@ -107,13 +108,13 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
         shapes = nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0)))
         params = jax.device_put(host_random_params(shapes, seed))
         inputs = jax.device_put(_unet_inputs(config, batch_size, num_image_tokens, seed + 1))
-        trainable, frozen = _split_trainable(params)
+        trainable, frozen = split_trainable(params)
 
         def forward(params, inputs):
             return model.apply({"params": params}, **inputs)
 
         def loss(trainable, frozen, inputs):
-            eps = model.apply({"params": _merge(trainable, frozen)}, **inputs)
+            eps = model.apply({"params": merge_params(trainable, frozen)}, **inputs)
             return jnp.mean(jnp.square(eps.astype(jnp.float32)))
 
         forward_stats = _time_compiled(forward, (params, inputs), steps)
@@ -136,7 +137,3 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
         "forward": forward_stats,
         "forward_backward": backward_stats,
     }
-
-
-def _merge(trainable: dict, frozen: dict) -> dict:
-    return unflatten({**flatten(frozen), **flatten(trainable)})

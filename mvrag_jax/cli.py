@@ -1,11 +1,18 @@
 """`mvrag`: the command line. Each subcommand only parses flags and calls one library function.
 
     mvrag convert --release DIR --out CKPT_DIR
-    mvrag export --ckpt CKPT_DIR --out DIR [--dtype fp32|fp16|bf16]
+    mvrag export --ckpt CKPT_DIR|WORKDIR --out DIR [--dtype fp32|fp16|bf16]
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
-    mvrag bench unet --config configs/tiny.py
+    mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
+    mvrag bench unet|sample --config configs/tiny.py
+    mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
-Run `mvrag <subcommand> --help` for its flags.
+    mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
+    mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
+    mvrag eval (--ckpt DIR | --images DIR) --dataset ood_eval|DIR --out DIR [--clip_model DIR] [--dinov2 DIR] ...
+    mvrag train --config configs/train.py:size=tiny --workdir DIR [--config.train.steps=100 ...]
+Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
+--require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
 
 import dataclasses
@@ -18,6 +25,8 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
+import configs
+from mvrag_jax import cli_flags
 from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
 
 # Errors a user can fix from the message alone: printed without a traceback, exit code 2.
@@ -30,6 +39,7 @@ class Command:
     summary: str
     define: Callable[[flags.FlagValues], None]
     run: Callable[[flags.FlagValues, list[str]], int]
+    config: tuple[str, str] | None = None  # (default spec in configs/, help) of a `--config` flag, if any
 
 
 def _define_runtime(fv: flags.FlagValues) -> None:
@@ -63,7 +73,8 @@ def _run_convert(fv, argv):
 
 # ---- export --------------------------------------------------------------------------------------------------------
 def _define_export(fv):
-    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert` or training).", flag_values=fv)
+    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert`), or a `mvrag train` --workdir "
+                        "(its latest step, merged into the checkpoint the run started from).", flag_values=fv)
     flags.DEFINE_string("out", None, "Output release folder in the official layout (written atomically).",
                         flag_values=fv)
     flags.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Stored weight dtype.", flag_values=fv)
@@ -72,8 +83,8 @@ def _define_export(fv):
 
 
 def _run_export(fv, argv):
-    from mvrag_jax.convert import export_checkpoint
-    print(f"wrote {export_checkpoint(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite)}")
+    from mvrag_jax.train.checkpoint import export
+    print(f"wrote {export(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite)}")
     return 0
 
 
@@ -106,27 +117,91 @@ def _run_verify(fv, argv):
     return 1 if counts["fail"] or (fv.require_all and counts["skipped"]) else 0
 
 
+# ---- generate ------------------------------------------------------------------------------------------------------
+def _define_generate(fv):
+    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert` or training).", flag_values=fv)
+    flags.DEFINE_string("release", None, "Official release folder (converted in memory), instead of --ckpt.",
+                        flag_values=fv)
+    flags.DEFINE_string("prompt", None, "One prompt, e.g. \"a red vintage car\".", flag_values=fv)
+    flags.DEFINE_string("prompts", None, "Prompt file: one prompt per line, or JSON lines {\"prompt\": ..., "
+                        "\"retrieved\": FOLDER} (folder relative to the file).", flag_values=fv)
+    flags.DEFINE_string("retrieved", None, "Folder of retrieved images (the first --k by name are used).",
+                        flag_values=fv)
+    flags.DEFINE_string("index", None, "Retrieval index (from `mvrag index`), instead of --retrieved.", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "Retrieved images per object.", flag_values=fv)
+    flags.DEFINE_list("seeds", ["0"], "Seeds: each prompt is generated once per seed.", flag_values=fv)
+    flags.DEFINE_integer("steps", 50, "DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "DDIM steps of the prior pass (it sets the fusion weight).",
+                         flag_values=fv)
+    flags.DEFINE_float("guidance", 5.0, "Classifier-free guidance scale (>= 1; 1 disables it).", flag_values=fv)
+    flags.DEFINE_float("elevation", 15.0, "Camera elevation of the views, degrees.", flag_values=fv)
+    flags.DEFINE_string("dtype", "fp32", "Compute dtype: fp32 or bf16 (params stay fp32).", flag_values=fv)
+    flags.DEFINE_bool("no_prior", False, "Skip the prior pass; needs --fusion_weight.", flag_values=fv)
+    flags.DEFINE_float("fusion_weight", None, "Fixed fusion weight for the main pass (ablations).", flag_values=fv)
+    flags.DEFINE_bool("require_retrieval", False, "Fail instead of generating text-only when no image is found.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch", 1, "Objects per device call (rounded up to a multiple of the local devices).",
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder: one subfolder per object (views, grid.png, record.json); "
+                        "a rerun skips complete objects.", flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
+
+
+def _run_generate(fv, argv):
+    from mvrag_jax import generate
+    settings = generate.Settings(steps=fv.steps, prior_steps=fv.prior_steps, guidance=fv.guidance,
+                                 elevation=fv.elevation, dtype=fv.dtype, use_prior=not fv.no_prior,
+                                 fusion_weight=fv.fusion_weight, k=fv.k, require_retrieval=fv.require_retrieval,
+                                 batch=fv.batch)
+    summary = generate.run(out=fv.out, ckpt=fv.ckpt, release=fv.release, prompt=fv.prompt, prompts=fv.prompts,
+                           retrieved=fv.retrieved, index=fv.index, seeds=fv.seeds, settings=settings)
+    print(json.dumps(summary))
+    return 0
+
+
 # ---- bench ---------------------------------------------------------------------------------------------------------
 def _define_bench(fv):
-    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config (configs/*.py[:arg]).",
-                                    flag_values=fv, lock_config=True)
-    flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1, "unet: objects per call (each has num_frames views).", flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
+    flags.DEFINE_list("objects", ["1", "4"], "sample: objects per call, one run each.", flag_values=fv)
+    flags.DEFINE_integer("sample_steps", 50, "sample: DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "sample: DDIM steps of the prior pass.", flag_values=fv)
+    flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
+                        "the bundled tiny release, which matches configs/tiny.py).", flag_values=fv)
+    flags.DEFINE_string("out", "bench.json", "all: the JSON file to write.", flag_values=fv)
+
+
+def _run_bench_suite(fv, argv):
+    """`mvrag bench all` (every benchmark -> one JSON) and `mvrag bench compare A.json B.json`."""
+    from mvrag_jax import bench_suite
+    if argv[1] == "compare":
+        if len(argv) != 4:
+            raise ValueError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
+        print(bench_suite.compare(argv[2], argv[3]))
+        return 0
+    path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None)
+    print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _run_bench(fv, argv):
-    from mvrag_jax import bench
-    targets = {"unet": bench.bench_unet}
+    if argv[1:2] in (["all"], ["compare"]):
+        return _run_bench_suite(fv, argv)
+    from mvrag_jax import bench, bench_sample
+    targets = {
+        "unet": lambda: bench.bench_unet(fv.config, batch_size=fv.batch_size, steps=fv.steps),
+        "sample": lambda: bench_sample.bench_sample(fv.config, objects=[int(n) for n in fv.objects], calls=fv.steps,
+                                                    sample_steps=fv.sample_steps, prior_steps=fv.prior_steps,
+                                                    release_dir=fv.release),
+    }
     if len(argv) != 2 or argv[1] not in targets:
         raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
-    print(json.dumps(targets[argv[1]](fv.config, batch_size=fv.batch_size, steps=fv.steps), indent=1))
+    print(json.dumps(targets[argv[1]](), indent=1))
     return 0
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
 def _define_data(fv):
-    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config (configs/data.py[:arg]).",
-                                    flag_values=fv, lock_config=True)
     flags.DEFINE_list("datasets", ["mode_3d", "mode_2d"], "build: mode_3d, mode_2d, ood_eval or a dataset name.",
                       flag_values=fv)
     flags.DEFINE_string("out", "/tmp/mvrag_preview.png", "preview: PNG to write.", flag_values=fv)
@@ -152,15 +227,131 @@ def _run_data(fv, argv):
     return 0
 
 
+# ---- index / retrieve ----------------------------------------------------------------------------------------------
+def _define_index(fv):
+    flags.DEFINE_string("collection", None, 'Captioned collection: a .jsonl of {"image": path relative to the file\'s '
+                        'folder, "caption": text} lines.', flag_values=fv)
+    flags.DEFINE_string("out", None, "Index folder to write (atomically).", flag_values=fv)
+    flags.DEFINE_enum("kind", "bm25", ["bm25", "dense"], "bm25: captions, the paper's Pyserini settings (k1=0.9, "
+                      "b=0.4); dense: CLIP text -> image similarity.", flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "dense: a transformers CLIPModel folder (config.json, *.safetensors, "
+                        "tokenizer files).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["collection", "out"], flag_values=fv)
+
+
+def _run_index(fv, argv):
+    from mvrag_jax.retrieval import build_index
+    print(f"wrote {build_index(fv.collection, fv.out, kind=fv.kind, clip_model=fv.clip_model, overwrite=fv.overwrite)}")
+    return 0
+
+
+def _define_retrieve(fv):
+    flags.DEFINE_string("index", None, "Index folder from `mvrag index` (or use --folder).", flag_values=fv)
+    flags.DEFINE_string("folder", None, "A folder of images, returned in name order (the official simple retriever).",
+                        flag_values=fv)
+    flags.DEFINE_string("prompt", None, "Text prompt.", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "Images to retrieve (the paper uses 4).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Copy the hits here as 00_<name>, 01_<name>, ... (a new or empty folder).",
+                        flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "dense index: use this CLIPModel folder instead of the one it was built "
+                        "with.", flag_values=fv)
+    flags.mark_flags_as_required(["prompt"], flag_values=fv)
+
+
+def _run_retrieve(fv, argv):
+    from mvrag_jax.retrieval import show_hits
+    print(show_hits(fv.prompt, fv.k, folder=fv.folder, index=fv.index, clip_model=fv.clip_model, out=fv.out))
+    return 0
+
+
+# ---- eval ----------------------------------------------------------------------------------------------------------
+def _define_eval(fv):
+    flags.DEFINE_string("images", None, "Score another method's views: <images>/<prompt_id>/view_<i>.png.",
+                        flag_values=fv)
+    flags.DEFINE_string("ckpt", None, "Generate with this mvrag checkpoint, then score.", flag_values=fv)
+    flags.DEFINE_string("dataset", "ood_eval", "ood_eval (the built tfds dataset) or a folder in its manual layout "
+                        "(<prompt_id>/prompt.txt, retrieved/, reference/).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder (written atomically): metrics.json, report.md, ...",
+                        flag_values=fv)
+    flags.DEFINE_enum("study", None, ["retrieval"], "retrieval: k in --ks with correct, shuffled and noisy "
+                      "retrievals (needs --ckpt).", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "--ckpt: retrieved images per prompt (0: text-only).", flag_values=fv)
+    flags.DEFINE_list("ks", ["0", "1", "2", "4"], "--study retrieval: the k values.", flag_values=fv)
+    flags.DEFINE_list("seeds", ["0"], "--ckpt: seeds; each (prompt, seed) is one sample.", flag_values=fv)
+    flags.DEFINE_integer("steps", 50, "--ckpt: DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_float("guidance_scale", 5.0, "--ckpt: classifier-free guidance scale.", flag_values=fv)
+    flags.DEFINE_integer("num_views", 4, "--ckpt: views per object.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 4, "--ckpt: objects per pipeline call.", flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "CLIP similarity: a transformers CLIPModel folder; without it the metric "
+                        "is reported missing.", flag_values=fv)
+    flags.DEFINE_string("dinov2", None, "DINOv2 similarity and view consistency: a facebook/dinov2-base folder, a "
+                        "release or a checkpoint (default with --ckpt: its own).", flag_values=fv)
+    flags.DEFINE_string("inception", None, "FID and IS: pytorch-fid's pt_inception-2015-12-05 weights as "
+                        ".safetensors (conversion command: mvrag_jax/eval/encoders.py).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
+
+
+def _run_eval(fv, argv):
+    from mvrag_jax.eval import run, study
+    common = dict(out=fv.out, dataset=fv.dataset, seeds=[int(s) for s in fv.seeds], clip_model=fv.clip_model,
+                  dinov2=fv.dinov2, inception=fv.inception, steps=fv.steps, guidance_scale=fv.guidance_scale,
+                  num_views=fv.num_views, batch_size=fv.batch_size, overwrite=fv.overwrite)
+    if fv.study == "retrieval":
+        print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
+    else:
+        print(f"wrote {run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, **common)}")
+# ---- train ---------------------------------------------------------------------------------------------------------
+def _define_train(fv):
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, tb/, loss.png, data/. A run resumes "
+                        "from its latest checkpoint.", flag_values=fv)
+    flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0 (omit on one host).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes join.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.", flag_values=fv)
+    flags.DEFINE_bool("multihost", False, "Join a Cloud TPU pod slice (coordinator, count and id auto-detected).",
+                      flag_values=fv)
+    flags.DEFINE_float("init_timeout", 300.0, "Seconds to wait for every process to connect before exiting with a "
+                       "message naming the missing one.", flag_values=fv)
+    flags.mark_flags_as_required(["workdir"], flag_values=fv)
+
+
+def _run_train(fv, argv):
+    import jax
+    from absl import logging
+    from mvrag_jax.train import loop
+    if fv.num_processes and fv.num_processes > 1:  # CPU collectives between processes (tests, CPU clusters)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)  # per-save chatter
+    flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
+    summary = loop.launch(fv.config, fv.workdir, coordinator=fv.coordinator, num_processes=fv.num_processes,
+                          process_id=fv.process_id, init_timeout_s=fv.init_timeout, multihost=fv.multihost)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 COMMANDS = {c.name: c for c in (
     Command("convert", "Convert an official PyTorch release into an mvrag checkpoint.", _define_convert, _run_convert),
     Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
     Command("verify-reference", "Check parity with the official outputs stored in a cases folder.", _define_verify,
             _run_verify),
+    Command("generate", "Generate multiview images for prompts (with retrieved images), resumable and batched.",
+            _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
-            _define_data, _run_data),
-    Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
-            _run_bench),
+            _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample`; every benchmark to one JSON: "
+            "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
+            _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
+    Command("index", "Build a BM25 or dense (CLIP) retrieval index from a captioned image collection.", _define_index,
+            _run_index),
+    Command("retrieve", "Retrieve k images for a prompt from an index or a folder; list them, optionally copy them.",
+            _define_retrieve, _run_retrieve),
+    Command("eval", "Score a checkpoint or another method's views: CLIP/DINOv2 similarity, consistency, FID, IS.",
+            _define_eval, _run_eval),
+    Command("train", "Train (or resume) a run in --workdir; SIGTERM saves and exits 0.", _define_train, _run_train,
+            config=("train.py:size=tiny", "Train config (configs/train.py[:arg]).")),
 )}
 
 
@@ -168,6 +359,34 @@ def _usage() -> str:
     lines = [__doc__.strip(), "", "subcommands:"]
     lines += [f"  {name:18s} {c.summary}" for name, c in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _flag_values(command: Command, args: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """`command`'s flags, defined, and `args` with dashed names and config paths normalised (not parsed yet)."""
+    fv = flags.FlagValues()
+    command.define(fv)
+    _define_runtime(fv)
+    args = cli_flags.normalise_argv(args, fv)
+    if command.config:
+        args = cli_flags.resolve_config_args(args)
+        argv = [f"mvrag {command.name}"] + args  # config_flags reads `--config.x` overrides from this list
+        config_flags.DEFINE_config_file("config", configs.resolve(command.config[0]), command.config[1],
+                                        flag_values=fv, lock_config=True, sys_argv=argv)
+    return fv, args
+
+
+def parse(command: Command, args: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """Define `command`'s flags and parse `args` (after the subcommand); returns (flags, positional args).
+
+    Raises flags.Error for unknown or missing flags, FileNotFoundError for a config file that does not exist.
+    """
+    fv, args = _flag_values(command, args)
+    return fv, fv([f"mvrag {command.name}"] + args)
+
+
+def command_help(command: Command) -> str:
+    fv, _ = _flag_values(command, [])
+    return f"mvrag {command.name}: {command.summary}\n\n{cli_flags.dashed_help(fv.get_help(), fv)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,17 +400,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvrag: unknown subcommand {argv[1]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     command = COMMANDS[argv[1]]
-    fv = flags.FlagValues()
-    command.define(fv)
-    _define_runtime(fv)
-    rest = [f"mvrag {command.name}"] + argv[2:]
-    if any(a in ("-h", "--help", "-help") for a in rest[1:]):
-        print(f"mvrag {command.name}: {command.summary}\n\n{fv.get_help()}")
+    if any(a in ("-h", "--help", "-help") for a in argv[2:]):
+        print(command_help(command))
         return 0
     try:
-        positional = fv(rest)
+        fv, positional = parse(command, argv[2:])
     except flags.Error as e:
         print(f"mvrag {command.name}: {e}\nRun `mvrag {command.name} --help` for the flags.", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"mvrag {command.name}: error: {e}", file=sys.stderr)
         return 2
     _setup_jax(fv)
     try:

@@ -46,11 +46,11 @@ from mvrag_jax.convert.components import convert_component, release_components
 from mvrag_jax.diffusion import ddim
 from mvrag_jax.diffusion.sample import schedule_tables
 from mvrag_jax.models import dinov2
+from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.release import Release
 
 FUSION_PATHS = ("exact", "device")
 DTYPES = ("float32", "bfloat16")
-ATTENTION = ("xla",)
 DATA_AXES = ("data", "fsdp")  # the mesh axes objects are split over
 STAGES = ("encode", "prior", "fusion", "main", "decode")
 TEXT_COMPONENTS = ("unet", "clip_text", "vae")
@@ -136,9 +136,11 @@ class Pipeline:
     @classmethod
     def from_components(cls, release: Release, configs: dict[str, Any], params: dict[str, Any], *,
                         num_views: int = 4, image_size: int | None = None, dtype: str = "float32",
-                        mesh: Mesh | None = None, programs: stages.Programs | None = None) -> "Pipeline":
+                        mesh: Mesh | None = None, attention: str | None = None,
+                        programs: stages.Programs | None = None) -> "Pipeline":
         """From converted (configs, params) per component. num_views: views per object (the official num_frames,
         not in the release); image_size: output side in pixels (default: the UNet's latent size x the VAE factor);
+        attention: the UNet's attention kernel (models/attention_kernels.py KERNELS; None keeps the config's);
         programs: compiled stages to share with other pipelines of the same sizes (default: a fresh cache)."""
         if dtype not in DTYPES:
             raise PipelineError(f"dtype={dtype!r}; choose one of {DTYPES}")
@@ -150,6 +152,9 @@ class Pipeline:
         configs = {name: dataclasses.replace(config, dtype=dtype) if hasattr(config, "dtype") else config
                    for name, config in configs.items() if name in params}
         configs["unet"] = dataclasses.replace(configs["unet"], num_frames=num_views)
+        if attention is not None:
+            check_kernel(attention, "Pipeline", PipelineError)
+            configs["unet"] = dataclasses.replace(configs["unet"], attention=attention)
         if image_size is None:
             image_size = configs["unet"].image_size * configs["vae"].downscale_factor
         placement = None if mesh is None else NamedSharding(mesh, PartitionSpec())  # replicated
@@ -158,13 +163,11 @@ class Pipeline:
 
     @classmethod
     def load(cls, *, ckpt: str | pathlib.Path | None = None, release: str | pathlib.Path | None = None,
-             dtype: str = "float32", mesh: Mesh | None = None, attention: str = "xla", num_views: int = 4,
+             dtype: str = "float32", mesh: Mesh | None = None, attention: str = "auto", num_views: int = 4,
              image_size: int | None = None) -> "Pipeline":
         """From a checkpoint written by `mvrag convert` (ckpt) or an official release folder (converted in memory)."""
         if (ckpt is None) == (release is None):
             raise PipelineError("pass exactly one of ckpt (a `mvrag convert` output) or release (an official folder)")
-        if attention not in ATTENTION:
-            raise PipelineError(f"attention={attention!r}; implemented: {ATTENTION}")
         if ckpt is not None:
             configs, params = load_model_checkpoint(ckpt)
             source = Release.open(pathlib.Path(ckpt) / "release_files")
@@ -174,7 +177,7 @@ class Pipeline:
             configs = {name: config for name, (config, _) in converted.items()}
             params = {name: value for name, (_, value) in converted.items()}
         return cls.from_components(source, configs, params, num_views=num_views, image_size=image_size, dtype=dtype,
-                                   mesh=mesh)
+                                   mesh=mesh, attention=attention)
 
     # ---- placement -----------------------------------------------------------------------------------------------
     @property

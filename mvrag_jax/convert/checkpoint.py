@@ -42,12 +42,18 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: as_tuple(v) for k, v in values.items()})
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
-    """Yield a temporary folder next to `target`; on success it replaces `target`, on error it is deleted."""
+def check_target(target: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
+    """The absolute output folder; an error when it exists and `overwrite` is off (call before any long work)."""
     target = pathlib.Path(target).absolute()
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target} already exists; choose another output folder or pass --overwrite")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """Yield a temporary folder next to `target`; on success it replaces `target`, on error it is deleted."""
+    target = check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -80,8 +86,8 @@ def save_checkpoint(out_dir: str | os.PathLike, configs: dict[str, Any], params:
     return pathlib.Path(out_dir)
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]) -> tuple[dict, dict]:
-    """(configs, params) of a checkpoint written by `save_checkpoint`; params are float32 numpy trees."""
+def load_configs(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]) -> dict[str, Any]:
+    """The component configs of a checkpoint written by `save_checkpoint` (reads only its JSON, no weights)."""
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
     meta_path = ckpt_dir / CONFIG_FILE
     if not ckpt_dir.is_dir():
@@ -93,8 +99,13 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]
     unknown = sorted(set(meta["components"]) - set(config_classes))
     if unknown:
         raise CheckpointError(f"{ckpt_dir} holds components {unknown} this version does not know")
-    configs = {name: config_from_dict(config_classes[name], values) for name, values in meta["components"].items()}
-    restored = ocp.StandardCheckpointer().restore(ckpt_dir / "params")
+    return {name: config_from_dict(config_classes[name], values) for name, values in meta["components"].items()}
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]) -> tuple[dict, dict]:
+    """(configs, params) of a checkpoint written by `save_checkpoint`; params are float32 numpy trees."""
+    configs = load_configs(ckpt_dir, config_classes)
+    restored = ocp.StandardCheckpointer().restore(pathlib.Path(ckpt_dir).absolute() / "params")
     params = {name: _to_numpy(restored[name]) for name in configs}
     return configs, params
 

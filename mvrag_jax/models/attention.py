@@ -38,21 +38,23 @@ class CrossAttention(nn.Module):
     query_dim: int
     ip: bool = False
     dtype: Dtype = jnp.float32
+    attention_kernel: str = "auto"  # runtime.attention (models/attention_kernels.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0) -> jax.Array:
+                 scale: jax.Array | float = 1.0, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` [b, 1, lq, lk] bool (True = may attend) applies to the text/self term only."""
         inner = self.heads * self.dim_head
         project = lambda name: layers.dense(inner, (EMBED, HEADS), use_bias=False, dtype=self.dtype, name=name)
         context = x if context is None else context  # self-attention when no context (attn1)
         q = project("to_q")(x)  # [b, lq, heads * dh]
         k, v = project("to_k")(context), project("to_v")(context)  # [b, lk, heads * dh]
-        out = layers.attention(q, k, v, self.heads)  # [b, lq, heads * dh]
+        out = layers.attention(q, k, v, self.heads, mask=mask, kernel=self.attention_kernel)  # [b, lq, heads * dh]
         if self.ip:
             to_k_ip, to_v_ip = project("to_k_ip"), project("to_v_ip")
             if image_tokens is not None:
                 k_ip, v_ip = to_k_ip(image_tokens), to_v_ip(image_tokens)  # [b, n, heads * dh]
-                out_ip = layers.attention(q, k_ip, v_ip, self.heads)
+                out_ip = layers.attention(q, k_ip, v_ip, self.heads, kernel=self.attention_kernel)
                 scale = jnp.asarray(scale, out.dtype)
                 if scale.ndim == 1:  # one weight per row (object): [b] -> [b, 1, 1]
                     scale = scale[:, None, None]
@@ -87,10 +89,19 @@ class FeedForward(nn.Module):
         return layers.dense(self.dim, (MLP, EMBED), dtype=self.dtype, name="net_2")(h)
 
 
+def single_view_mask(single_view: jax.Array, num_frames: int, tokens_per_view: int) -> jax.Array:
+    """attn1 mask [b, 1, F*l, F*l]: objects with single_view[b] attend within each view only (MVDream's 2D mode,
+    num_frames=1, in a static-shape batch), the others across all their views."""
+    view = jnp.arange(num_frames * tokens_per_view) // tokens_per_view  # [F*l] view of each token
+    same_view = view[:, None] == view[None, :]                          # [F*l, F*l]
+    return same_view[None, None] | ~single_view.astype(bool)[:, None, None, None]
+
+
 class BasicTransformerBlock3D(nn.Module):
     """Pre-LN block: cross-view self-attention (attn1), text/image cross-attention (attn2), GEGLU FF.
 
     attn1 attends over the tokens of ALL `num_frames` views of one object jointly; attn2 and FF are per view.
+    `single_view` [b] bool (training only; None at inference) restricts attn1 of the marked objects to each view.
     """
     dim: int
     heads: int
@@ -98,15 +109,17 @@ class BasicTransformerBlock3D(nn.Module):
     num_frames: int
     ip: bool = True                # attn2 owns to_k_ip/to_v_ip (False: text-only MVDream-style base)
     dtype: Dtype = jnp.float32
+    attention_kernel: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None,
-                 scale: jax.Array | float) -> jax.Array:
+                 scale: jax.Array | float, single_view: jax.Array | None = None) -> jax.Array:
         norm = lambda name: layers.layer_norm(TRANSFORMER_NORM_EPS, dtype=self.dtype, name=name)
+        mask = None if single_view is None else single_view_mask(single_view, self.num_frames, x.shape[1])
         attention = lambda name, ip: CrossAttention(self.heads, self.dim_head, self.dim, ip=ip, dtype=self.dtype,
-                                                    name=name)
+                                                    attention_kernel=self.attention_kernel, name=name)
         x = einops.rearrange(x, "(b f) l c -> b (f l) c", f=self.num_frames)  # [b, views * l, c]
-        x = attention("attn1", False)(norm("norm1")(x)) + x
+        x = attention("attn1", False)(norm("norm1")(x), mask=mask) + x
         x = einops.rearrange(x, "b (f l) c -> (b f) l c", f=self.num_frames)  # [b * views, l, c]
         x = attention("attn2", self.ip)(norm("norm2")(x), context, image_tokens, scale) + x
         return FeedForward(self.dim, dtype=self.dtype, name="ff")(norm("norm3")(x)) + x
@@ -121,10 +134,11 @@ class SpatialTransformer3D(nn.Module):
     depth: int = 1
     ip: bool = True
     dtype: Dtype = jnp.float32
+    attention_kernel: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0) -> jax.Array:
+                 scale: jax.Array | float = 1.0, single_view: jax.Array | None = None) -> jax.Array:
         inner = self.heads * self.dim_head
         _, height, width, _ = x.shape  # [b * views, h, w, c]
         h = layers.group_norm(NORM_GROUPS, SPATIAL_NORM_EPS, dtype=self.dtype, name="norm")(x)
@@ -133,8 +147,9 @@ class SpatialTransformer3D(nn.Module):
         h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         for index in range(self.depth):
             h = BasicTransformerBlock3D(inner, self.heads, self.dim_head, self.num_frames, ip=self.ip,
-                                        dtype=self.dtype, name=f"transformer_blocks_{index}")(
-                h, context, image_tokens, scale)
+                                        dtype=self.dtype, attention_kernel=self.attention_kernel,
+                                        name=f"transformer_blocks_{index}")(h, context, image_tokens, scale,
+                                                                            single_view)
             h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         h = layers.dense(self.channels, (HEADS, EMBED), dtype=self.dtype, name="proj_out")(h)  # [b * views, h*w, c]
         return einops.rearrange(h, "b (h w) c -> b h w c", h=height, w=width) + x

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from mvrag_jax.models import layers
 from mvrag_jax.models.attention import NORM_GROUPS, SpatialTransformer3D
+from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.models.embeddings import timestep_embedding
 from mvrag_jax.sharding import ACT_EMBED, BATCH, CONV_OUT, EMBED, MLP
 from mvrag_jax.release import Release
@@ -62,6 +63,7 @@ class UNetConfig:
     remat: str = "none"                  # none | full | dots_saveable (nn.remat policy per UNet block)
     num_heads: int = -1                  # heads per attention layer when num_head_channels is -1
     image_branch: bool = True            # attn2 has to_k_ip/to_v_ip (MV-RAG); False: an MVDream-style text-only base
+    attention: str = "auto"              # runtime.attention kernel (models/attention_kernels.py KERNELS)
 
     def __post_init__(self):
         # JSON gives lists; tuples keep the config hashable (it is a static jit argument).
@@ -73,6 +75,7 @@ class UNetConfig:
             raise UNetConfigError(f"unet dtype={self.dtype!r}; set runtime.dtype to one of {sorted(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise UNetConfigError(f"unet remat={self.remat!r}; set runtime.remat to one of {sorted(REMAT_POLICIES)}")
+        check_kernel(self.attention, "unet", UNetConfigError)
         if self.num_heads == -1 and self.num_head_channels == -1:
             raise UNetConfigError("unet config sets neither num_heads nor num_head_channels; set one of them")
         if isinstance(self.num_res_blocks, tuple) and len(self.num_res_blocks) != len(self.channel_mult):
@@ -95,7 +98,7 @@ class UNetConfig:
 
     @classmethod
     def from_release(cls, release: "Release", num_frames: int = 4, dtype: str = "float32",
-                     remat: str = "none") -> "UNetConfig":
+                     remat: str = "none", attention: str = "auto") -> "UNetConfig":
         """Sizes from the release's unet/config.json (the kwargs of the official MultiViewUNetModel)."""
         values = release.config("unet")
         if values is None:
@@ -118,7 +121,8 @@ class UNetConfig:
         weights = sorted(release.folder("unet").glob("*.safetensors"))
         image_branch = (not weights or release.has("resampler")
                         or any(".to_k_ip." in key for key in release.shapes("unet")))
-        return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, image_branch=image_branch)
+        return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, image_branch=image_branch,
+                   attention=attention)
 
     @classmethod
     def from_config(cls, cfg) -> "UNetConfig":
@@ -128,7 +132,8 @@ class UNetConfig:
         if unknown:
             raise UNetConfigError(f"config.model.unet has unknown keys {unknown}; known: "
                                   f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**unet, num_frames=cfg.model.num_frames, dtype=cfg.runtime.dtype, remat=cfg.runtime.remat)
+        return cls(**unet, num_frames=cfg.model.num_frames, dtype=cfg.runtime.dtype, remat=cfg.runtime.remat,
+                   attention=cfg.runtime.attention)
 
     @property
     def compute_dtype(self) -> Dtype:
@@ -201,7 +206,7 @@ class MultiViewUNet(nn.Module):
         def transformer(channels: int) -> SpatialTransformer3D:
             heads, dim_head = c.heads(channels)
             return SpatialTransformer3D(channels, heads, dim_head, c.num_frames, c.transformer_depth, ip=c.image_branch,
-                                        dtype=dtype)
+                                        dtype=dtype, attention_kernel=c.attention)
 
         # Nested lists: flax names block i, layer j `input_blocks_i_j`, exactly the release's `input_blocks.i.j`.
         input_blocks = [[layers.conv(c.model_channels, 3, dtype=dtype)]]
@@ -238,20 +243,25 @@ class MultiViewUNet(nn.Module):
         self.out_2 = layers.conv(c.out_channels, 3, dtype=dtype)
 
     def _run_block(self, group: str, index: int | None, h: jax.Array, emb: jax.Array, context: jax.Array,
-                   image_tokens: jax.Array | None, scale: jax.Array | float) -> jax.Array:
+                   image_tokens: jax.Array | None, scale: jax.Array | float,
+                   single_view: jax.Array | None) -> jax.Array:
         """One UNet block (the official CondSequential): its layers in order, each fed what it needs."""
         block = getattr(self, group)
         for layer in block if index is None else block[index]:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
             elif isinstance(layer, SpatialTransformer3D):
-                h = layer(h, context, image_tokens, scale)
+                h = layer(h, context, image_tokens, scale, single_view)
             else:
                 h = layer(h)
         return nn.with_logical_constraint(h, ACT_NHWC)
 
     def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array, camera: jax.Array | None = None,
-                 image_tokens: jax.Array | None = None, scale: jax.Array | float = 1.0) -> jax.Array:
+                 image_tokens: jax.Array | None = None, scale: jax.Array | float = 1.0,
+                 camera_mask: jax.Array | None = None, single_view: jax.Array | None = None) -> jax.Array:
+        """`camera_mask` [b * views] and `single_view` [b] are for batches mixing 3D and 2D objects (training): rows
+        with camera_mask 0 get no camera embedding, objects with single_view True attend within each view only
+        (MVDream's num_frames=1 without camera, at a static shape). None (inference) changes nothing."""
         c = self.config
         if x.shape[0] % c.num_frames:
             raise ValueError(f"UNet batch {x.shape[0]} is not a multiple of num_frames={c.num_frames}; rows must be "
@@ -265,7 +275,10 @@ class MultiViewUNet(nn.Module):
         t_emb = timestep_embedding(timesteps, c.model_channels).astype(x.dtype)  # [b * views, model_channels]
         emb = self.time_embed_2(nn.silu(self.time_embed_0(t_emb)))  # [b * views, 4 * model_channels]
         if camera is not None:
-            emb = emb + self.camera_embed_2(nn.silu(self.camera_embed_0(camera)))
+            camera_emb = self.camera_embed_2(nn.silu(self.camera_embed_0(camera)))  # [b * views, 4 * model_channels]
+            if camera_mask is not None:
+                camera_emb = camera_emb * camera_mask[:, None].astype(camera_emb.dtype)
+            emb = emb + camera_emb
         emb = nn.with_logical_constraint(emb, (BATCH, ACT_EMBED))
 
         run = type(self)._run_block
@@ -274,12 +287,12 @@ class MultiViewUNet(nn.Module):
             run = nn.remat(run, static_argnums=(1, 2), policy=REMAT_POLICIES[c.remat])
         h, skips = nn.with_logical_constraint(x, ACT_NHWC), []
         for index in range(len(self.input_blocks)):
-            h = run(self, "input_blocks", index, h, emb, context, image_tokens, scale)  # [b * views, h', w', c']
+            h = run(self, "input_blocks", index, h, emb, context, image_tokens, scale, single_view)  # [b * views, h', w', c']
             skips.append(h)
-        h = run(self, "middle_block", None, h, emb, context, image_tokens, scale)
+        h = run(self, "middle_block", None, h, emb, context, image_tokens, scale, single_view)
         for index in range(len(self.output_blocks)):
             h = jnp.concatenate([h, skips.pop()], axis=-1)  # [b * views, h', w', c' + c_skip]
-            h = run(self, "output_blocks", index, h, emb, context, image_tokens, scale)
+            h = run(self, "output_blocks", index, h, emb, context, image_tokens, scale, single_view)
         h = self.out_2(nn.silu(self.out_0(h)))  # [b * views, h, w, out_channels]
         return h.astype(x.dtype)
 

@@ -1,0 +1,100 @@
+"""Evaluation prompts: the conditioning (retrieved) images and the held-out reference images of each prompt.
+
+`--dataset ood_eval` reads the built `ood_eval` tfds dataset (data_pipelines/ood_eval.py; build it once with
+`mvrag data build --datasets ood_eval --config.ood_eval.manual_dir DIR`); `--dataset DIR` reads a folder in that
+builder's manual layout directly:
+
+    DIR/<prompt_id>/prompt.txt        the text prompt
+    DIR/<prompt_id>/retrieved/<img>   images the model is conditioned on
+    DIR/<prompt_id>/reference/<img>   optional held-out images the views are scored against
+
+Held-out references are never also conditioning images. When a prompt has a non-empty reference/, the split is the
+folders. Otherwise the retrieved images, in file-name order, are split deterministically: positions 0, 2, 4, ...
+condition the model and positions 1, 3, 5, ... are the references (so both halves sample the whole set). A prompt
+with no reference/ and fewer than 2 images cannot be split and is skipped with that reason.
+"""
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+from data_pipelines import ood_eval, records
+
+SPLIT_FOLDERS = "reference/ folder"
+SPLIT_ALTERNATE = "alternate: even positions condition, odd positions are references"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPrompt:
+    prompt_id: str
+    prompt: str
+    retrieved: tuple[np.ndarray, ...]   # uint8 [h, w, 3]: what the model is conditioned on
+    reference: tuple[np.ndarray, ...]   # uint8 [h, w, 3]: held out, scored against
+    split: str                          # SPLIT_FOLDERS or SPLIT_ALTERNATE
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDataset:
+    name: str
+    prompts: tuple[EvalPrompt, ...]
+    skipped: tuple[dict, ...]           # {"item": prompt_id, "reason": ...}
+
+
+def split_prompt(prompt_id: str, prompt: str, retrieved: list[np.ndarray], reference: list[np.ndarray]
+                 ) -> EvalPrompt:
+    """Apply the module's split rule; raises ValueError when the prompt cannot be split."""
+    if reference:
+        return EvalPrompt(prompt_id, prompt, tuple(retrieved), tuple(reference), SPLIT_FOLDERS)
+    if len(retrieved) < 2:
+        raise ValueError(f"no reference/ images and only {len(retrieved)} retrieved image(s); the alternate split "
+                         "needs at least 2")
+    return EvalPrompt(prompt_id, prompt, tuple(retrieved[0::2]), tuple(retrieved[1::2]), SPLIT_ALTERNATE)
+
+
+def _from_records(name: str, raw: list[dict], skipped: list[dict]) -> EvalDataset:
+    prompts = []
+    for record in raw:
+        try:
+            prompts.append(split_prompt(record["prompt_id"], record["prompt"], record["retrieved"],
+                                        record["reference"]))
+        except ValueError as e:
+            skipped.append({"item": record["prompt_id"], "reason": str(e)})
+    if not prompts:
+        raise ValueError(f"dataset {name} has no usable prompt ({len(skipped)} skipped: "
+                         f"{skipped[:3]}); see mvrag_jax/eval/dataset.py for the layout")
+    return EvalDataset(name, tuple(prompts), tuple(skipped))
+
+
+def read_folder(root: str | os.PathLike, background: int = 127) -> EvalDataset:
+    """A folder in the ood_eval manual layout, read directly (unreadable prompts are skipped with the reason)."""
+    from etils import epath
+    root = pathlib.Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist; pass --dataset ood_eval or a folder laid out "
+                                "as <prompt_id>/prompt.txt, retrieved/, reference/")
+    raw, skipped = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            record = ood_eval.load_prompt(epath.Path(folder), background)
+        except ood_eval.BadPromptError as e:
+            skipped.append({"item": folder.name, "reason": str(e)})
+            continue
+        raw.append({**record, **{key: [records.decode_image(data, background) for data in record[key]]
+                                 for key in ("retrieved", "reference")}})
+    return _from_records(str(root), raw, skipped)
+
+
+def read_built(name: str = "ood_eval") -> EvalDataset:
+    """The built tfds `ood_eval` dataset of configs/data.py's data_dir."""
+    from configs import data as data_config
+    from data_pipelines import build
+    builder = build.prepare(data_config.get_config(), "ood_eval")
+    skipped = [dict(item) for item in builder.info.metadata.get("skipped", [])]
+    return _from_records(name, ood_eval.read_prompts(builder), skipped)
+
+
+def load_dataset(dataset: str) -> EvalDataset:
+    """`ood_eval` (the built tfds dataset) or a folder in its manual layout."""
+    return read_built() if dataset == "ood_eval" else read_folder(dataset)

@@ -1,0 +1,162 @@
+"""Training checkpoints: one orbax CheckpointManager over WORKDIR/checkpoints with three named items per step.
+
+    manager = open_manager(workdir, save_every=100, keep=3)
+    save(manager, step, state, data_iter, cfg)            # async: returns once device arrays are copied out
+    step = latest_step(manager)                           # newest *complete* step, or None
+    state, cfg_dict = restore(manager, step, trainer.abstract_state, data_iter)  # onto the mesh of abstract_state
+
+Items of CKPT_DIR/<step>/:
+  state/      the TrainState (orbax StandardCheckpointHandler; sharded arrays, restored with target shardings)
+  data_iter/  the grain iterator state, one JSON file per process (process_<i>-of-<n>.json)
+  config/     the run's config as JSON (what `mvrag export` needs to find the model checkpoint the run started from)
+
+Atomicity: orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it into place only after every item
+is written (`_CHECKPOINT_METADATA` and `commit_success.txt` first), so a process killed mid-save leaves a tmp folder that
+`all_steps()` does not list; the next manager removes it (cleanup_tmp_directories).
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import ml_collections as mlc
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("state", "data_iter", "config")
+
+
+class NoCheckpointError(FileNotFoundError):
+    """A workdir has no complete training checkpoint."""
+
+
+def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(workdir).expanduser().absolute() / CHECKPOINT_DIR
+
+
+def open_manager(workdir: str | pathlib.Path, *, save_every: int = 1, keep: int | None = 3, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+    """The run's manager: saves every `save_every` steps (others are skipped by `save`), keeps the last `keep`."""
+    if save_every < 1 and not read_only:
+        raise ValueError(f"checkpoint save_every={save_every}; set --config.checkpoint.save_every to a positive step "
+                         "count")
+    if keep is not None and keep < 1 and not read_only:
+        raise ValueError(f"checkpoint keep={keep}; set --config.checkpoint.keep to at least 1")
+    if read_only:
+        save_every, keep = 0, None  # what orbax sets for a read-only manager anyway (it warns otherwise)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every, max_to_keep=keep, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()  # lets metadata/restore name items without args
+    for item, save_args, restore_args in (("state", ocp.args.StandardSave, ocp.args.StandardRestore),
+                                          ("config", ocp.args.JsonSave, ocp.args.JsonRestore),
+                                          ("data_iter", grain.checkpoint.CheckpointSave,
+                                           grain.checkpoint.CheckpointRestore)):
+        registry.add(item, save_args)
+        registry.add(item, restore_args)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator | None,
+         cfg: mlc.ConfigDict, *, force: bool = False) -> bool:
+    """Start saving `step` (async); False when the save interval skips it. `force` saves off-interval (preemption,
+    last step). The data iterator state is taken now, so it matches `state` exactly."""
+    items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(json.loads(cfg.to_json()))}
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def latest_step(manager: ocp.CheckpointManager) -> int | None:
+    """The newest complete step on disk (partial saves are never listed)."""
+    manager.reload()
+    return manager.latest_step()
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+            data_iter: grain.DatasetIterator | None = None) -> tuple[Any, dict]:
+    """(state, config dict) of `step`; arrays land with the shardings carried by `abstract_state`'s leaves (any mesh);
+    `data_iter` (if given) is moved to the saved position in place."""
+    items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored["config"]
+
+
+def restore_config(workdir: str | pathlib.Path, step: int | None = None) -> tuple[int, dict]:
+    """(step, config dict) of `step` (default: the latest) of a training workdir, without touching arrays."""
+    manager = open_manager(workdir, read_only=True)
+    step = _pick_step(manager, workdir, step)
+    return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def restore_state(workdir: str | pathlib.Path, abstract_state: Any | None = None,
+                  step: int | None = None) -> tuple[int, Any]:
+    """(step, state) of a training workdir (default: the latest step), for export and evaluation.
+
+    With `abstract_state` (e.g. `trainer.abstract_state`) the state lands on its shardings; without it, as a tree
+    of dicts on the first local device, whatever mesh or process count wrote it (export on one host)."""
+    manager = open_manager(workdir, read_only=True)
+    step = _pick_step(manager, workdir, step)
+    if abstract_state is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_state = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                      manager.item_metadata(step)["state"].tree)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+    return step, state
+
+
+def _pick_step(manager: ocp.CheckpointManager, workdir, step: int | None) -> int:
+    steps = manager.all_steps()
+    if not steps:
+        raise NoCheckpointError(f"{checkpoint_dir(workdir)} holds no complete training checkpoint; pass the --workdir "
+                                "of a `mvrag train` run that saved at least once")
+    if step is None:
+        return max(steps)
+    if step not in steps:
+        raise NoCheckpointError(f"{checkpoint_dir(workdir)} has no step {step}; it has steps {sorted(steps)}")
+    return step
+
+
+
+def is_workdir(path: str | pathlib.Path) -> bool:
+    """A training workdir (has checkpoints/), as opposed to a converted model checkpoint (mvrag convert)."""
+    return checkpoint_dir(path).is_dir()
+
+
+def export_params(workdir: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, dict]:
+    """(model checkpoint the run started from, its params with the trained ones merged in) for `step` (default:
+    the latest). Components the run does not hold (DINOv2) come from that checkpoint unchanged."""
+    from mvrag_jax.convert import load_model_checkpoint
+    from mvrag_jax.train.trainable import merge_params
+    step, cfg = restore_config(workdir, step)
+    init = str(cfg.get("train", {}).get("init", ""))
+    init_dir = pathlib.Path(init).expanduser()
+    if not (init_dir / "release_files" / "model_index.json").is_file():
+        raise NoCheckpointError(
+            f"{workdir} started from train.init={init!r}, not from a converted checkpoint, so the release configs to "
+            "export with are unknown; export runs whose --config.train.init is a `mvrag convert` folder")
+    _, params = load_model_checkpoint(init_dir)
+    _, state = restore_state(workdir, step=step)
+    trained = jax.tree.map(np.asarray, merge_params(state["trainable"], state["frozen"]))
+    for name, tree in trained.items():
+        if name not in params:
+            raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")
+        params[name] = tree
+    return init_dir, params
+
+
+def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
+           overwrite: bool = False, step: int | None = None) -> pathlib.Path:
+    """`mvrag export`: a converted checkpoint, or a training workdir (its latest step, or `step`), written in the
+    official release layout at `out_dir`."""
+    from mvrag_jax.convert import export_checkpoint
+    from mvrag_jax.convert.export import export_release
+    if not is_workdir(ckpt_or_workdir):
+        return export_checkpoint(ckpt_or_workdir, out_dir, dtype=dtype, overwrite=overwrite)
+    init_dir, params = export_params(ckpt_or_workdir, step)
+    return export_release(init_dir, params, out_dir, dtype=dtype, overwrite=overwrite)

@@ -1,0 +1,262 @@
+"""The training loop: it only moves data, steps, logs and saves; the maths is in the trainer (train/trainer.py, train/step.py).
+
+    summary = run(get_config("size=tiny"), "/tmp/mvrag_train_tiny")      # configs/train.py
+    mvrag train --config configs/train.py:size=tiny --workdir /tmp/mvrag_train_tiny   # the same from the shell
+
+What a run does, in order: check the config against the devices (errors name the fix), build the mesh and the
+trainer, build the datasets if absent (process 0 first), open the loader for this host's shard, resume from the
+latest complete checkpoint in WORKDIR/checkpoints (state, data position and all), compile the step once (timed apart),
+then step until `train.steps`, saving asynchronously every `train.ckpt_every` steps and at the end.
+
+Preemption: SIGTERM (what Cloud TPU sends) or `stop.set()` lets the current step finish, saves it, and `run` returns
+with summary["preempted"] = True (the CLI exits 0); the next run resumes there. With several processes the stop
+point is agreed through JAX's preemption sync service, so every host saves the same step.
+
+Samples: `sample_fn(state, step) -> {name: [H, W, 3] uint8}` is called on every process every `train.sample_every`
+steps (generation is a sharded computation); process 0 writes WORKDIR/samples/<name>_<step>.png and TensorBoard images.
+"""
+
+import contextlib
+import copy
+import hashlib
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import grain
+import jax
+import ml_collections as mlc
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from data_pipelines import build, loader
+from mvrag_jax import sharding
+from mvrag_jax.train import checkpoint, distributed, metrics, state as state_lib
+from mvrag_jax.train.data import to_global
+
+SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
+DATA_SUBDIR = "data"
+SAMPLES_SUBDIR = "samples"
+
+
+class TrainConfigError(ValueError):
+    """The config cannot run on these devices; the message names the field to change."""
+
+
+def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
+    """Fail before anything expensive: unknown mesh axes, a batch that does not split over the hosts, a missing init
+    checkpoint. (sharding.make_mesh checks the mesh against the devices, make_trainer the batch against data*fsdp.)"""
+    unknown = sorted(set(cfg.mesh.keys()) - set(sharding.MESH_AXES))
+    if unknown:
+        raise TrainConfigError(f"unknown mesh axis {', '.join(map(repr, unknown))} in --config.mesh; the mesh axes are "
+                               f"{', '.join(sharding.MESH_AXES)}")
+    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp and data.batch_size x hosts
+    if batch % num_processes:
+        raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
+                               f"--config.train.batch_size to a multiple of {num_processes} (and "
+                               "--config.data.batch_size to its share per process)")
+    init = str(cfg.train.init)
+    if state_lib.is_checkpoint_init(init):
+        path = pathlib.Path(init).expanduser() if init else None
+        if path is None or not path.is_dir():
+            raise TrainConfigError(
+                f"init checkpoint {init!r} not found; set --config.train.init to a converted checkpoint folder "
+                "(`mvrag convert --release DIR --out CKPT_DIR`), or to random / base")
+
+
+def resolve_config(cfg: mlc.ConfigDict, workdir: pathlib.Path) -> mlc.ConfigDict:
+    """A copy of `cfg` with references resolved and the datasets under WORKDIR/data unless data.data_dir is set
+    (the copy is what the checkpoint's `config` item records)."""
+    resolved = copy.deepcopy(cfg).copy_and_resolve_references()
+    resolved.data.data_dir = str(resolved.data.data_dir or workdir / DATA_SUBDIR)
+    return resolved
+
+
+def prepare_data(data_cfg: mlc.ConfigDict) -> None:
+    """Build the configured datasets if absent: process 0 first (the others then find them on a shared disk,
+    or build their own copy on a local one)."""
+    from jax.experimental import multihost_utils
+    modes = [key for key, w in (("mode_3d", data_cfg.mix.weight_3d), ("mode_2d", data_cfg.mix.weight_2d)) if w > 0]
+    if jax.process_index() == 0:
+        build.build_all(data_cfg, modes)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("mvrag_datasets_built")
+        if jax.process_index() != 0:
+            build.build_all(data_cfg, modes)
+
+
+class StopSignal:
+    """Set by SIGTERM (or by the caller's `stop` event); `reached(step)` says when to save and leave."""
+
+    def __init__(self, stop: threading.Event | None = None):
+        self.event = stop or threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> "StopSignal":
+        # Several processes: JAX's preemption service owns SIGTERM and agrees on the step (see `reached`).
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def _on_sigterm(self, signum, frame) -> None:
+        logging.warning("SIGTERM: finishing the current step, then saving and exiting")
+        self.event.set()
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.event.is_set()
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
+    """A short digest of a host batch (logged for the first batch: hosts must read different shards)."""
+    digest = hashlib.sha1()
+    for name in sorted(batch):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(batch[name]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_data_position(workdir: pathlib.Path, step: int, num_processes: int) -> None:
+    """Resuming needs this host's saved loader position; a job of another size has none."""
+    folder = checkpoint.checkpoint_dir(workdir) / str(step) / "data_iter"
+    mine = folder / f"process_{jax.process_index()}-of-{num_processes}.json"
+    if folder.is_dir() and not mine.is_file():
+        written = sorted(p.name for p in folder.glob("process_*.json"))
+        raise TrainConfigError(f"checkpoint step {step} holds loader positions {written}, none for process "
+                               f"{jax.process_index()} of {num_processes}; resume with the process count that "
+                               "wrote it, or start a new --workdir with --config.train.init set to an export")
+
+
+def _host_scalars(metrics_list: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[str, Any]]:
+    """Device metrics -> one JSON-able record per step. A per-mode loss is kept only for steps whose batch had
+    views of that mode (the step reports 0 otherwise, which would draw a false curve)."""
+    records = []
+    for (step, _), fetched in zip(metrics_list, jax.device_get([m for _, m in metrics_list])):
+        record = {"step": step, **{k: float(np.asarray(v)) for k, v in fetched.items()}}
+        for mode in ("3d", "2d"):
+            if record.get(f"views_{mode}") == 0:
+                record.pop(f"loss_{mode}", None)
+        records.append(record)
+    return records
+
+
+def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn | None = None,
+        stop: threading.Event | None = None) -> dict[str, Any]:
+    """Train (or resume) in `workdir` until `cfg.train.steps`; returns a summary (steps, losses, timings)."""
+    from mvrag_jax.train.trainer import make_mesh, make_trainer  # heavy: models
+    workdir = pathlib.Path(workdir).expanduser().absolute()
+    num_processes, is_main = jax.process_count(), jax.process_index() == 0
+    check_config(cfg, num_processes)
+    cfg = resolve_config(cfg, workdir)
+    mesh = make_mesh(cfg)
+    trainer = make_trainer(cfg, mesh)
+    prepare_data(cfg.data)
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    data_iter = iter(loader.make_dataset(cfg.data, shard=shard))
+
+    t = cfg.train
+    manager = checkpoint.open_manager(workdir, save_every=t.ckpt_every, keep=t.keep_checkpoints)
+    start = checkpoint.latest_step(manager)
+    if start is None:
+        state, start = trainer.init(jax.random.key(t.seed)), 0
+        logging.info("new run in %s", workdir)
+    else:
+        _check_data_position(workdir, start, num_processes)
+        state, _ = checkpoint.restore(manager, start, trainer.abstract_state, data_iter)
+        logging.info("resumed %s at step %d", workdir, start)
+    rng = jax.random.key(t.seed)
+    summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
+               "processes": num_processes, "checkpoint_step": start}
+    if start >= t.steps:
+        logging.info("%s already reached train.steps=%d; raise --config.train.steps to go on", workdir, t.steps)
+        manager.close()
+        return summary
+
+    host_batch = next(data_iter)
+    fingerprint = batch_fingerprint(host_batch)
+    logging.info("process %d of %d reads data shard %d; first batch %s", jax.process_index(), num_processes,
+                 jax.process_index(), fingerprint)
+    batch = to_global(host_batch, trainer.batch_sharding)
+    compiled, compile_s = trainer.compile(trainer.abstract_batch)
+    logging.info("compiled the train step in %.1f s", compile_s)
+
+    summary.update(compile_s=compile_s, first_batch=fingerprint)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    examples_per_step = int(t.batch_size)
+    step = last_saved = start
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(metrics.MetricWriter(workdir, enabled=is_main))
+        stopper = stack.enter_context(StopSignal(stop))
+        bar = stack.enter_context(tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not is_main))
+        writer.scalar("perf/compile_s", compile_s, start)
+        window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
+        while step < t.steps:
+            if batch is None:
+                batch = to_global(next(data_iter), trainer.batch_sharding)
+            state, step_metrics = compiled(state, batch, rng)
+            batch, step = None, step + 1
+            pending.append((step, step_metrics))
+            window_steps += 1
+            bar.update(1)
+            preempted = stopper.reached(step)
+            if step % t.log_every == 0 or step == t.steps or preempted:
+                records = _host_scalars(pending)  # waits for the device: the window's time is honest
+                elapsed = time.perf_counter() - window_start
+                records[-1].update(steps_per_s=window_steps / elapsed,
+                                   examples_per_s=window_steps * examples_per_step / elapsed,
+                                   skipped_records=loader.skipped_records(data_iter.get_state()))
+                writer.write(records, total_steps=t.steps)
+                bar.set_postfix(loss=f"{records[-1]['loss']:.4g}")
+                summary["last"] = records[-1]
+                pending, window_start, window_steps = [], time.perf_counter(), 0
+            if sample_fn is not None and t.sample_every > 0 and step % t.sample_every == 0:
+                write_samples(sample_fn(state, step), workdir, step, writer)
+            if preempted:
+                logging.warning("stopping at step %d (preemption); saving", step)
+                summary["preempted"] = True
+                break
+            if checkpoint.save(manager, step, state, data_iter, cfg):
+                last_saved = step
+        if last_saved != step:  # the last step, or the preemption step, off the save interval
+            checkpoint.save(manager, step, state, data_iter, cfg, force=True)
+        manager.wait_until_finished()
+        manager.close()
+        summary.update(step=step, train_s=time.perf_counter() - run_start)
+    if is_main:
+        png = metrics.plot_loss(workdir)
+        summary["loss_png"] = str(png) if png else None
+    summary["checkpoint_step"] = step
+    return summary
+
+
+def launch(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, coordinator: str | None = None,
+           num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
+           multihost: bool = False, sample_fn: SampleFn | None = None) -> dict[str, Any]:
+    """`mvrag train`: join the job (train/distributed.py; a no-op on one process), then `run`."""
+    distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
+    return run(cfg, workdir, sample_fn=sample_fn)
+
+
+def write_samples(images: dict[str, np.ndarray], workdir: pathlib.Path, step: int,
+                  writer: metrics.MetricWriter) -> None:
+    """What `sample_fn` returned -> WORKDIR/samples/<name>_<step>.png and TensorBoard images (process 0)."""
+    if not writer.enabled:
+        return
+    from PIL import Image
+    folder = workdir / SAMPLES_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"sample_fn returned {name!r} as {image.dtype}{list(image.shape)}; return [H, W, 3] uint8")
+        Image.fromarray(image).save(folder / f"{name}_{step:08d}.png")
+        writer.image(f"samples/{name}", image, step)

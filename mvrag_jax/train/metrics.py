@@ -1,0 +1,126 @@
+"""What a training run records: one JSON line per step, TensorBoard scalars (tensorboardX, no TensorFlow), log
+lines, and a loss-curve PNG at the end.
+
+    WORKDIR/metrics.jsonl   {"step": 12, "loss": 0.61, "loss_3d": ..., "grad_norm": ..., "steps_per_s": ...}
+    WORKDIR/tb/             events.out.tfevents.*  (tensorboard --logdir WORKDIR/tb)
+    WORKDIR/loss.png        loss (and loss per mode) against step, over every run that wrote to this workdir
+
+A resumed run appends; steps it repeats (after a crash between checkpoints) replace the earlier records when read.
+Only process 0 writes (`enabled=False` elsewhere).
+"""
+
+import json
+import math
+import os
+import pathlib
+from typing import Any, Iterable
+
+import numpy as np
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+LOSS_PNG = "loss.png"
+
+
+class MetricWriter:
+    """Step records -> JSONL + TensorBoard + a log line per call of `write`."""
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
+        self.workdir = pathlib.Path(workdir)
+        self.enabled = enabled
+        self._tb = self._jsonl = None
+        if enabled:
+            import tensorboardX  # only the writing process needs it
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._tb = tensorboardX.SummaryWriter(str(self.workdir / TB_DIR))
+            self._jsonl = open(self.workdir / METRICS_FILE, "a")
+
+    def write(self, records: Iterable[dict[str, Any]], *, total_steps: int | None = None) -> None:
+        """One record per step ({"step": int, name: float, ...}); the last one is also logged as a line."""
+        if not self.enabled:
+            return
+        last = None
+        for record in records:
+            step = int(record["step"])
+            for name, value in record.items():
+                if name != "step":
+                    self._tb.add_scalar(f"train/{name}", value, step)
+            self._jsonl.write(json.dumps(record) + "\n")
+            last = record
+        self._jsonl.flush()
+        self._tb.flush()
+        if last is not None:
+            logging.info("step %d%s %s", last["step"], f"/{total_steps}" if total_steps else "",
+                         " ".join(f"{k}={_fmt(v)}" for k, v in last.items() if k != "step"))
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        """A one-off value (compile time) for TensorBoard and the log."""
+        if self.enabled:
+            self._tb.add_scalar(name, value, step)
+            self._tb.flush()
+            logging.info("%s=%s (step %d)", name, _fmt(value), step)
+
+    def image(self, name: str, image: np.ndarray, step: int) -> None:
+        """A [H, W, 3] uint8 image (e.g. a sample grid) for TensorBoard."""
+        if self.enabled:
+            self._tb.add_image(name, image, step, dataformats="HWC")
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of every run in `workdir`, one per step (a repeated step's latest record wins), by step."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    by_step = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_loss(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path | None:
+    """Write the loss curve (raw loss, its running mean, and the mean loss per mode) as a PNG, atomically.
+    None when there are no records yet."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
+    from matplotlib.figure import Figure
+    records = read_metrics(workdir)
+    if not records:
+        return None
+    out = pathlib.Path(out or pathlib.Path(workdir) / LOSS_PNG)
+    steps = np.array([r["step"] for r in records])
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    loss = np.array([r.get("loss", math.nan) for r in records], np.float64)
+    ax.plot(steps, loss, color="0.7", lw=0.8, label="loss")
+    window = max(1, len(loss) // 20)
+    if window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color="k", lw=1.5, label=f"loss, mean of {window}")
+    for name in sorted({k for r in records for k in r if k.startswith("loss_")}):
+        values = np.array([r.get(name, math.nan) for r in records], np.float64)
+        ax.plot(steps, values, lw=1.0, marker=".", ms=3, ls="none" if np.isnan(values).any() else "-", label=name)
+    ax.set(xlabel="step", ylabel="loss", title=f"training loss ({pathlib.Path(workdir).name})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    FigureCanvasAgg(fig).print_png(str(tmp))
+    os.replace(tmp, out)
+    return out

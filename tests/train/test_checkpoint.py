@@ -1,0 +1,144 @@
+"""mvrag_jax/train/checkpoint.py: a save killed with -9 is ignored, restores land on another mesh, exports merge."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mvrag_jax.train import checkpoint
+from tests.train.conftest import REPO, run_python, subprocess_env
+
+# Child of the kill test: the real tiny trainer's state saved complete at step 1; then step 2's async save is held
+# just before its atomic rename (the moment a preemption hurts most) and the parent kills the process with -9.
+_KILLED_MID_SAVE = """
+import json, pathlib, sys, time
+import jax, numpy as np
+from orbax.checkpoint._src.path import atomicity
+from configs import train
+from mvrag_jax.train import checkpoint
+from mvrag_jax.train.trainer import make_mesh, make_trainer
+workdir = pathlib.Path(sys.argv[1])
+cfg = train.get_config("size=micro")
+cfg.train.batch_size = cfg.data.batch_size = 2
+trainer = make_trainer(cfg, make_mesh(cfg))
+state = trainer.init(jax.random.key(0))
+manager = checkpoint.open_manager(workdir, save_every=1)
+checkpoint.save(manager, 1, state, None, cfg)
+manager.wait_until_finished()
+async def held_finalize(self):
+    (workdir / "saving").write_text("2")
+    time.sleep(3600)
+atomicity.AtomicRenameTemporaryPath.finalize = held_finalize
+checkpoint.save(manager, 2, state.replace(step=state.step + 1), None, cfg)
+(workdir / "checksum").write_text(json.dumps(float(np.asarray(jax.tree.leaves(state.trainable)[0]).sum())))
+time.sleep(3600)
+"""
+
+
+def test_a_save_killed_with_minus_9_leaves_the_previous_checkpoint_restorable(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_MID_SAVE, str(workdir)], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while not ((workdir / "saving").exists() and (workdir / "checksum").exists()):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "the child never reached its second save"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ckpt_dir = checkpoint.checkpoint_dir(workdir)
+    partial = [p.name for p in ckpt_dir.iterdir() if p.name.startswith("2")]
+    assert partial and all(".orbax-checkpoint-tmp" in name for name in partial), partial  # killed mid-save
+
+    step, state = checkpoint.restore_state(workdir)  # read-only: the partial save is not a step
+    assert step == 1 and int(state["step"]) == 0
+    expected = json.loads((workdir / "checksum").read_text())
+    assert float(np.asarray(jax.tree.leaves(state["trainable"])[0]).sum()) == expected
+
+    from configs import train
+    manager = checkpoint.open_manager(workdir, save_every=1)  # a resuming run: sees step 1 and saves step 2 again
+    assert checkpoint.latest_step(manager) == 1
+    assert checkpoint.save(manager, 2, state, None, train.get_config("size=micro"))
+    manager.wait_until_finished()
+    manager.close()
+    assert checkpoint.open_manager(workdir, read_only=True).all_steps() == [1, 2]
+    assert not [p for p in ckpt_dir.iterdir() if ".orbax-checkpoint-tmp" in p.name]
+
+
+_ANOTHER_MESH = """
+import sys
+import jax, numpy as np
+from configs import train
+from mvrag_jax.train import checkpoint
+from mvrag_jax.train.trainer import make_mesh, make_trainer
+assert jax.device_count() == 8
+def trainer_on(data, fsdp):
+    cfg = train.get_config("size=micro")
+    cfg.train.batch_size = cfg.data.batch_size = 8
+    cfg.mesh.update(data=data, fsdp=fsdp, tensor=1)
+    return cfg, make_trainer(cfg, make_mesh(cfg))
+cfg, saver = trainer_on(1, 8)
+state = saver.init(jax.random.key(0))
+manager = checkpoint.open_manager(sys.argv[1], save_every=1)
+checkpoint.save(manager, 1, state, None, cfg)
+manager.wait_until_finished()
+_, loader = trainer_on(2, 4)
+restored, config = checkpoint.restore(checkpoint.open_manager(sys.argv[1]), 1, loader.abstract_state)
+pairs = list(zip(jax.tree.leaves(state), jax.tree.leaves(restored), jax.tree.leaves(loader.state_shardings)))
+for saved, got, target in pairs:
+    assert got.sharding == target, (got.sharding, target)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(saved))
+moved = sum(a.sharding.spec != b.sharding.spec for a, b, _ in pairs)
+print("leaves", len(pairs), "resharded", moved, "config", config["mesh"])
+"""
+
+
+def test_a_checkpoint_saved_on_fsdp8_restores_on_data2_fsdp4(tmp_path):
+    proc = run_python(_ANOTHER_MESH, tmp_path / "run", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    _, leaves, _, moved, _, mesh = line.split(" ", 5)
+    assert int(leaves) > 100 and int(moved) > 0, line  # the real state, and some leaves really changed layout
+    assert "'fsdp': 8" in mesh
+
+
+def test_export_of_a_training_workdir_merges_trained_params_into_the_init_checkpoint(tmp_path, tiny_ckpt):
+    from configs import train
+    from mvrag_jax.convert import convert_release, load_model_checkpoint
+    from mvrag_jax.train.trainer import make_mesh, make_trainer
+    cfg = train.get_config("size=tiny")
+    cfg.train.update(batch_size=2, init=str(tiny_ckpt), trainable="ip")
+    cfg.data.batch_size = 2
+    trainer = make_trainer(cfg, make_mesh(cfg))
+    state = trainer.init(jax.random.key(0))
+    state = state.replace(trainable=jax.tree.map(lambda x: x + 1.0, state.trainable))  # "trained"
+    manager = checkpoint.open_manager(tmp_path / "run", save_every=1)
+    checkpoint.save(manager, 5, state, None, cfg)
+    manager.wait_until_finished()
+
+    out = checkpoint.export(tmp_path / "run", tmp_path / "release")
+    _, exported = load_model_checkpoint(convert_release(out, tmp_path / "reconverted", show_progress=False))
+    _, initial = load_model_checkpoint(tiny_ckpt)
+    merged = jax.device_get(state.params())
+    for name in ("unet", "resampler", "clip_text", "vae"):
+        jax.tree.map(np.testing.assert_array_equal, exported[name], merged[name])
+    jax.tree.map(np.testing.assert_array_equal, exported["dinov2"], initial["dinov2"])  # not trained: unchanged
+    ip = exported["unet"]["input_blocks_1_1"]["transformer_blocks_0"]["attn2"]["to_k_ip"]["kernel"]
+    np.testing.assert_array_equal(ip, initial["unet"]["input_blocks_1_1"]["transformer_blocks_0"]["attn2"]
+                                  ["to_k_ip"]["kernel"] + 1.0)
+
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(checkpoint.NoCheckpointError, match="no complete training checkpoint"):
+        checkpoint.export(tmp_path / "empty_run", tmp_path / "release2")

@@ -1,0 +1,73 @@
+"""mvrag_jax/train/distributed.py + multi-process loop: a missing peer ends with a message; two CPU processes
+train together, each on its own data shard, and one process restores their checkpoint."""
+
+import json
+import socket
+import subprocess
+import time
+
+import grain
+import jax
+import numpy as np
+import pytest
+
+from mvrag_jax.train import checkpoint, distributed, loop
+from tests.train.conftest import REPO, subprocess_env, train_argv
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_process_whose_peer_never_arrives_exits_within_the_timeout(tmp_path, compile_cache):
+    address = f"127.0.0.1:{_free_port()}"
+    argv = train_argv(tmp_path / "run", tmp_path / "data", compile_cache, f"--coordinator={address}",
+                      "--num_processes=2", "--process_id=0", "--init_timeout=3")
+    start = time.time()
+    proc = subprocess.run(argv, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert time.time() - start < 60  # 3 s of waiting plus interpreter start-up, not JAX's own abort later
+    assert (f"process 0 of 2 waited 3 s at its own coordinator service at {address} but process 1 never connected"
+            in proc.stderr)
+
+
+def test_the_message_of_a_worker_names_the_coordinator():
+    message = distributed.missing_processes_message("10.0.0.2:8476", 4, 2, 30)
+    assert message.startswith("process 2 of 4 waited 30 s for the coordinator (process 0) at 10.0.0.2:8476 but "
+                              "one of processes [0, 1, 3] never connected")
+    with pytest.raises(ValueError, match="--process_id 2 is outside 0..1"):
+        distributed.initialize("127.0.0.1:1", 2, 2)
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_own_shards_and_one_restores(tmp_path, train_data_dir, compile_cache):
+    address, workdir = f"127.0.0.1:{_free_port()}", tmp_path / "run"
+    procs = [subprocess.Popen(train_argv(workdir, train_data_dir, compile_cache, "--config.train.steps=2",
+                                         "--config.train.ckpt_every=1", "--config.data.batch_size=1",
+                                         f"--coordinator={address}",
+                                         "--num_processes=2", f"--process_id={i}", "--init_timeout=120"),
+                              cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=1500) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert [s["processes"] for s in summaries] == [2, 2] and [s["step"] for s in summaries] == [2, 2]
+
+    # Each host read its own shard: its first batch is the first batch of loader shard i of 2.
+    from configs import train
+    from data_pipelines import loader
+    cfg = loop.resolve_config(train.get_config("size=micro"), workdir)
+    cfg.data.update(batch_size=1, data_dir=str(train_data_dir))
+    expected = [loop.batch_fingerprint(next(iter(loader.make_dataset(
+        cfg.data, shard=grain.sharding.ShardOptions(i, 2, drop_remainder=True))))) for i in range(2)]
+    assert [s["first_batch"] for s in summaries] == expected and expected[0] != expected[1]
+
+    step_dir = checkpoint.checkpoint_dir(workdir) / "2"
+    assert sorted(p.name for p in (step_dir / "data_iter").glob("process_*")) == ["process_0-of-2.json",
+                                                                                 "process_1-of-2.json"]
+    step, state = checkpoint.restore_state(workdir)  # this (single) process restores what two wrote
+    assert step == 2 and int(state["step"]) == 2
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["trainable"]))
