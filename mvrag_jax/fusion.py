@@ -4,8 +4,11 @@ After a short prior pass without image tokens, the decoded views and the retriev
 (L2-normalised CLS). The score is the best view's mean cosine similarity to the retrieved images, and the main pass
 uses scale = max(0, score) in every decoupled cross-attention.
 
-The views cross to the host here on purpose: the official code quantises them to uint8 (x * 255, truncated, as
-torchvision's to_pil_image does) and resizes them with PIL, and parity needs exactly that.
+Two paths compute the view embeddings:
+- exact (`fusion_weight`): the views cross to the host, as officially: quantised to uint8 (x * 255, truncated, as
+  torchvision's to_pil_image does) and resized with PIL.
+- device (`device_view_embeddings`): the same quantisation and Pillow's 8-bit resampling reproduced in jnp
+  (mvrag_jax/images_device.py), so prior pass, fusion and main pass need no host round trip.
 
     processor = dinov2.processor_config(release)   # facebook/dinov2-base/preprocessor_config.json
     weight = fusion_weight(dino_config, dino_params, processor, views, retrieved_pil_images)
@@ -19,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvrag_jax import images
+from mvrag_jax import images, images_device
 from mvrag_jax.models import dinov2
 
 COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity default
@@ -82,3 +85,19 @@ def fusion_weight(config: dinov2.DINOv2Config, params: Any, processor: images.CL
     as_np = lambda x: np.asarray(x, np.float32)
     return FusionWeight(scale=as_np(fusion_scale(score)), score=as_np(score), per_view_mean_sim=as_np(per_view),
                         view_embeddings=as_np(view_embeddings), retrieved_embeddings=as_np(retrieved_embeddings))
+
+
+def batched_similarity(view_embeddings: jax.Array, retrieved_embeddings: jax.Array
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per object of a batch: view embeddings [b, views, d], retrieved [b, k, d] -> (per_view_mean_sim [b, views],
+    score [b], scale [b]). Pure jnp: runs inside the pipeline's compiled programs."""
+    per_view = jax.vmap(per_view_mean_similarity)(view_embeddings, retrieved_embeddings)
+    score = per_view.max(axis=-1)
+    return per_view, score, fusion_scale(score)
+
+
+def device_view_embeddings(config: dinov2.DINOv2Config, params: Any, processor: images.CLIPImageProcessorConfig,
+                           views: jax.Array) -> jax.Array:
+    """The on-device path: L2-normalised DINOv2 CLS [n, d] of float views [n, H, W, 3] in [0, 1], with the uint8
+    truncation and PIL resize done in jnp (bit-exact with the host path for the same float views)."""
+    return dinov2.cls_embeddings(config, params, images_device.preprocess_views(views, processor))

@@ -157,6 +157,16 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return center_crop(canvas, height, width)
 
 
+def rescale_normalize(array: np.ndarray, config: CLIPImageProcessorConfig) -> np.ndarray:
+    """uint8 RGB [..., 3] -> float32 pixel values: rescale, then normalise, in transformers' arithmetic."""
+    pixels = array.astype(np.float32)
+    if config.do_rescale:  # float64 product, then float32: transformers' rescale
+        pixels = (array.astype(np.float64) * config.rescale_factor).astype(np.float32)
+    if config.do_normalize:  # float32 arithmetic with float32 statistics, as transformers' normalize
+        pixels = (pixels - np.asarray(config.image_mean, np.float32)) / np.asarray(config.image_std, np.float32)
+    return pixels
+
+
 def clip_preprocess(images: Sequence[Any], config: CLIPImageProcessorConfig) -> np.ndarray:
     """CLIPImageProcessorPil on uint8 images -> normalised pixel values [n, crop_h, crop_w, 3] float32 (NHWC)."""
     processed = []
@@ -168,12 +178,7 @@ def clip_preprocess(images: Sequence[Any], config: CLIPImageProcessorConfig) -> 
             array = pil_resize(array, height, width, Image.Resampling(config.resample))
         if config.do_center_crop:
             array = center_crop(array, *config.crop_hw)
-        pixels = array.astype(np.float32)
-        if config.do_rescale:  # float64 product, then float32: transformers' rescale
-            pixels = (array.astype(np.float64) * config.rescale_factor).astype(np.float32)
-        if config.do_normalize:  # float32 arithmetic with float32 statistics, as transformers' normalize
-            pixels = (pixels - np.asarray(config.image_mean, np.float32)) / np.asarray(config.image_std, np.float32)
-        processed.append(pixels)
+        processed.append(rescale_normalize(array, config))
     shapes = {p.shape for p in processed}
     if len(shapes) > 1:
         raise ImageError(f"preprocessed images have different shapes {sorted(shapes)}; enable do_center_crop or "

@@ -29,3 +29,19 @@ def release_models():
     """The tiny release's models, each converted once per session (as `mvrag verify-reference` converts them)."""
     from mvrag_jax.verify.models import ReleaseModels
     return ReleaseModels.open(TINY_RELEASE)
+
+
+def write_text_only_release(dst: pathlib.Path) -> pathlib.Path:
+    """An MVDream-style base release at `dst`: the tiny release without the retrieval branch (no to_k_ip/to_v_ip in
+    the UNet, no resampler/, image_encoder/ or facebook/dinov2-base/ folders)."""
+    import shutil
+
+    from mvrag_jax.release import read_safetensors, write_safetensors
+
+    dropped = ("resampler", "image_encoder", "facebook")
+    shutil.copytree(TINY_RELEASE, dst, ignore=lambda folder, names: [n for n in names if folder == str(TINY_RELEASE)
+                                                                     and n in dropped])
+    weights = dst / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = {k: v for k, v in read_safetensors(weights).items() if ".to_k_ip." not in k and ".to_v_ip." not in k}
+    write_safetensors(weights, tensors)
+    return dst

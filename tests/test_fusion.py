@@ -93,3 +93,19 @@ def test_fusion_weight_needs_retrieved_images(dino):
     config, params, processor = dino
     with pytest.raises(ValueError, match="at least one retrieved image"):
         fusion.fusion_weight(config, params, processor, np.zeros((1, 8, 8, 3), np.float32), [])
+
+
+@pytest.mark.parametrize("name, key", [("dinov2", "gen_images"), ("pipeline_e2e", "prior_images")])
+def test_device_path_gives_the_exact_weight_on_reference_views(dino, name, key):
+    """The on-device path (jnp quantisation + Pillow-exact resize) against the host path: identical weights."""
+    case = _load(name)
+    config, params, processor = dino
+    retrieved = [case["ret_image_0"], case["ret_image_1"]]
+    views = _nhwc(case[key])
+    with jax.default_matmul_precision("highest"):
+        exact = fusion.fusion_weight(config, params, processor, views, retrieved)
+        device = fusion.device_view_embeddings(config, params, processor, jnp.asarray(views))
+        per_view, score, scale = fusion.batched_similarity(device[None], jnp.asarray(exact.retrieved_embeddings)[None])
+    np.testing.assert_array_equal(np.asarray(device), exact.view_embeddings)
+    assert float(scale[0]) == float(exact.scale) and float(score[0]) == float(exact.score)
+    np.testing.assert_array_equal(np.asarray(per_view[0]), exact.per_view_mean_sim)

@@ -5,7 +5,7 @@ import pathlib
 from tqdm import tqdm
 
 from mvrag_jax.convert.checkpoint import CheckpointError, check_target, load_checkpoint, save_checkpoint
-from mvrag_jax.convert.components import COMPONENTS, convert_component
+from mvrag_jax.convert.components import COMPONENTS, convert_component, release_components
 from mvrag_jax.convert.export import EXPORT_DTYPES, export_release
 from mvrag_jax.convert.keys import CheckpointKeyError
 from mvrag_jax.release import Release, ReleaseError
@@ -16,11 +16,14 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", 
 
 def convert_release(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, overwrite: bool = False,
                     show_progress: bool = True) -> pathlib.Path:
-    """Convert every component of an official release into an mvrag checkpoint at `out_dir` (written atomically)."""
+    """Convert every component of an official release into an mvrag checkpoint at `out_dir` (written atomically).
+
+    A text-only base release (UNet without to_k_ip/to_v_ip) may lack the resampler, image encoder and DINOv2.
+    """
     release = Release.open(release_dir)
     check_target(out_dir, overwrite)  # before converting, not after six components' worth of work
     configs, params = {}, {}
-    for component in tqdm(COMPONENTS, desc="converting", unit="component", disable=not show_progress):
+    for component in tqdm(release_components(release), desc="converting", unit="component", disable=not show_progress):
         configs[component.name], params[component.name] = convert_component(release, component)
     release_files = {str(p.relative_to(release.root)): p for p in sorted(release.root.rglob("*"))
                      if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES}

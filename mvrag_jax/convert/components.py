@@ -23,6 +23,8 @@ class Component:
     hint: str = ""                              # shown with key mismatches
     # Official state dict -> the keys our modules mirror (e.g. strip a `text_model.` prefix, drop buffers).
     normalize_keys: Callable[[dict], dict] = lambda state_dict: state_dict
+    # Serves only the retrieval branch: optional in a release whose UNet has no to_k_ip/to_v_ip (MVDream-style base).
+    image_branch: bool = False
 
 
 COMPONENTS: tuple[Component, ...] = (
@@ -31,7 +33,8 @@ COMPONENTS: tuple[Component, ...] = (
                    "passed the base MVDream UNet, if sizes differ the unet/config.json does not match the weights"),
     Component("resampler", resampler.ResamplerConfig, resampler.init_params,
               hint="the official Resampler ignores resampler/config.json; sizes are derived from the tensor shapes "
-                   "when it is absent: check that config.json (if any) matches model.safetensors"),
+                   "when it is absent: check that config.json (if any) matches model.safetensors",
+              image_branch=True),
     Component("clip_text", clip.CLIPTextConfig, clip.init_text_params,
               hint="text_encoder/ must hold a transformers CLIPTextModel (SD2.1: 23 layers, width 1024); if sizes "
                    "differ, text_encoder/config.json does not match model.safetensors",
@@ -39,7 +42,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("clip_vision", clip.CLIPVisionConfig, clip.init_vision_params,
               hint="image_encoder/ must hold a transformers CLIPVisionModel without projection head (ViT-H/14: 32 "
                    "layers, width 1280); a `visual_projection` key means a CLIPVisionModelWithProjection checkpoint",
-              normalize_keys=clip.normalize_vision_keys),
+              normalize_keys=clip.normalize_vision_keys, image_branch=True),
     Component("vae", vae.VAEConfig, vae.init_params,
               hint="vae/ must hold a diffusers AutoencoderKL (SD2.1: block_out_channels 128/256/512/512); if sizes "
                    "differ, vae/config.json does not match the weights",
@@ -47,9 +50,17 @@ COMPONENTS: tuple[Component, ...] = (
     Component("dinov2", dinov2.DINOv2Config, dinov2.init_params,
               hint="facebook/dinov2-base/ must hold a transformers Dinov2Model (hub key names); a `dinov2.` prefix "
                    "or a `classifier` key means a Dinov2ForImageClassification checkpoint",
-              normalize_keys=dinov2.normalize_keys),
+              normalize_keys=dinov2.normalize_keys, image_branch=True),
 )
 COMPONENTS_BY_NAME = {c.name: c for c in COMPONENTS}
+
+
+def release_components(release: Release) -> tuple[Component, ...]:
+    """The components to convert from `release`: all of them for an MV-RAG release; for a text-only base (its UNet
+    has no to_k_ip/to_v_ip) the retrieval-branch components only where the release ships their folders."""
+    if unet.UNetConfig.from_release(release).image_branch:
+        return COMPONENTS
+    return tuple(c for c in COMPONENTS if not c.image_branch or release.has(c.name))
 
 
 def abstract_params(component: Component, config: Any) -> Any:

@@ -31,6 +31,7 @@ class CrossAttention(nn.Module):
     With `ip=True` (every attn2 of the release) it also owns `to_k_ip`/`to_v_ip`; when image tokens are given,
         out = scale * Attn(q, k(text), v(text)) + (1.5 - scale) * Attn(q, k_ip(img), v_ip(img))
     combined before `to_out_0`. Without image tokens only the text term is used (no factor at all), as officially.
+    `scale` is a scalar or one value per row [b] (a batch of objects, each with its own fusion weight).
     """
     heads: int
     dim_head: int
@@ -55,6 +56,8 @@ class CrossAttention(nn.Module):
                 k_ip, v_ip = to_k_ip(image_tokens), to_v_ip(image_tokens)  # [b, n, heads * dh]
                 out_ip = layers.attention(q, k_ip, v_ip, self.heads, kernel=self.attention_kernel)
                 scale = jnp.asarray(scale, out.dtype)
+                if scale.ndim == 1:  # one weight per row (object): [b] -> [b, 1, 1]
+                    scale = scale[:, None, None]
                 out = scale * out + (IP_TOTAL_WEIGHT - scale) * out_ip
             elif self.is_initializing():
                 # The release has these params in every attn2: create them even when init sees no image tokens.
@@ -104,6 +107,7 @@ class BasicTransformerBlock3D(nn.Module):
     heads: int
     dim_head: int
     num_frames: int
+    ip: bool = True                # attn2 owns to_k_ip/to_v_ip (False: text-only MVDream-style base)
     dtype: Dtype = jnp.float32
     attention_kernel: str = "auto"
 
@@ -117,7 +121,7 @@ class BasicTransformerBlock3D(nn.Module):
         x = einops.rearrange(x, "(b f) l c -> b (f l) c", f=self.num_frames)  # [b, views * l, c]
         x = attention("attn1", False)(norm("norm1")(x), mask=mask) + x
         x = einops.rearrange(x, "b (f l) c -> (b f) l c", f=self.num_frames)  # [b * views, l, c]
-        x = attention("attn2", True)(norm("norm2")(x), context, image_tokens, scale) + x
+        x = attention("attn2", self.ip)(norm("norm2")(x), context, image_tokens, scale) + x
         return FeedForward(self.dim, dtype=self.dtype, name="ff")(norm("norm3")(x)) + x
 
 
@@ -128,6 +132,7 @@ class SpatialTransformer3D(nn.Module):
     dim_head: int
     num_frames: int
     depth: int = 1
+    ip: bool = True
     dtype: Dtype = jnp.float32
     attention_kernel: str = "auto"
 
@@ -141,8 +146,8 @@ class SpatialTransformer3D(nn.Module):
         h = layers.dense(inner, (EMBED, HEADS), dtype=self.dtype, name="proj_in")(h)  # [b * views, h * w, inner]
         h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         for index in range(self.depth):
-            h = BasicTransformerBlock3D(inner, self.heads, self.dim_head, self.num_frames, dtype=self.dtype,
-                                        attention_kernel=self.attention_kernel,
+            h = BasicTransformerBlock3D(inner, self.heads, self.dim_head, self.num_frames, ip=self.ip,
+                                        dtype=self.dtype, attention_kernel=self.attention_kernel,
                                         name=f"transformer_blocks_{index}")(h, context, image_tokens, scale,
                                                                             single_view)
             h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))

@@ -62,6 +62,7 @@ class UNetConfig:
     dtype: str = "float32"               # compute dtype of activations; params stay float32
     remat: str = "none"                  # none | full | dots_saveable (nn.remat policy per UNet block)
     num_heads: int = -1                  # heads per attention layer when num_head_channels is -1
+    image_branch: bool = True            # attn2 has to_k_ip/to_v_ip (MV-RAG); False: an MVDream-style text-only base
     attention: str = "auto"              # runtime.attention kernel (models/attention_kernels.py KERNELS)
 
     def __post_init__(self):
@@ -109,12 +110,19 @@ class UNetConfig:
             if values.get(key, default) != default:
                 raise UNetConfigError(f"unet/config.json sets {key}={values[key]!r}; mvrag-jax implements only "
                                       f"{key}={default!r} (the MV-RAG release value)")
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"image_branch"}
         # The official constructor swallows unknown kwargs (**kwargs), so unknown keys are ignored here too.
         known = {key: value for key, value in values.items() if key in fields}
         if "channel_mult" not in known:
             known["channel_mult"] = (1, 2, 4, 8)  # official default
-        return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, attention=attention)
+        # The config does not say whether the decoupled image attention exists; the weights do (header read only).
+        # A release with a resampler/ is MV-RAG: its UNet must have the branch (missing to_k_ip keys then fail the
+        # conversion with the "base MVDream UNet?" hint). A folder without weights is taken as MV-RAG too.
+        weights = sorted(release.folder("unet").glob("*.safetensors"))
+        image_branch = (not weights or release.has("resampler")
+                        or any(".to_k_ip." in key for key in release.shapes("unet")))
+        return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, image_branch=image_branch,
+                   attention=attention)
 
     @classmethod
     def from_config(cls, cfg) -> "UNetConfig":
@@ -182,7 +190,8 @@ class Upsample(nn.Module):
 
 class MultiViewUNet(nn.Module):
     """eps = UNet(x [b*F, h, w, in], timesteps [b*F], context [b*F, L, ctx], camera [b*F, 16] | None,
-    image_tokens [b*F, n, ctx] | None, scale) -> [b*F, h, w, out] in x's dtype. F = config.num_frames (static)."""
+    image_tokens [b*F, n, ctx] | None, scale: scalar or [b*F]) -> [b*F, h, w, out] in x's dtype.
+    F = config.num_frames (static)."""
     config: UNetConfig
 
     def setup(self):
@@ -196,8 +205,8 @@ class MultiViewUNet(nn.Module):
 
         def transformer(channels: int) -> SpatialTransformer3D:
             heads, dim_head = c.heads(channels)
-            return SpatialTransformer3D(channels, heads, dim_head, c.num_frames, c.transformer_depth, dtype=dtype,
-                                        attention_kernel=c.attention)
+            return SpatialTransformer3D(channels, heads, dim_head, c.num_frames, c.transformer_depth, ip=c.image_branch,
+                                        dtype=dtype, attention_kernel=c.attention)
 
         # Nested lists: flax names block i, layer j `input_blocks_i_j`, exactly the release's `input_blocks.i.j`.
         input_blocks = [[layers.conv(c.model_channels, 3, dtype=dtype)]]
@@ -257,6 +266,9 @@ class MultiViewUNet(nn.Module):
         if x.shape[0] % c.num_frames:
             raise ValueError(f"UNet batch {x.shape[0]} is not a multiple of num_frames={c.num_frames}; rows must be "
                              "[object * views]: pass num_frames views per object")
+        if image_tokens is not None and not c.image_branch:
+            raise ValueError("image tokens were passed but this UNet has no image branch (no to_k_ip/to_v_ip: an "
+                             "MVDream-style base); generate text-only (no retrieved images) or use an MV-RAG release")
         if camera is not None and c.camera_dim is None:
             raise ValueError("a camera was passed but the UNet config has camera_dim=None (no camera_embed); "
                              "pass camera=None or use a release with camera_dim")
@@ -293,7 +305,8 @@ def dummy_inputs(config: UNetConfig, batch_size: int = 1, num_image_tokens: int 
         "timesteps": jnp.zeros((rows,), jnp.float32),
         "context": jnp.zeros((rows, CONTEXT_LENGTH, config.context_dim), jnp.float32),
         "camera": None if config.camera_dim is None else jnp.zeros((rows, config.camera_dim), jnp.float32),
-        "image_tokens": jnp.zeros((rows, num_image_tokens, config.context_dim), jnp.float32),
+        "image_tokens": (jnp.zeros((rows, num_image_tokens, config.context_dim), jnp.float32)
+                         if config.image_branch else None),
         "scale": jnp.float32(1.0),
     }
 

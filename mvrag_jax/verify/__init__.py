@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from mvrag_jax.verify import camera, clip, dinov2, resampler, sampling, unet, vae
+from mvrag_jax.verify import camera, clip, dinov2, pipeline, resampler, sampling, unet, vae
 from mvrag_jax.verify.models import NotImplementedYet, ReleaseModels
 
 
@@ -29,12 +29,6 @@ SAMPLING_TOL = Tolerance(1e-3, 1e-3)
 Check = Callable[[ReleaseModels, dict[str, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
-def _not_yet(component: str) -> Check:
-    def check(models: ReleaseModels, case: dict) -> dict:
-        raise NotImplementedYet(f"{component} is not implemented yet")
-    return check
-
-
 # case name -> (check, tolerance). Every case file of the reference set has an entry.
 CASES: dict[str, tuple[Check, Tolerance]] = {
     "camera": (camera.check_camera, COMPONENT_TOL),
@@ -46,7 +40,7 @@ CASES: dict[str, tuple[Check, Tolerance]] = {
     "vae": (vae.check_vae, COMPONENT_TOL),
     "dinov2": (dinov2.check_dinov2, COMPONENT_TOL),
     "ddim_sample": (sampling.check_ddim_sample, SAMPLING_TOL),
-    "pipeline_e2e": (_not_yet("pipeline"), SAMPLING_TOL),
+    "pipeline_e2e": (pipeline.check_pipeline, SAMPLING_TOL),
 }
 
 

@@ -5,6 +5,7 @@ import pathlib
 from typing import Any
 
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, convert_component
+from mvrag_jax.pipeline_programs import Programs
 from mvrag_jax.release import Release
 
 
@@ -16,6 +17,8 @@ class NotImplementedYet(Exception):
 class ReleaseModels:
     release: Release
     _cache: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+    # compiled pipeline stages, shared by every check (and test) that runs a pipeline on these models
+    programs: Programs = dataclasses.field(default_factory=Programs)
 
     @classmethod
     def open(cls, release_dir: str | pathlib.Path) -> "ReleaseModels":

@@ -52,6 +52,23 @@ def test_decoupled_attention_combines_text_and_image_terms_before_to_out(cross_a
     np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_per_row_scale_weights_each_row_like_its_scalar(cross_attention):
+    module, params, x, context, image_tokens = cross_attention
+    scales = np.float32([0.2, 0.9])  # one fusion weight per row (object)
+    with jax.default_matmul_precision("highest"):
+        per_row = module.apply({"params": params}, x, context, image_tokens, jnp.asarray(scales))
+        for row, scale in enumerate(scales):
+            alone = module.apply({"params": params}, x, context, image_tokens, jnp.float32(scale))
+            np.testing.assert_allclose(per_row[row], alone[row], atol=1e-6, rtol=1e-6)
+    assert np.abs(np.asarray(per_row[0]) - np.asarray(alone[0])).max() > 1e-3  # row 0 did not take row 1's scale
+
+
+def test_text_only_attention_has_no_image_projections():
+    module = CrossAttention(HEADS, DIM_HEAD, QUERY_DIM, ip=False)
+    params = module.init(jax.random.key(0), _normal(0, 1, 5, QUERY_DIM), _normal(1, 1, 6, CONTEXT_DIM))["params"]
+    assert sorted(params) == ["to_k", "to_out_0", "to_q", "to_v"]
+
+
 def test_without_image_tokens_only_the_unweighted_text_term_is_used(cross_attention):
     module, params, x, context, image_tokens = cross_attention
     with jax.default_matmul_precision("highest"):

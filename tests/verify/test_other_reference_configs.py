@@ -18,9 +18,8 @@ CONFIG_NAMES = sorted(p.name for p in CONFIGS_DIR.iterdir() if (p / "cases").is_
 # runs one, the others run with `-m slow`.
 DEFAULT_SUITE = {"b"}
 
-# Cases that may still be skipped (never failed): the end-to-end pipeline is not implemented yet.
-# TODO(coordinator): empty this set once mvrag_jax/pipeline.py lands and pipeline_e2e has a real check.
-MAY_SKIP = {"pipeline_e2e"}
+# Cases that may be skipped (never failed): none, every case has a check.
+MAY_SKIP: set[str] = set()
 
 
 def test_there_are_other_configurations():
