@@ -39,7 +39,9 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config.", lock_config=True)
+    import configs
+
+    config_flags.DEFINE_config_file("config", configs.resolve("data.py:size=tiny"), "Data config.", lock_config=True)
     flags.DEFINE_string("out", None, "Collection folder to write.", required=True)
     flags.DEFINE_integer("per_class", None, "Images per class (default: the split's count).")
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")

@@ -17,38 +17,52 @@ from mvrag_jax.convert.checkpoint import check_target, save_checkpoint
 from mvrag_jax.demo.pixel_vae import demo_vae_config, pixel_vae_params
 
 VAE_CONFIG = "vae/config.json"
+UNET_CONFIG = "unet/config.json"
 
 
-def write_base_checkpoint(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
-                          overwrite: bool = False) -> pathlib.Path:
-    """Convert `release_dir` and swap its VAE for the pooling autoencoder (same number of resolution levels)."""
+def _write_json(path: pathlib.Path, values: dict) -> pathlib.Path:
+    path.write_text(json.dumps(values, indent=2))
+    return path
+
+
+def write_base_checkpoint(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, vae_levels: int = 4,
+                          image_size: int = 32, overwrite: bool = False) -> pathlib.Path:
+    """Convert `release_dir` and swap its VAE for the pooling autoencoder with `vae_levels` resolution levels
+    (4: 8x8 pixels per latent, so 32 px views diffuse as 4x4 latents, which minutes of CPU training can fit).
+    The UNet's image_size (its latent side, from which the pipeline sizes its output) follows."""
     check_target(out_dir, overwrite)
     with tempfile.TemporaryDirectory() as tmp:
         converted = convert_release(release_dir, pathlib.Path(tmp) / "ckpt", show_progress=False)
         configs, params = load_model_checkpoint(converted)
-        vae = demo_vae_config(configs["vae"], levels=len(configs["vae"].block_out_channels))
+        vae = demo_vae_config(configs["vae"], levels=vae_levels)
         configs["vae"], params["vae"] = vae, pixel_vae_params(vae)
+        latent_side = image_size // vae.downscale_factor
+        configs["unet"] = dataclasses.replace(configs["unet"], image_size=latent_side)
         files_root = converted / "release_files"
         release_files = {str(p.relative_to(files_root)): p for p in sorted(files_root.rglob("*")) if p.is_file()}
         raw = json.loads((files_root / VAE_CONFIG).read_text())
         raw.update({k: v for k, v in dataclasses.asdict(vae).items() if k in raw or k == "norm_num_groups"})
         raw["block_out_channels"] = list(vae.block_out_channels)
+        raw["down_block_types"] = ["DownEncoderBlock2D"] * vae_levels
+        raw["up_block_types"] = ["UpDecoderBlock2D"] * vae_levels
         raw.pop("dtype", None)
-        vae_json = pathlib.Path(tmp) / "vae_config.json"
-        vae_json.write_text(json.dumps(raw, indent=2))
-        release_files[VAE_CONFIG] = vae_json
+        release_files[VAE_CONFIG] = _write_json(pathlib.Path(tmp) / "vae_config.json", raw)
+        unet = json.loads((files_root / UNET_CONFIG).read_text())
+        unet["image_size"] = latent_side
+        release_files[UNET_CONFIG] = _write_json(pathlib.Path(tmp) / "unet_config.json", unet)
         return save_checkpoint(out_dir, configs, params, release_files, overwrite=overwrite)
 
 
 def main(argv: list[str]) -> int:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--release", default="tests/reference/tiny_release")
+    parser.add_argument("--release", required=True, help="e.g. tests/reference/tiny_release (the bundled tiny release)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--vae_levels", type=int, default=4)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        print(f"wrote {write_base_checkpoint(args.release, args.out, overwrite=args.overwrite)}")
+        print(f"wrote {write_base_checkpoint(args.release, args.out, vae_levels=args.vae_levels, overwrite=args.overwrite)}")
     except (ValueError, FileNotFoundError) as e:
         print(f"demo base: error: {e}", file=sys.stderr)
         return 2
