@@ -6,7 +6,6 @@ import pytest
 
 from configs import tiny
 
-pytest.importorskip("mvrag_jax.pipeline", reason="needs mvrag_jax/pipeline.py (helper 'pipeline')")
 
 
 def test_bench_sample_first_call_compiles_then_steady_state_does_not():

@@ -9,7 +9,6 @@ from PIL import Image
 from mvrag_jax.cli import main
 from tests.conftest import TINY_RELEASE
 
-pytest.importorskip("mvrag_jax.pipeline", reason="needs mvrag_jax/pipeline.py (helper 'pipeline')")
 
 
 def test_generate_writes_views_grid_and_record_then_a_rerun_skips(tmp_path, capsys):

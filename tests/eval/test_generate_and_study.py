@@ -1,6 +1,5 @@
 """`mvrag eval --ckpt` and `mvrag eval --study retrieval` on the converted tiny release (2 DDIM steps)."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -11,8 +10,6 @@ from mvrag_jax.eval import study
 from mvrag_jax.eval.dataset import read_folder
 
 NO_CACHE = ["--compile_cache_dir", "none"]
-needs_pipeline = pytest.mark.skipif(importlib.util.find_spec("mvrag_jax.pipeline") is None,
-                                    reason="mvrag_jax/pipeline.py is not in this checkout yet")
 
 
 def test_study_conditions(eval_inputs):
@@ -31,7 +28,6 @@ def _common(eval_inputs):
     return ["--dataset", str(eval_inputs["dataset"]), "--steps", "2"]  # DINOv2: the checkpoint's own
 
 
-@needs_pipeline
 def test_eval_ckpt_generates_then_scores(eval_inputs, tiny_ckpt, tmp_path):
     out = tmp_path / "ckpt_eval"
     common = _common(eval_inputs)
@@ -45,7 +41,6 @@ def test_eval_ckpt_generates_then_scores(eval_inputs, tiny_ckpt, tmp_path):
 
 
 @pytest.mark.slow  # 5 generation runs: ~75 s of CPU on the tiny model, several minutes on a busy 2-core machine
-@needs_pipeline
 def test_retrieval_study(eval_inputs, tiny_ckpt, tmp_path):
     out, common = tmp_path / "study", _common(eval_inputs)
     assert main(["mvrag", "eval", "--study", "retrieval", "--ckpt", str(tiny_ckpt), "--out", str(out), "--ks", "0,1"]
