@@ -102,8 +102,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # 8x8 pixels per latent: 32 px views diffuse as 4x4 latents, which minutes of CPU training can fit
         c.model.vae.update(block_out_channels=(32, 32, 32, 32), norm_num_groups=1, scaling_factor=1.0)
         c.model.unet.image_size = 4
-        c.train.update(init="", steps=300, log_every=25, ckpt_every=100, sample_every=0)
-        c.train.optimizer.update(learning_rate=1e-3, warmup_steps=20, schedule="cosine", end_factor=0.1)
+        c.train.update(init="", batch_size=16, steps=400, log_every=25, ckpt_every=100, sample_every=0)
+        c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="constant")
         c.mesh.update(data=2, fsdp=4, tensor=1)
     # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
     # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
