@@ -17,9 +17,11 @@ import numpy as np
 
 from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models.unet import CONTEXT_LENGTH, MultiViewUNet, UNetConfig, init_params
-from mvrag_jax.train.trainable import TRAIN, label_for_path
+from mvrag_jax.train.trainable import merge_params, split_trainable
 
 TIMESTEPS = 1000  # DDPM training steps: the range timesteps are drawn from
+EMBEDDING_STD = 0.02  # transformers' initializer_range
+_EMBEDDING_LEAVES = ("embedding", "class_embedding", "latents")  # tables and learned vectors: zeros would erase input
 
 
 def _unet_inputs(config: UNetConfig, batch_size: int, num_image_tokens: int, seed: int) -> dict[str, Any]:
@@ -38,7 +40,8 @@ def _unet_inputs(config: UNetConfig, batch_size: int, num_image_tokens: int, see
 
 
 def host_random_params(shapes: Any, seed: int = 0) -> dict:
-    """Fill an abstract param tree on the host: kernels N(0, 1/fan_in), norm scales 1, everything else 0.
+    """Fill an abstract param tree on the host: kernels N(0, 1/fan_in), embedding tables and learned queries
+    N(0, 0.02^2) (so token ids still matter), norm scales 1, everything else 0.
 
     For timings and numerics checks where the values are incidental: a jitted `init_params` spends most of its
     (CPU) compile time on one truncated-normal sampler per kernel, which would dwarf a small config's benchmark.
@@ -49,17 +52,11 @@ def host_random_params(shapes: Any, seed: int = 0) -> dict:
         if path[-1] == "kernel":
             fan_in = int(np.prod(shape[:-1]))
             return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+        if path[-1] in _EMBEDDING_LEAVES:
+            return (EMBEDDING_STD * rng.standard_normal(shape)).astype(np.float32)
         return np.full(shape, 1.0 if path[-1] == "scale" else 0.0, np.float32)
 
     return unflatten({path: fill(path, leaf.shape) for path, leaf in flatten(shapes).items()})
-
-
-def _split_trainable(params: dict) -> tuple[dict, dict]:
-    """(trainable, frozen) halves of a nested param dict, by train/trainable.py's labels."""
-    flat = flatten(params)
-    trainable = {path: v for path, v in flat.items() if label_for_path(list(path)) == TRAIN}
-    frozen = {path: v for path, v in flat.items() if path not in trainable}
-    return unflatten(trainable), unflatten(frozen)
 
 
 def _count(tree: Any) -> int:
@@ -107,13 +104,13 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
         shapes = nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0)))
         params = jax.device_put(host_random_params(shapes, seed))
         inputs = jax.device_put(_unet_inputs(config, batch_size, num_image_tokens, seed + 1))
-        trainable, frozen = _split_trainable(params)
+        trainable, frozen = split_trainable(params)
 
         def forward(params, inputs):
             return model.apply({"params": params}, **inputs)
 
         def loss(trainable, frozen, inputs):
-            eps = model.apply({"params": _merge(trainable, frozen)}, **inputs)
+            eps = model.apply({"params": merge_params(trainable, frozen)}, **inputs)
             return jnp.mean(jnp.square(eps.astype(jnp.float32)))
 
         forward_stats = _time_compiled(forward, (params, inputs), steps)
@@ -136,7 +133,3 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
         "forward": forward_stats,
         "forward_backward": backward_stats,
     }
-
-
-def _merge(trainable: dict, frozen: dict) -> dict:
-    return unflatten({**flatten(frozen), **flatten(trainable)})

@@ -80,8 +80,8 @@ def save_checkpoint(out_dir: str | os.PathLike, configs: dict[str, Any], params:
     return pathlib.Path(out_dir)
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]) -> tuple[dict, dict]:
-    """(configs, params) of a checkpoint written by `save_checkpoint`; params are float32 numpy trees."""
+def load_configs(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]) -> dict[str, Any]:
+    """The component configs of a checkpoint written by `save_checkpoint` (reads only its JSON, no weights)."""
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
     meta_path = ckpt_dir / CONFIG_FILE
     if not ckpt_dir.is_dir():
@@ -93,8 +93,13 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]
     unknown = sorted(set(meta["components"]) - set(config_classes))
     if unknown:
         raise CheckpointError(f"{ckpt_dir} holds components {unknown} this version does not know")
-    configs = {name: config_from_dict(config_classes[name], values) for name, values in meta["components"].items()}
-    restored = ocp.StandardCheckpointer().restore(ckpt_dir / "params")
+    return {name: config_from_dict(config_classes[name], values) for name, values in meta["components"].items()}
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]) -> tuple[dict, dict]:
+    """(configs, params) of a checkpoint written by `save_checkpoint`; params are float32 numpy trees."""
+    configs = load_configs(ckpt_dir, config_classes)
+    restored = ocp.StandardCheckpointer().restore(pathlib.Path(ckpt_dir).absolute() / "params")
     params = {name: _to_numpy(restored[name]) for name in configs}
     return configs, params
 

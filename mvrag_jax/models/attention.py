@@ -40,13 +40,14 @@ class CrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0) -> jax.Array:
+                 scale: jax.Array | float = 1.0, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` [b, 1, lq, lk] bool (True = may attend) applies to the text/self term only."""
         inner = self.heads * self.dim_head
         project = lambda name: layers.dense(inner, (EMBED, HEADS), use_bias=False, dtype=self.dtype, name=name)
         context = x if context is None else context  # self-attention when no context (attn1)
         q = project("to_q")(x)  # [b, lq, heads * dh]
         k, v = project("to_k")(context), project("to_v")(context)  # [b, lk, heads * dh]
-        out = layers.attention(q, k, v, self.heads)  # [b, lq, heads * dh]
+        out = layers.attention(q, k, v, self.heads, mask=mask)  # [b, lq, heads * dh]
         if self.ip:
             to_k_ip, to_v_ip = project("to_k_ip"), project("to_v_ip")
             if image_tokens is not None:
@@ -84,10 +85,19 @@ class FeedForward(nn.Module):
         return layers.dense(self.dim, (MLP, EMBED), dtype=self.dtype, name="net_2")(h)
 
 
+def single_view_mask(single_view: jax.Array, num_frames: int, tokens_per_view: int) -> jax.Array:
+    """attn1 mask [b, 1, F*l, F*l]: objects with single_view[b] attend within each view only (MVDream's 2D mode,
+    num_frames=1, in a static-shape batch), the others across all their views."""
+    view = jnp.arange(num_frames * tokens_per_view) // tokens_per_view  # [F*l] view of each token
+    same_view = view[:, None] == view[None, :]                          # [F*l, F*l]
+    return same_view[None, None] | ~single_view.astype(bool)[:, None, None, None]
+
+
 class BasicTransformerBlock3D(nn.Module):
     """Pre-LN block: cross-view self-attention (attn1), text/image cross-attention (attn2), GEGLU FF.
 
     attn1 attends over the tokens of ALL `num_frames` views of one object jointly; attn2 and FF are per view.
+    `single_view` [b] bool (training only; None at inference) restricts attn1 of the marked objects to each view.
     """
     dim: int
     heads: int
@@ -97,12 +107,13 @@ class BasicTransformerBlock3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None,
-                 scale: jax.Array | float) -> jax.Array:
+                 scale: jax.Array | float, single_view: jax.Array | None = None) -> jax.Array:
         norm = lambda name: layers.layer_norm(TRANSFORMER_NORM_EPS, dtype=self.dtype, name=name)
+        mask = None if single_view is None else single_view_mask(single_view, self.num_frames, x.shape[1])
         attention = lambda name, ip: CrossAttention(self.heads, self.dim_head, self.dim, ip=ip, dtype=self.dtype,
                                                     name=name)
         x = einops.rearrange(x, "(b f) l c -> b (f l) c", f=self.num_frames)  # [b, views * l, c]
-        x = attention("attn1", False)(norm("norm1")(x)) + x
+        x = attention("attn1", False)(norm("norm1")(x), mask=mask) + x
         x = einops.rearrange(x, "b (f l) c -> (b f) l c", f=self.num_frames)  # [b * views, l, c]
         x = attention("attn2", True)(norm("norm2")(x), context, image_tokens, scale) + x
         return FeedForward(self.dim, dtype=self.dtype, name="ff")(norm("norm3")(x)) + x
@@ -119,7 +130,7 @@ class SpatialTransformer3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0) -> jax.Array:
+                 scale: jax.Array | float = 1.0, single_view: jax.Array | None = None) -> jax.Array:
         inner = self.heads * self.dim_head
         _, height, width, _ = x.shape  # [b * views, h, w, c]
         h = layers.group_norm(NORM_GROUPS, SPATIAL_NORM_EPS, dtype=self.dtype, name="norm")(x)
@@ -128,7 +139,7 @@ class SpatialTransformer3D(nn.Module):
         h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         for index in range(self.depth):
             h = BasicTransformerBlock3D(inner, self.heads, self.dim_head, self.num_frames, dtype=self.dtype,
-                                        name=f"transformer_blocks_{index}")(h, context, image_tokens, scale)
+                                        name=f"transformer_blocks_{index}")(h, context, image_tokens, scale, single_view)
             h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         h = layers.dense(self.channels, (HEADS, EMBED), dtype=self.dtype, name="proj_out")(h)  # [b * views, h*w, c]
         return einops.rearrange(h, "b (h w) c -> b h w c", h=height, w=width) + x

@@ -229,20 +229,25 @@ class MultiViewUNet(nn.Module):
         self.out_2 = layers.conv(c.out_channels, 3, dtype=dtype)
 
     def _run_block(self, group: str, index: int | None, h: jax.Array, emb: jax.Array, context: jax.Array,
-                   image_tokens: jax.Array | None, scale: jax.Array | float) -> jax.Array:
+                   image_tokens: jax.Array | None, scale: jax.Array | float,
+                   single_view: jax.Array | None) -> jax.Array:
         """One UNet block (the official CondSequential): its layers in order, each fed what it needs."""
         block = getattr(self, group)
         for layer in block if index is None else block[index]:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
             elif isinstance(layer, SpatialTransformer3D):
-                h = layer(h, context, image_tokens, scale)
+                h = layer(h, context, image_tokens, scale, single_view)
             else:
                 h = layer(h)
         return nn.with_logical_constraint(h, ACT_NHWC)
 
     def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array, camera: jax.Array | None = None,
-                 image_tokens: jax.Array | None = None, scale: jax.Array | float = 1.0) -> jax.Array:
+                 image_tokens: jax.Array | None = None, scale: jax.Array | float = 1.0,
+                 camera_mask: jax.Array | None = None, single_view: jax.Array | None = None) -> jax.Array:
+        """`camera_mask` [b * views] and `single_view` [b] are for batches mixing 3D and 2D objects (training): rows
+        with camera_mask 0 get no camera embedding, objects with single_view True attend within each view only
+        (MVDream's num_frames=1 without camera, at a static shape). None (inference) changes nothing."""
         c = self.config
         if x.shape[0] % c.num_frames:
             raise ValueError(f"UNet batch {x.shape[0]} is not a multiple of num_frames={c.num_frames}; rows must be "
@@ -253,7 +258,10 @@ class MultiViewUNet(nn.Module):
         t_emb = timestep_embedding(timesteps, c.model_channels).astype(x.dtype)  # [b * views, model_channels]
         emb = self.time_embed_2(nn.silu(self.time_embed_0(t_emb)))  # [b * views, 4 * model_channels]
         if camera is not None:
-            emb = emb + self.camera_embed_2(nn.silu(self.camera_embed_0(camera)))
+            camera_emb = self.camera_embed_2(nn.silu(self.camera_embed_0(camera)))  # [b * views, 4 * model_channels]
+            if camera_mask is not None:
+                camera_emb = camera_emb * camera_mask[:, None].astype(camera_emb.dtype)
+            emb = emb + camera_emb
         emb = nn.with_logical_constraint(emb, (BATCH, ACT_EMBED))
 
         run = type(self)._run_block
@@ -262,12 +270,12 @@ class MultiViewUNet(nn.Module):
             run = nn.remat(run, static_argnums=(1, 2), policy=REMAT_POLICIES[c.remat])
         h, skips = nn.with_logical_constraint(x, ACT_NHWC), []
         for index in range(len(self.input_blocks)):
-            h = run(self, "input_blocks", index, h, emb, context, image_tokens, scale)  # [b * views, h', w', c']
+            h = run(self, "input_blocks", index, h, emb, context, image_tokens, scale, single_view)  # [b * views, h', w', c']
             skips.append(h)
-        h = run(self, "middle_block", None, h, emb, context, image_tokens, scale)
+        h = run(self, "middle_block", None, h, emb, context, image_tokens, scale, single_view)
         for index in range(len(self.output_blocks)):
             h = jnp.concatenate([h, skips.pop()], axis=-1)  # [b * views, h', w', c' + c_skip]
-            h = run(self, "output_blocks", index, h, emb, context, image_tokens, scale)
+            h = run(self, "output_blocks", index, h, emb, context, image_tokens, scale, single_view)
         h = self.out_2(nn.silu(self.out_0(h)))  # [b * views, h, w, out_channels]
         return h.astype(x.dtype)
 

@@ -1,0 +1,98 @@
+"""MV-RAG training: model (configs/tiny.py or mvrag_sd21.py) + data (configs/data.py) + a `train` block.
+
+    mvrag train --config configs/train.py:size=tiny --workdir /tmp/mvrag_train_tiny \
+        --config.data.data_dir /tmp/mvrag_data
+    mvrag train --config configs/train.py:size=full --workdir gs://bucket/run \
+        --config.train.init /ckpt/mvrag --config.data.tokenizer_dir /release/tokenizer \
+        --config.mesh.data=-1 --config.mesh.fsdp=8
+
+    # from Python (what the train loop builds on):
+    cfg = get_config("size=tiny")
+    mesh = make_mesh(cfg); trainer = make_trainer(cfg, mesh)        # mvrag_jax.train.trainer
+    state = trainer.init(jax.random.key(cfg.train.seed))
+    state, metrics = trainer.step(state, to_global(batch, trainer.batch_sharding), jax.random.key(cfg.train.seed))
+
+Variants (arg string):
+- `size=full` (default): the released SD2.1 multiview UNet + ViT-H/14 at the paper's data sizes, bf16 compute with
+  fp32 master params, remat per UNet block, init from a converted checkpoint (`mvrag convert` output), which must be
+  set with --config.train.init.
+- `size=medium`: configs/tiny.py:size=medium (full depth, 1/4 width) on tiny data: a CPU-sized benchmark.
+- `size=tiny`: configs/tiny.py with tiny data (32 px, k=2): tests and the laptop demo. fp32, random init, whole-UNet
+  training (`trainable=unet`), since random weights have nothing to fine-tune from.
+
+Numerics (compute dtype, matmul precision, remat policy) live in `runtime` (configs/common.py), as for every model
+config: params and optimizer state are always float32 ("master"), activations run in runtime.dtype.
+"""
+
+import ml_collections as mlc
+
+from configs import common, data, mvrag_sd21, tiny
+
+
+def train_block() -> mlc.ConfigDict:
+    return mlc.ConfigDict({
+        "batch_size": 64,            # GLOBAL objects per step (each F views, or one target view in 2D mode)
+        "steps": 100_000,
+        "seed": 0,
+        # What trains (mvrag_jax/train/trainable.py): "ip" = resampler + every to_k_ip/to_v_ip (the paper);
+        # "unet" = the whole UNet + resampler (MVDream-style base training).
+        "trainable": "ip",
+        # Where weights come from: a converted checkpoint folder (`mvrag convert --out`), "random" (host-filled
+        # random weights, tests/demo) or "base" (random frozen weights, image branch initialised as from a base
+        # model). A checkpoint without to_k_ip/to_v_ip or resampler (a base MVDream) gets the same base init.
+        "init": "random",
+        "reset_ip": False,           # True: re-initialise the image branch even if the checkpoint has one
+        "optimizer": mlc.ConfigDict({
+            "learning_rate": 5e-6,   # paper default (AdamW)
+            "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+            "weight_decay": 0.01,
+            "schedule": "constant",  # constant | cosine (decays to end_factor * lr at train.steps)
+            "warmup_steps": 100,
+            "end_factor": 0.0,
+            "grad_clip_norm": 1.0,   # global-norm clipping of the trainable grads; <= 0: off
+        }),
+        # Classifier-free guidance dropout, per object, exclusive events (IP-Adapter's scheme): text only -> empty
+        # prompt; image only -> zero (normalised) retrieved pixels, the pipeline's negative; both.
+        "cfg_drop_text": 0.05,
+        "cfg_drop_image": 0.05,
+        "cfg_drop_both": 0.05,
+        "ip_scale": 1.0,             # `scale` of the decoupled cross-attention during training (text x s, image x
+                                     # (1.5 - s)); the release pipeline's main pass uses its fusion weight instead
+        # DDPM noise schedule when the init checkpoint carries no scheduler/scheduler_config.json (SD2.1 values).
+        "scheduler": mlc.ConfigDict({"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                                     "beta_schedule": "scaled_linear"}),
+        # Intervals (steps) for the loop (mvrag_jax/train/loop.py).
+        "log_every": 50,
+        "ckpt_every": 2000,
+        "sample_every": 5000,
+        "keep_checkpoints": 3,
+    })
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    args = common.parse_arg(arg, size="full")
+    if args.size == "full":
+        c, d = mvrag_sd21.get_config(), data.get_config("size=paper")
+        c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="dots_saveable")
+    elif args.size in ("tiny", "medium"):
+        c, d = tiny.get_config(f"size={args.size}"), data.get_config("size=tiny")
+    else:
+        raise ValueError(f"configs/train.py: size={args.size!r}; choose tiny, medium or full")
+    c.train = train_block()
+    c.data = d
+    if args.size == "full":
+        c.train.init = ""  # must be set: --config.train.init /path/to/converted/ckpt
+        c.mesh.update(data=1, fsdp=-1, tensor=1)
+    else:
+        c.train.update(batch_size=8, steps=200, trainable="unet", log_every=10, ckpt_every=100, sample_every=100)
+        c.train.optimizer.update(learning_rate=1e-4, warmup_steps=10)
+        c.train.update(cfg_drop_text=0.1, cfg_drop_image=0.1, cfg_drop_both=0.1)
+        c.mesh.update(data=-1, fsdp=1, tensor=1)
+    # The loader's batch is per host; on one host it is the global batch (multi-host runs set data.batch_size to
+    # train.batch_size / process count; make_trainer checks).
+    c.data.batch_size = c.train.get_ref("batch_size")
+    c.data.num_views = c.model.get_ref("num_frames")
+    c.data.num_retrieved = c.model.get_ref("num_retrieved")
+    c.data.image_size = c.model.get_ref("image_size")
+    c.data.retrieved_size = c.model.clip_vision.get_ref("image_size")  # other sizes are resized in the step
+    return c

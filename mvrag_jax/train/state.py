@@ -1,0 +1,222 @@
+"""The train state and how it is born: abstract shapes + shardings first, then weights placed straight onto them.
+
+    models = model_configs(cfg)                                        # static configs of the five components
+    shapes, shardings = abstract_params(models, mesh, rules)           # eval_shape only, nothing allocated
+    state = init_state(rng, cfg, models, tx, mesh, rules, trainable="ip")
+
+`TrainState` holds the params split in two by train/trainable.py: `trainable` (updated, has optimizer state) and
+`frozen` (passed through untouched). Components: unet, resampler, clip_text, clip_vision, vae (DINOv2 is an
+inference-only fusion model and is not part of training).
+
+Where weights come from (cfg.train.init):
+- a converted checkpoint folder: every weight loaded on the host and `jax.device_put` to its sharding;
+- "random": weights filled on the host (`bench.host_random_params`: fast, no compile), for tests and the demo;
+- "base", a checkpoint without the image branch, or cfg.train.reset_ip: the IP-Adapter convention, to_k_ip /
+  to_v_ip start as copies of to_k / to_v, and the resampler is freshly initialised by a jitted init that is born
+  sharded (out_shardings). The resampler is the only thing ever jit-initialised: a full UNet `init` would compile
+  for minutes on CPU.
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mvrag_jax import sharding
+from mvrag_jax.bench import host_random_params
+from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, load_configs
+from mvrag_jax.convert.keys import flatten, unflatten
+from mvrag_jax.models import clip, resampler, unet, vae
+from mvrag_jax.train.trainable import merge_params, split_trainable
+
+COMPONENTS = ("unet", "resampler", "clip_text", "clip_vision", "vae")
+INIT_MODES = ("random", "base")  # anything else is a checkpoint path
+IP_MODULES = {"to_k_ip": "to_k", "to_v_ip": "to_v"}  # image-branch projection -> the text projection it starts from
+_CONFIG_CLASSES = {"unet": unet.UNetConfig, "resampler": resampler.ResamplerConfig,
+                   "clip_text": clip.CLIPTextConfig, "clip_vision": clip.CLIPVisionConfig, "vae": vae.VAEConfig}
+
+
+class InitError(ValueError):
+    """The configured init source cannot give the params the model needs."""
+
+
+@jax.tree_util.register_static  # hashable, leaf-free: bound into the step as a static argument
+@dataclasses.dataclass(frozen=True)
+class ModelConfigs:
+    """Static configs of the trained model's components (sizes + runtime dtype/remat)."""
+    unet: unet.UNetConfig
+    resampler: resampler.ResamplerConfig
+    clip_text: clip.CLIPTextConfig
+    clip_vision: clip.CLIPVisionConfig
+    vae: vae.VAEConfig
+
+    def init_fns(self) -> dict[str, Any]:
+        """component -> pure `init(rng)` returning its (logically boxed) params."""
+        return {"unet": functools.partial(unet.init_params, self.unet),
+                "resampler": functools.partial(resampler.init_params, self.resampler),
+                "clip_text": functools.partial(clip.init_text_params, self.clip_text),
+                "clip_vision": functools.partial(clip.init_vision_params, self.clip_vision),
+                "vae": functools.partial(vae.init_params, self.vae)}
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step reads and writes; a plain pytree of arrays (orbax saves it as is)."""
+    step: jax.Array            # int32 scalar: steps run (skipped ones included); the step rng folds it in
+    trainable: dict            # {"resampler": ..., "unet": {... to_k_ip/to_v_ip ...}} for trainable="ip"
+    frozen: dict               # every other param, same nesting; never updated
+    opt_state: Any             # optax state of `trainable` only
+    skipped_steps: jax.Array   # int32 scalar: steps whose loss or grads were not finite (no update applied)
+
+    def params(self) -> dict:
+        """All params as one nested dict per component (for sampling and export)."""
+        return merge_params(self.trainable, self.frozen)
+
+
+def is_checkpoint_init(init: str) -> bool:
+    return init not in INIT_MODES
+
+
+def model_configs(cfg: Any) -> ModelConfigs:
+    """Sizes from the init checkpoint when cfg.train.init is one (the weights decide), else from cfg.model; the
+    compute dtype and remat policy always from cfg.runtime, views from cfg.model.num_frames."""
+    init = str(cfg.train.init)
+    if not init:
+        raise InitError("cfg.train.init is empty; set --config.train.init to a converted checkpoint folder "
+                        "(`mvrag convert --out`), or to random/base for a run without pretrained weights")
+    dtype = str(cfg.runtime.dtype)
+    if is_checkpoint_init(init):
+        configs = load_configs(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
+        missing = sorted({"unet", "clip_text", "clip_vision", "vae"} - set(configs))
+        if missing:
+            raise InitError(f"checkpoint {init} lacks components {missing}; convert a full MV-RAG (or MVDream) "
+                            "release with `mvrag convert`")
+        # A base checkpoint has no resampler: it gets the configured sizes and a fresh init.
+        res = configs.get("resampler", resampler.ResamplerConfig.from_config(cfg))
+        return ModelConfigs(
+            unet=dataclasses.replace(configs["unet"], num_frames=int(cfg.model.num_frames), dtype=dtype,
+                                     remat=str(cfg.runtime.remat)),
+            resampler=dataclasses.replace(res, dtype=dtype),
+            clip_text=dataclasses.replace(configs["clip_text"], dtype=dtype),
+            clip_vision=dataclasses.replace(configs["clip_vision"], dtype=dtype),
+            vae=dataclasses.replace(configs["vae"], dtype=dtype))
+    return ModelConfigs(unet=unet.UNetConfig.from_config(cfg), resampler=resampler.ResamplerConfig.from_config(cfg),
+                        clip_text=clip.CLIPTextConfig.from_config(cfg),
+                        clip_vision=clip.CLIPVisionConfig.from_config(cfg), vae=vae.VAEConfig.from_config(cfg))
+
+
+def abstract_params(models: ModelConfigs, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> tuple[dict, dict]:
+    """(ShapeDtypeStruct tree, NamedSharding tree) of all params, per component; eval_shape only."""
+    shapes, shardings = {}, {}
+    for name, init_fn in models.init_fns().items():
+        shapes[name], shardings[name] = sharding.abstract_state(init_fn, mesh, rules, jax.random.key(0))
+    return shapes, shardings
+
+
+def opt_state_shardings(abstract_opt_state: Any, param_shardings: dict, mesh: Mesh) -> Any:
+    """Optimizer-state shardings: a moment whose dict path and shape are a param's gets that param's sharding;
+    counters and other scalars are replicated."""
+    by_path = {path: s for path, s in flatten(param_shardings).items()}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        names = tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+        found = by_path.get(names)
+        return found if found is not None and leaf.ndim > 0 else replicated
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def with_ip_from_text(unet_params: dict) -> dict:
+    """The IP-Adapter init: every attn2 (text cross-attention; attn1 has no image branch) gets to_k_ip / to_v_ip as
+    copies of its to_k / to_v. Host arrays in, host arrays out."""
+    def walk(tree: dict, key: str) -> dict:
+        out = {k: walk(v, k) if isinstance(v, dict) else v for k, v in tree.items()}
+        if key == "attn2":
+            for ip, text in IP_MODULES.items():
+                out[ip] = jax.tree.map(np.array, tree[text])  # a copy, not a view
+        return out
+    return walk(unet_params, "")
+
+
+def _has_ip(unet_params: dict) -> bool:
+    return any(path[-2] in IP_MODULES for path in flatten(unet_params))
+
+
+def _check_shapes(name: str, host: dict, shapes: dict, source: str) -> None:
+    got = {path: tuple(np.shape(v)) for path, v in flatten(host).items()}
+    want = {path: tuple(s.shape) for path, s in flatten(shapes).items()}
+    missing = sorted("/".join(p) for p in set(want) - set(got))
+    unexpected = sorted("/".join(p) for p in set(got) - set(want))
+    wrong = sorted(f"{'/'.join(p)} {got[p]} != {want[p]}" for p in set(got) & set(want) if got[p] != want[p])
+    if missing or unexpected or wrong:
+        show = lambda items: ", ".join(items[:10]) + (f" (+{len(items) - 10} more)" if len(items) > 10 else "")
+        raise CheckpointError(f"{name} params from {source} do not match the model: missing [{show(missing)}] "
+                              f"unexpected [{show(unexpected)}] wrong shape [{show(wrong)}]; re-convert the release "
+                              "with this version of `mvrag convert`")
+
+
+def host_params(cfg: Any, shapes: dict) -> tuple[dict, bool]:
+    """(numpy params per component, whether the image branch must be initialised from the text branch)."""
+    init, seed = str(cfg.train.init), int(cfg.train.seed)
+    if not is_checkpoint_init(init):
+        host = {name: host_random_params(shapes[name], seed + i) for i, name in enumerate(COMPONENTS)
+                if name != "resampler"}
+        if init == "base":
+            host["unet"] = with_ip_from_text(_drop_ip(host["unet"]))
+        return host, init == "base"
+    _, loaded = load_checkpoint(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
+    host = {name: loaded[name] for name in COMPONENTS if name in loaded}
+    base = cfg.train.reset_ip or "resampler" not in host or not _has_ip(host["unet"])
+    if base:
+        host.pop("resampler", None)
+        host["unet"] = with_ip_from_text(_drop_ip(host["unet"]))
+    for name, params in host.items():
+        _check_shapes(name, params, shapes[name], f"checkpoint {init}")
+    return host, base
+
+
+def _drop_ip(unet_params: dict) -> dict:
+    return unflatten({p: v for p, v in flatten(unet_params).items() if p[-2] not in IP_MODULES})
+
+
+def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.GradientTransformation, mesh: Mesh,
+               shapes: dict, shardings: dict, rules=sharding.DEFAULT_RULES, trainable: str = "ip") -> TrainState:
+    """A TrainState whose every array is born on its sharding (see the module docstring for the sources);
+    `shapes`/`shardings` are `abstract_params(models, mesh, rules)`."""
+    host, _ = host_params(cfg, shapes)
+    params = {name: jax.device_put(host[name], shardings[name]) for name in host}
+    if "resampler" not in params:  # the one jitted init: small, and born sharded
+        params["resampler"] = sharding.init_sharded(models.init_fns()["resampler"], mesh, rules, rng)
+    train_params, frozen = split_trainable(params, trainable)
+    train_shardings, _ = split_trainable(shardings, trainable)
+    abstract_opt = jax.eval_shape(tx.init, train_params)
+    opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(abstract_opt, train_shardings, mesh))(train_params)
+    scalar = NamedSharding(mesh, PartitionSpec())
+    zero = jax.device_put(jnp.zeros((), jnp.int32), scalar)
+    return TrainState(step=zero, trainable=train_params, frozen=frozen, opt_state=opt_state,
+                      skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+
+
+def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransformation, mesh: Mesh,
+                         trainable: str = "ip") -> tuple[TrainState, TrainState]:
+    """(abstract TrainState of ShapeDtypeStructs carrying their shardings, TrainState of NamedShardings) from
+    `abstract_params(models, mesh, rules)`."""
+    train_shapes, frozen_shapes = split_trainable(shapes, trainable)
+    train_shardings, frozen_shardings = split_trainable(shardings, trainable)
+    abstract_opt = jax.eval_shape(tx.init, train_shapes)
+    scalar = NamedSharding(mesh, PartitionSpec())
+    state_shardings = TrainState(step=scalar, trainable=train_shardings, frozen=frozen_shardings,
+                                 opt_state=opt_state_shardings(abstract_opt, train_shardings, mesh),
+                                 skipped_steps=scalar)
+    scalar_shape = jax.ShapeDtypeStruct((), jnp.int32)
+    state_shapes = TrainState(step=scalar_shape, trainable=train_shapes, frozen=frozen_shapes,
+                              opt_state=abstract_opt, skipped_steps=scalar_shape)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            state_shapes, state_shardings)
+    return abstract, state_shardings

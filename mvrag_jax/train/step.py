@@ -1,0 +1,182 @@
+"""One MV-RAG training step: a pure function of (state, batch, rng), jitted once by train/trainer.py.
+
+    step = functools.partial(train_step, models=models, tx=tx, schedule=schedule, options=options)
+    state, metrics = jax.jit(step, donate_argnums=0)(state, batch, rng)   # rng: the run's key; fold_in(rng, step)
+
+Inside, for B objects of F views (batch layout: configs/data.py):
+1. Frozen encoders (no gradient): VAE posterior sample of every view x scaling_factor -> latents [B*F, h, w, 4];
+   CLIP text of the caption ids (the empty prompt's ids where text is dropped) -> context [B, 77, ctx]; CLIP vision
+   hidden_states[-2] of the k retrieved images (uint8 -> resized to the tower's size when R differs -> /255 ->
+   CLIP mean/std; all zeros where the image condition is dropped, the pipeline's negative) [B*k, T, emb].
+2. Trainable: resampler -> image tokens [B, k*Q, ctx] (the pipeline's "(b n) q c -> b (n q) c"), repeated per view.
+3. DDPM forward process with the release scheduler's alphas_cumprod: one timestep per object (uniform over
+   [0, num_train_timesteps)), shared by its views as at sampling time; independent noise per view.
+4. UNet eps-prediction, MSE in float32 over the valid views only (view_mask).
+
+3D / 2D rows in one static-shape batch. 3D objects (mode 0): F views with cameras, cross-view self-attention across
+the F views. 2D objects (mode 1, the held-out-view objective): one target view (view 0), no camera. MVDream trains
+2D images with num_frames=1 and no camera embedding; with static shapes we keep the F slots and instead
+(a) multiply the camera embedding by camera_mask (0 for 2D rows: the embedding is off, not a zero-camera embedding),
+(b) mask attn1 block-diagonally per view for 2D objects (`single_view`), so view 0 attends only to itself exactly as
+    with num_frames=1, and (c) weight the loss by view_mask, so the padding views 1..F-1 get no loss. GroupNorm and
+    every other layer act per row, so padding never reaches view 0. (The padding views still cost compute.)
+
+Classifier-free guidance dropout, per object, three exclusive events (IP-Adapter): text only, image only, both.
+Optimisation: grads of the trainable subtree only; non-finite loss or grad norm -> the update is not applied and
+`skipped_steps` counts it (params and optimizer state keep their old values, the step counter still advances).
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mvrag_jax.models import clip, resampler, vae
+from mvrag_jax.models.unet import MultiViewUNet
+from mvrag_jax.train.state import ModelConfigs, TrainState
+from mvrag_jax.train.trainable import merge_params
+
+MODE_3D = 0  # = data_pipelines.transforms.MODE_3D (the batch's `mode` field); 1 is 2D
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """Everything the step needs besides the model configs, optimizer and arrays (bound with functools.partial)."""
+    empty_input_ids: tuple[int, ...]    # token ids of "" (the unconditional prompt), from the batch's tokenizer
+    alphas_cumprod: tuple[float, ...]   # [T] of the release DDPM schedule
+    clip_mean: tuple[float, float, float]
+    clip_std: tuple[float, float, float]
+    cfg_drop_text: float = 0.05
+    cfg_drop_image: float = 0.05
+    cfg_drop_both: float = 0.05
+    ip_scale: float = 1.0
+
+
+def images_to_unit_range(images: jax.Array) -> jax.Array:
+    """uint8 0..255 -> float32 [-1, 1]; float images (images_dtype="float32") are already in [-1, 1]."""
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 127.5 - 1.0
+    return images.astype(jnp.float32)
+
+
+def retrieved_pixel_values(retrieved: jax.Array, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+                           ) -> jax.Array:
+    """uint8 [n, R, R, 3] -> CLIP pixel values [n, size, size, 3]: bicubic resize (antialiased) only when R != size,
+    then rescale 1/255 and normalise, as CLIPImageProcessor does (its resize/crop happened on the host)."""
+    x = retrieved.astype(jnp.float32)
+    if x.shape[1:3] != (size, size):
+        x = jnp.clip(jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bicubic", antialias=True), 0, 255)
+    return (x / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def cfg_drops(rng: jax.Array, num: int, options: StepOptions) -> tuple[jax.Array, jax.Array]:
+    """(drop_text, drop_image) [num] bool from one uniform per object: [0, pt) text, [pt, pt+pi) image,
+    [pt+pi, pt+pi+pb) both."""
+    u = jax.random.uniform(rng, (num,))
+    text_only = u < options.cfg_drop_text
+    image_only = (u >= options.cfg_drop_text) & (u < options.cfg_drop_text + options.cfg_drop_image)
+    both = ((u >= options.cfg_drop_text + options.cfg_drop_image)
+            & (u < options.cfg_drop_text + options.cfg_drop_image + options.cfg_drop_both))
+    return text_only | both, image_only | both
+
+
+def encode_frozen(models: ModelConfigs, params: dict, batch: dict, rng: jax.Array, drop_text: jax.Array,
+                  drop_image: jax.Array, options: StepOptions) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(latents [B*F, h, w, c], context [B, 77, ctx], CLIP features [B*k, T, emb]) from the frozen encoders."""
+    images = batch["images"]  # [B, F, H, W, 3]
+    b, f = images.shape[:2]
+    pixels = images_to_unit_range(images).reshape((b * f,) + images.shape[2:])  # [B*F, H, W, 3]
+    mean, logvar = vae.encode(models.vae, params["vae"], pixels)
+    latents = vae.sample_posterior(mean, logvar, rng) * models.vae.scaling_factor  # [B*F, h, w, c]
+
+    empty = jnp.asarray(options.empty_input_ids, jnp.int32)[None]
+    input_ids = jnp.where(drop_text[:, None], empty, batch["input_ids"])  # [B, 77]
+    context = clip.encode_text(models.clip_text, params["clip_text"], input_ids)  # [B, 77, ctx]
+
+    retrieved = batch["retrieved"]  # [B, k, R, R, 3]
+    k = retrieved.shape[1]
+    flat = retrieved.reshape((b * k,) + retrieved.shape[2:])
+    pixel_values = retrieved_pixel_values(flat, models.clip_vision.image_size, options.clip_mean, options.clip_std)
+    pixel_values = jnp.where(jnp.repeat(drop_image, k)[:, None, None, None], 0.0, pixel_values)
+    features = clip.image_features(models.clip_vision, params["clip_vision"], pixel_values)  # [B*k, T, emb]
+    return jax.lax.stop_gradient((latents, context, features))
+
+
+def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Array, context: jax.Array,
+                   features: jax.Array, rng: jax.Array, *, models: ModelConfigs, options: StepOptions
+                   ) -> tuple[jax.Array, dict]:
+    """Masked eps-prediction MSE (float32) and per-mode sums; grads flow into `trainable` only."""
+    params = merge_params(trainable, frozen)
+    b, f = batch["images"].shape[:2]
+    k = batch["retrieved"].shape[1]
+    tokens = resampler.Resampler(models.resampler).apply({"params": params["resampler"]}, features)  # [B*k, Q, ctx]
+    tokens = tokens.reshape(b, k * tokens.shape[1], tokens.shape[2])  # [B, k*Q, ctx]
+
+    t_key, noise_key = jax.random.split(rng)
+    alphas = jnp.asarray(options.alphas_cumprod, jnp.float32)
+    t = jax.random.randint(t_key, (b,), 0, alphas.shape[0])  # one timestep per object
+    t_rows = jnp.repeat(t, f)  # [B*F]
+    noise = jax.random.normal(noise_key, latents.shape, jnp.float32)
+    a = alphas[t_rows][:, None, None, None]
+    noisy = jnp.sqrt(a) * latents + jnp.sqrt(1.0 - a) * noise  # [B*F, h, w, c]
+
+    is_3d = batch["mode"] == MODE_3D  # [B]
+    camera = None
+    if models.unet.camera_dim is not None:
+        camera = batch["camera"].reshape(b * f, -1).astype(jnp.float32)  # [B*F, 16]
+    eps = MultiViewUNet(models.unet).apply(
+        {"params": params["unet"]}, noisy, t_rows.astype(jnp.float32), jnp.repeat(context, f, axis=0), camera,
+        jnp.repeat(tokens, f, axis=0), options.ip_scale,
+        camera_mask=jnp.repeat(batch["camera_mask"], f).astype(jnp.float32), single_view=~is_3d)
+
+    per_view = jnp.mean(jnp.square(eps.astype(jnp.float32) - noise), axis=(1, 2, 3))  # [B*F]
+    weight = batch["view_mask"].reshape(-1).astype(jnp.float32)  # [B*F]
+    weight_3d = weight * jnp.repeat(is_3d, f)
+    sums = {"views": weight.sum(), "views_3d": weight_3d.sum(), "loss_sum": (per_view * weight).sum(),
+            "loss_3d_sum": (per_view * weight_3d).sum()}
+    return sums["loss_sum"] / jnp.maximum(sums["views"], 1.0), sums
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: ModelConfigs,
+               tx: optax.GradientTransformation, schedule: Callable[[Any], Any], options: StepOptions
+               ) -> tuple[TrainState, dict]:
+    """One optimizer step. `rng` is the run's key (the same every step): the step key is fold_in(rng, state.step)."""
+    rng = jax.random.fold_in(rng, state.step)
+    drop_key, latent_key, loss_key = jax.random.split(rng, 3)
+    drop_text, drop_image = cfg_drops(drop_key, batch["images"].shape[0], options)
+    params = merge_params(state.trainable, state.frozen)
+    latents, context, features = encode_frozen(models, params, batch, latent_key, drop_text, drop_image, options)
+
+    grad_fn = jax.value_and_grad(diffusion_loss, has_aux=True)
+    (loss, sums), grads = grad_fn(state.trainable, state.frozen, batch, latents, context, features, loss_key,
+                                  models=models, options=options)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    skipped = (~finite).astype(jnp.int32)
+    applied = state.step - state.skipped_steps  # = optax's update count, which the schedule reads
+    new_state = state.replace(step=state.step + 1, trainable=keep(trainable, state.trainable),
+                              opt_state=keep(opt_state, state.opt_state),
+                              skipped_steps=state.skipped_steps + skipped)
+    views_2d = sums["views"] - sums["views_3d"]
+    metrics = {
+        "loss": loss,
+        "loss_3d": sums["loss_3d_sum"] / jnp.maximum(sums["views_3d"], 1.0),  # 0 when the batch has no 3D view
+        "loss_2d": (sums["loss_sum"] - sums["loss_3d_sum"]) / jnp.maximum(views_2d, 1.0),
+        "views_3d": sums["views_3d"], "views_2d": views_2d,
+        "grad_norm": grad_norm,
+        "learning_rate": jnp.asarray(schedule(applied), jnp.float32),
+        "skipped": skipped,
+        "skipped_steps": new_state.skipped_steps,
+        "drop_text_fraction": drop_text.mean(), "drop_image_fraction": drop_image.mean(),
+    }
+    return new_state, metrics
+
+
+def alphas_cumprod_tuple(table: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(a) for a in np.asarray(table, np.float32))
