@@ -15,6 +15,7 @@ the jax/jaxlib/flax/libtpu versions and a hash of the mvrag_jax sources: JAX's p
 serve compile-only TPU devices (entries are written but never read back), so a repeated plan would compile again.
 """
 
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -31,7 +32,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from mvrag_jax import sharding
 from mvrag_jax.diffusion.sample import sample_jitted
-from mvrag_jax.models.unet import CONTEXT_LENGTH, MultiViewUNet, UNetConfig, init_params
+from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
+from mvrag_jax.train.trainer import make_trainer
 from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
 
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
@@ -93,32 +95,14 @@ def _abstract_unet(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[UNetConfig, Any]:
     return config, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def _unet_standin_train(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> jax.stages.Lowered:
-    """Stand-in for the train step until train/step.py lands: UNet eps loss, grads of to_k_ip/to_v_ip."""
-    from mvrag_jax.bench import _merge, _split_trainable  # noqa: PLC0415
-    config, params = _abstract_unet(cfg, mesh)
-    trainable, frozen = _split_trainable(params)
-    rows, tokens = batch * config.num_frames, cfg.model.num_retrieved * cfg.model.resampler.num_queries
-    rows_spec = PartitionSpec(("data", "fsdp"))
-    inputs = {
-        "x": _abstract((rows, config.image_size, config.image_size, config.in_channels), jnp.float32, mesh, rows_spec),
-        "timesteps": _abstract((rows,), jnp.float32, mesh, rows_spec),
-        "context": _abstract((rows, CONTEXT_LENGTH, config.context_dim), jnp.float32, mesh, rows_spec),
-        "camera": _abstract((rows, config.camera_dim), jnp.float32, mesh, rows_spec),
-        "image_tokens": _abstract((rows, tokens, config.context_dim), jnp.float32, mesh, rows_spec),
-        "scale": _abstract((), jnp.float32, mesh, PartitionSpec()),
-    }
-    model = MultiViewUNet(config)
-
-    def loss(trainable, frozen, inputs):
-        eps = model.apply({"params": _merge(trainable, frozen)}, **inputs)
-        return jnp.mean(jnp.square(eps.astype(jnp.float32)))
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)):
-        return jax.jit(jax.value_and_grad(loss)).lower(trainable, frozen, inputs)
+def _train_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
+    """The real train step (train/trainer.py: frozen encoders in-graph, optimizer update, donated state)."""
+    cfg = copy.deepcopy(cfg)  # references (data.batch_size -> train.batch_size) survive the copy
+    cfg.train.batch_size = batch
+    return make_trainer(cfg, mesh).compile()
 
 
-def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> jax.stages.Lowered:
+def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
     """The jitted DDIM + CFG loop (diffusion/sample.py) for one object, SAMPLE_STEPS steps, params sharded."""
     del batch  # the sampler generates one object (num_frames views) per call
     config, params = _abstract_unet(cfg, mesh)
@@ -129,12 +113,16 @@ def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> jax.stages
             replicated((SAMPLE_STEPS,), jnp.int32), replicated((views, side, side, config.in_channels)),
             replicated((2, CONTEXT_LENGTH, config.context_dim)), replicated((views, config.camera_dim)),
             replicated((2 * views, tokens, config.context_dim)), replicated(()), replicated(()))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)):
-        return sample_jitted.lower(*args, return_trajectory=False)
+    start = time.perf_counter()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)), \
+            jax.default_matmul_precision(str(cfg.runtime.matmul_precision)):
+        lowered = sample_jitted.lower(*args, return_trajectory=False)
+    return lowered.compile(), time.perf_counter() - start
 
 
-_BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], jax.stages.Lowered]] = {
-    "train": _unet_standin_train,
+# program -> (build: (cfg, mesh, batch) -> (compiled, lower + compile seconds), loop steps XLA counts once)
+_BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], tuple[Any, float]]] = {
+    "train": _train_program,
     "sample": _sample_program,
 }
 
@@ -157,14 +145,15 @@ def _flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def compile_program(build: Callable[[], jax.stages.Lowered], topology: Topology) -> dict[str, Any]:
-    """Lower and compile (timed apart), then the per-chip figures of one program on `topology`."""
-    start = time.perf_counter()
-    lowered = build()
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    compiled_at = time.perf_counter()
-    memory, flops = _memory(compiled), _flops(compiled)
+def compile_program(build: Callable[[], tuple[Any, float]], topology: Topology, loop_steps: int = 1
+                    ) -> dict[str, Any]:
+    """Compile one program (`build` returns it with its lower + compile seconds): its per-chip figures on `topology`.
+
+    XLA's cost analysis counts a loop body once, so a program that is one `lax.scan` of `loop_steps` steps has its
+    FLOPs multiplied by `loop_steps` (the work outside the loop is negligible next to the UNet calls inside).
+    """
+    compiled, seconds = build()
+    memory, flops = _memory(compiled), _flops(compiled) * loop_steps
     hbm, peak = topology.hbm_bytes, topology.peak_flops
     return {
         "memory": memory,
@@ -174,8 +163,7 @@ def compile_program(build: Callable[[], jax.stages.Lowered], topology: Topology)
         "flops_per_chip": flops,
         "flops_total": flops * topology.num_devices,
         "projected_step_s": None if peak is None else flops / (MFU * peak),
-        "lower_s": round(lowered_at - start, 2),
-        "compile_s": round(compiled_at - lowered_at, 2),
+        "compile_s": round(seconds, 2),
     }
 
 
@@ -259,7 +247,8 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "peak_flops_per_chip": topology.peak_flops,
         "mfu_assumed": MFU,
         "versions": {p: _version(p) for p in ("jax", "jaxlib", "libtpu")},
-        "programs": {name: compile_program(lambda: _BUILDERS[name](cfg, mesh, batch), topology) for name in programs},
+        "programs": {name: compile_program(lambda: _BUILDERS[name](cfg, mesh, batch), topology,
+                                           loop_steps=SAMPLE_STEPS if name == "sample" else 1) for name in programs},
     }
     _store(path, report)
     return {**report, "cached": False}
@@ -270,39 +259,41 @@ def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int
                    on_probe: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Largest global batch (a multiple of data*fsdp, <= max_batch) whose train step fits the chip's HBM.
 
-    Doubles from one batch per data-parallel shard until a compile does not fit, then bisects between the last fit
-    and the first miss. Each probe is a full `plan` of the train program (and cached like one).
+    Doubles from one object per data-parallel shard until a compile does not fit, then bisects between the last fit
+    and the first miss. Each probe is a full `plan` of the train program (cached like one); `on_probe` sees each
+    probe's summary as it finishes. The result holds the probes and the plan report of the largest fitting batch.
     """
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     if topology.hbm_bytes is None:
         raise PlanError(f"{topology.name} has no HBM size to fit against; search on a TPU topology (e.g. v5e:2x4)")
     shards = _batch_shards(make_target_mesh(topology, mesh_sizes))
-    probes: list[dict] = []
+    limit = max_batch // shards
+    if limit < 1:
+        raise PlanError(f"max_batch {max_batch} is below data*fsdp={shards}; raise --max_batch")
+    probes, reports = [], {}
 
     def fits(units: int) -> bool:
         report = plan(cfg, topology, mesh_sizes, units * shards, programs=("train",), cache_dir=cache_dir)
         train = report["programs"]["train"]
-        probe = {"batch": units * shards, "fits": train["fits"], "memory_gib": train["memory_gib"],
-                 "compile_s": train["compile_s"], "cached": report["cached"]}
-        probes.append(probe)
+        reports[units] = report
+        probes.append({"batch": units * shards, "fits": train["fits"], "memory_gib": train["memory_gib"],
+                       "compile_s": train["compile_s"], "cached": report["cached"]})
         if on_probe is not None:
-            on_probe(probe)
+            on_probe(probes[-1])
         return train["fits"]
 
-    limit = max_batch // shards
-    if limit < 1:
-        raise PlanError(f"max_batch {max_batch} is below data*fsdp={shards}; raise --max_batch")
-    if not fits(1):
-        return {"topology": topology.name, "mesh": mesh_sizes, "max_batch": 0, "probes": probes}
-    good, bad = 1, None
-    while bad is None and good < limit:
-        nxt = min(2 * good, limit)
-        good, bad = (nxt, None) if fits(nxt) else (good, nxt)
-    while bad is not None and bad - good > 1:
+    good, bad = 0, None
+    units = 1
+    while bad is None and good < limit:  # doubling: 1, 2, 4, ... shards' worth of objects
+        if fits(units):
+            good, units = units, min(2 * units, limit)
+        else:
+            bad = units
+    while bad is not None and bad - good > 1 and good:  # bisection between the last fit and the first miss
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return {"topology": topology.name, "mesh": mesh_sizes, "max_batch": good * shards,
-            "batch_multiple": shards, "limit_reached": good == limit, "probes": probes}
+    return {"topology": topology.name, "mesh": mesh_sizes, "max_batch": good * shards, "batch_multiple": shards,
+            "limit_reached": good == limit, "probes": probes, "plan": reports.get(good)}
 
 
 # ---- text output ---------------------------------------------------------------------------------------------------
@@ -321,7 +312,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {name}: per chip {m['total_bytes']:.3f} GiB{budget}",
                   f"    arguments {m['argument_bytes']:.3f}, outputs {m['output_bytes']:.3f}, aliased "
                   f"{m['alias_bytes']:.3f}, temporaries {m['temp_bytes']:.3f}, code {m['generated_code_bytes']:.3f} GiB",
-                  f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per step{step}; lower {p['lower_s']} s, "
-                  f"compile {p['compile_s']} s"]
+                  f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per call{step}; lower + compile "
+                  f"{p['compile_s']} s"]
     return "\n".join(lines)
 

@@ -142,6 +142,9 @@ def topology_devices(topology: Topology) -> list[Any]:
             platform="tpu", topology_name=f"{chip.libtpu_name}:{'x'.join(map(str, topology.dims))}",
             chip_config_name=chip.chip_config, chips_per_host_bounds=tuple(min(h, d) for h, d in zip(host_bounds, dims)),
             num_slices=1, wrap=(False, False, False))
+    except jax.errors.JaxRuntimeError as e:
+        raise TopologyError(f"libtpu cannot describe {topology.name}: {str(e).splitlines()[0]}; use a slice shape "
+                            "GCP offers (e.g. v5e:2x4, v5e:4x4, v4:2x2x2)") from e
     except RuntimeError as e:
         if "not installed" in str(e):
             raise TopologyError(f"{topology.name} needs libtpu to describe the slice (no TPU needed): "
