@@ -31,10 +31,11 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mvrag_jax import sharding
+from mvrag_jax.diffusion.ddim import DDIMSchedule
 from mvrag_jax.diffusion.sample import sample_jitted
 from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
-from mvrag_jax.train.trainer import make_trainer
 from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
+from mvrag_jax.train.trainer import make_trainer, schedule_of
 
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
@@ -91,7 +92,8 @@ def _abstract(shape: Sequence[int], dtype: Any, mesh: jax.sharding.Mesh, spec: P
 def _abstract_unet(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[UNetConfig, Any]:
     """The UNet config and its params as sharded ShapeDtypeStructs (sharding.abstract_state: no allocation)."""
     config = UNetConfig.from_config(cfg)
-    shapes, shardings = sharding.abstract_state(init_params, mesh, _rules(cfg), config, jax.random.key(0))
+    key = jax.eval_shape(jax.random.key, 0)  # abstract: nothing may execute on a compile-only mesh
+    shapes, shardings = sharding.abstract_state(init_params, mesh, _rules(cfg), config, key)
     return config, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
@@ -99,6 +101,8 @@ def _train_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, 
     """The real train step (train/trainer.py: frozen encoders in-graph, optimizer update, donated state)."""
     cfg = copy.deepcopy(cfg)  # references (data.batch_size -> train.batch_size) survive the copy
     cfg.train.batch_size = batch
+    if not str(cfg.train.init):
+        cfg.train.init = "random"  # where weights come from does not change the compiled step; plans load none
     return make_trainer(cfg, mesh).compile()
 
 
@@ -108,10 +112,12 @@ def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any,
     config, params = _abstract_unet(cfg, mesh)
     views, side = config.num_frames, config.image_size
     tokens = cfg.model.num_retrieved * cfg.model.resampler.num_queries
+    train_timesteps = schedule_of(cfg).num_train_timesteps if "train" in cfg else DDIMSchedule().num_train_timesteps
     replicated = lambda shape, dtype=jnp.float32: _abstract(shape, dtype, mesh, PartitionSpec())
-    args = (config, params, replicated((1000,)), replicated(()), replicated((SAMPLE_STEPS,), jnp.int32),
+    camera = None if config.camera_dim is None else replicated((views, config.camera_dim))
+    args = (config, params, replicated((train_timesteps,)), replicated(()), replicated((SAMPLE_STEPS,), jnp.int32),
             replicated((SAMPLE_STEPS,), jnp.int32), replicated((views, side, side, config.in_channels)),
-            replicated((2, CONTEXT_LENGTH, config.context_dim)), replicated((views, config.camera_dim)),
+            replicated((2, CONTEXT_LENGTH, config.context_dim)), camera,
             replicated((2 * views, tokens, config.context_dim)), replicated(()), replicated(()))
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)), \
@@ -311,7 +317,8 @@ def format_report(report: dict[str, Any]) -> str:
             f", projected step {p['projected_step_s'] * 1e3:.1f} ms at {100 * report['mfu_assumed']:.0f} % of peak"
         lines += [f"  {name}: per chip {m['total_bytes']:.3f} GiB{budget}",
                   f"    arguments {m['argument_bytes']:.3f}, outputs {m['output_bytes']:.3f}, aliased "
-                  f"{m['alias_bytes']:.3f}, temporaries {m['temp_bytes']:.3f}, code {m['generated_code_bytes']:.3f} GiB",
+                  f"{m['alias_bytes']:.3f}, temporaries {m['temp_bytes']:.3f}, "
+                  f"code {m['generated_code_bytes']:.3f} GiB",
                   f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per call{step}; lower + compile "
                   f"{p['compile_s']} s"]
     return "\n".join(lines)

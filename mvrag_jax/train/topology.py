@@ -137,11 +137,12 @@ def topology_devices(topology: Topology) -> list[Any]:
     chip = CHIPS[topology.chip]
     dims = topology.dims + (1,) * (3 - len(topology.dims))
     host_bounds = _HOST_BOUNDS_SMALL if topology.num_devices == 8 and chip.chip_config == "default" else _HOST_BOUNDS
+    host_bounds = tuple(min(h, d) for h, d in zip(host_bounds, dims))  # a slice smaller than one host
     try:
         desc = topologies.get_topology_desc(
             platform="tpu", topology_name=f"{chip.libtpu_name}:{'x'.join(map(str, topology.dims))}",
-            chip_config_name=chip.chip_config, chips_per_host_bounds=tuple(min(h, d) for h, d in zip(host_bounds, dims)),
-            num_slices=1, wrap=(False, False, False))
+            chip_config_name=chip.chip_config, chips_per_host_bounds=host_bounds, num_slices=1,
+            wrap=(False, False, False))
     except jax.errors.JaxRuntimeError as e:
         raise TopologyError(f"libtpu cannot describe {topology.name}: {str(e).splitlines()[0]}; use a slice shape "
                             "GCP offers (e.g. v5e:2x4, v5e:4x4, v4:2x2x2)") from e
