@@ -66,6 +66,66 @@ def test_cache_key_depends_on_every_input():
                 plan.cache_key(cfg, v5e, mesh, 24, ("train", "sample"))}) == 6
 
 
+class _FakeCompiled:
+    """What plan reads from a compiled program: memory_analysis() and cost_analysis()."""
+
+    def __init__(self, temp_gib: float):
+        self.temp_gib = temp_gib
+
+    def memory_analysis(self):
+        return type("Stats", (), {"argument_size_in_bytes": 3 * GIB, "output_size_in_bytes": 2 * GIB,
+                                  "alias_size_in_bytes": 2 * GIB, "temp_size_in_bytes": int(self.temp_gib * GIB),
+                                  "generated_code_size_in_bytes": GIB // 2})()
+
+    def cost_analysis(self):
+        return {"flops": 4e12}
+
+
+def _fake_target(monkeypatch, temp_gib: float = 10):
+    mesh = type("Mesh", (), {"shape": {"data": 1, "fsdp": 8, "tensor": 1},
+                             "devices": type("D", (), {"flat": [type("Dev", (), {"device_kind": "TPU v5 lite"})]})})
+    monkeypatch.setattr(plan, "make_target_mesh", lambda topo, sizes: mesh)
+    calls = []
+    monkeypatch.setattr(plan, "_BUILDERS", {name: (lambda cfg, m, b, name=name: calls.append(name) or
+                                                   (_FakeCompiled(temp_gib), 12.5)) for name in plan.PROGRAMS})
+    return calls
+
+
+def test_report_figures_and_cache(monkeypatch, tmp_path):
+    calls = _fake_target(monkeypatch)
+    cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    report = plan.plan(cfg, "v5e:2x4", mesh, 24, cache_dir=tmp_path)
+    train, sample = report["programs"]["train"], report["programs"]["sample"]
+    assert report["cached"] is False and calls == ["train", "sample"]
+    assert train["memory"]["total_bytes"] == int(13.5 * GIB)  # 3 + 2 - 2 (donated) + 10 + 0.5
+    assert train["fits"] is True and train["hbm_fraction"] == pytest.approx(13.5 / 16, abs=1e-4)
+    assert train["flops_per_chip"] == 4e12 and train["flops_total"] == 8 * 4e12
+    assert train["projected_step_s"] == pytest.approx(4e12 / (0.4 * 197e12))
+    assert sample["flops_per_chip"] == 4e12 * plan.SAMPLE_STEPS  # XLA counts the scan body once
+    assert "13.500 GiB of 16 GiB HBM (84.4 %): fits" in plan.format_report(report)
+    again = plan.plan(cfg, "v5e:2x4", mesh, 24, cache_dir=tmp_path)
+    assert again["cached"] is True and calls == ["train", "sample"]  # no second compile
+    assert {**again, "cached": False} == report
+    plan.plan(cfg, "v5e:2x4", mesh, 32, cache_dir=tmp_path)
+    assert calls[-2:] == ["train", "sample"] and len(calls) == 4  # another batch is another entry
+    plan.plan(cfg, "v5e:2x4", mesh, 24, cache_dir=None)
+    assert len(calls) == 6  # cache off
+
+
+def test_report_does_not_fit_and_bad_batch(monkeypatch):
+    _fake_target(monkeypatch, temp_gib=20)  # 23.5 GiB per chip
+    cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
+    v5e = plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 8, programs=("train",), cache_dir=None)
+    assert v5e["programs"]["train"]["fits"] is False and "DOES NOT FIT" in plan.format_report(v5e)
+    v4 = plan.plan(cfg, "v4:2x2x1", {"data": 1, "fsdp": 8, "tensor": 1}, 8, programs=("train",), cache_dir=None)
+    assert v4["programs"]["train"]["fits"] is True  # v4 has 32 GiB per chip
+    with pytest.raises(plan.PlanError, match="multiple of 8"):
+        plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 12, cache_dir=None)
+    with pytest.raises(plan.PlanError, match="unknown programs"):
+        plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 8, programs=("eval",), cache_dir=None)
+
+
 def test_find_max_batch_doubles_then_bisects(monkeypatch):
     """Fits up to 88 objects on 8 shards: doubling 8..64, miss at 128, bisection to 88 (multiples of 8 only)."""
     seen = []
@@ -147,8 +207,9 @@ def test_plan_tiny_on_eight_cpu_devices_then_cached(tmp_path):
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
 def test_plan_tiny_on_a_tpu_slice_without_a_tpu(tmp_path):
-    proc = _mvrag("plan", "--config", "configs/train.py:size=tiny", "--topology", "v5e:2x2", "--mesh",
-                  "data=1,fsdp=4", "--batch", "4", "--json", "--plan_cache_dir", str(tmp_path))
+    proc = _mvrag("plan", "--config", "configs/train.py:size=tiny", "--config.train.trainable=ip", "--topology",
+                  "v5e:2x2", "--mesh", "data=1,fsdp=4", "--batch", "4", "--json", "--plan_cache_dir", str(tmp_path),
+                  timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TPU_WORKER_HOSTNAMES" not in proc.stderr  # libtpu set up for compile-only use: no init errors
     report = json.loads(proc.stdout.strip().splitlines()[-1])
