@@ -15,11 +15,12 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
 
 
 def runtime() -> mlc.ConfigDict:
-    """Numerics and compilation: compute dtype, matmul precision, remat policy, persistent compile cache."""
+    """Numerics and compilation: compute dtype, matmul precision, remat policy, attention kernel, compile cache."""
     return mlc.ConfigDict({
         "dtype": "float32",              # activations: float32 | bfloat16 (params are always float32)
         "matmul_precision": "highest",   # highest | high | default; parity needs highest
         "remat": "none",                 # none | full | dots_saveable: nn.remat policy per UNet block
+        "attention": "auto",             # auto | xla | chunked | cudnn (GPU) | pallas_tpu (TPU): attention kernel
         "compile_cache_dir": "~/.cache/mvrag_jax/xla",
     })
 

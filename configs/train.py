@@ -19,6 +19,8 @@ Variants (arg string):
 - `size=medium`: configs/tiny.py:size=medium (full depth, 1/4 width) on tiny data: a CPU-sized benchmark.
 - `size=tiny`: configs/tiny.py with tiny data (32 px, k=2): tests and the laptop demo. fp32, random init, whole-UNet
   training (`trainable=unet`), since random weights have nothing to fine-tune from.
+- `size=micro`: tiny, shrunk to a one-level UNet and a one-block VAE on 16 px views: the smallest consistent model,
+  for tests of the training machinery (compiles in a fraction of tiny's time).
 
 Numerics (compute dtype, matmul precision, remat policy) live in `runtime` (configs/common.py), as for every model
 config: params and optimizer state are always float32 ("master"), activations run in runtime.dtype.
@@ -74,10 +76,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     if args.size == "full":
         c, d = mvrag_sd21.get_config(), data.get_config("size=paper")
         c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="dots_saveable")
-    elif args.size in ("tiny", "medium"):
-        c, d = tiny.get_config(f"size={args.size}"), data.get_config("size=tiny")
+    elif args.size in ("tiny", "medium", "micro"):
+        c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
     else:
-        raise ValueError(f"configs/train.py: size={args.size!r}; choose tiny, medium or full")
+        raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, medium or full")
+    if args.size == "micro":
+        c.model.image_size = 16
+        c.model.unet.update(image_size=16, channel_mult=(1,), attention_resolutions=(1,))
+        c.model.vae.update(block_out_channels=(32,))
     c.train = train_block()
     c.data = d
     if args.size == "full":
@@ -88,9 +94,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.optimizer.update(learning_rate=1e-4, warmup_steps=10)
         c.train.update(cfg_drop_text=0.1, cfg_drop_image=0.1, cfg_drop_both=0.1)
         c.mesh.update(data=-1, fsdp=1, tensor=1)
-    # The loader's batch is per host; on one host it is the global batch (multi-host runs set data.batch_size to
-    # train.batch_size / process count; make_trainer checks).
-    c.data.batch_size = c.train.get_ref("batch_size")
+    # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
+    # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
+    c.data.batch_size = c.train.batch_size
     c.data.num_views = c.model.get_ref("num_frames")
     c.data.num_retrieved = c.model.get_ref("num_retrieved")
     c.data.image_size = c.model.get_ref("image_size")

@@ -16,6 +16,7 @@ import ml_collections as mlc
 from absl import app, flags
 from ml_collections import config_flags
 
+import configs
 from data_pipelines import loader
 
 MODE_WEIGHTS = {"3d": (1.0, 0.0), "2d": (0.0, 1.0), "mixed": None}
@@ -54,7 +55,8 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config (configs/data.py[:arg]).")
+    config_flags.DEFINE_config_file(
+        "config", configs.resolve("data.py:size=tiny"), "Data config (configs/data.py[:arg]).")
     flags.DEFINE_list("modes", ["3d", "2d", "mixed"], "Modes to time: 3d, 2d, mixed.")
     flags.DEFINE_integer("steps", 20, "Timed batches per mode.")
     flags.DEFINE_integer("warmup", 2, "Untimed batches first (worker start-up, buffers).")

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import configs
 from data_pipelines import class_images, mv_renders, ood_eval, synthetic_shapes
 
 MODE_DATASETS = {"mode_3d": ("synthetic_shapes", "mv_renders"), "mode_2d": ("synthetic_shapes", "class_images")}
@@ -89,7 +90,8 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", "configs/data.py", "Data config (configs/data.py[:arg]).")
+    config_flags.DEFINE_config_file(
+        "config", configs.resolve("data.py"), "Data config (configs/data.py[:arg]).")
     flags.DEFINE_list("datasets", ["mode_3d", "mode_2d"],
                       "What to build: mode_3d, mode_2d, ood_eval, or a dataset name.")
     sys.exit(app.run(main))

@@ -16,6 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
+import configs
 from data_pipelines import loader, transforms
 
 _GAP, _TEXT_HEIGHT = 8, 14
@@ -79,7 +80,8 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config (configs/data.py[:arg]).")
+    config_flags.DEFINE_config_file(
+        "config", configs.resolve("data.py:size=tiny"), "Data config (configs/data.py[:arg]).")
     flags.DEFINE_string("out", "/tmp/mvrag_preview.png", "PNG to write.")
     flags.DEFINE_integer("batches", 2, "Batches to show (1:1 mixing alternates 3D and 2D batches).")
     flags.DEFINE_integer("cell", 96, "Pixel size of each image in the grid.")

@@ -20,8 +20,6 @@ from mvrag_jax.models.unet import CONTEXT_LENGTH, MultiViewUNet, UNetConfig, ini
 from mvrag_jax.train.trainable import merge_params, split_trainable
 
 TIMESTEPS = 1000  # DDPM training steps: the range timesteps are drawn from
-EMBEDDING_STD = 0.02  # transformers' initializer_range
-_EMBEDDING_LEAVES = ("embedding", "class_embedding", "latents")  # tables and learned vectors: zeros would erase input
 
 
 def _unet_inputs(config: UNetConfig, batch_size: int, num_image_tokens: int, seed: int) -> dict[str, Any]:
@@ -39,9 +37,15 @@ def _unet_inputs(config: UNetConfig, batch_size: int, num_image_tokens: int, see
     }
 
 
+# Learned tables and tokens: N(0, 0.02) as the transformers initialisers; left at 0 a whole model degenerates
+# (zero CLS token -> zero DINOv2 embedding -> NaN cosine similarity -> NaN fusion weight).
+_EMBEDDINGS = ("embedding", "class_embedding", "cls_token", "mask_token", "position_embeddings", "latents")
+_ONES = ("scale", "lambda1")  # norm scales and DINOv2's layer scale
+
+
 def host_random_params(shapes: Any, seed: int = 0) -> dict:
-    """Fill an abstract param tree on the host: kernels N(0, 1/fan_in), embedding tables and learned queries
-    N(0, 0.02^2) (so token ids still matter), norm scales 1, everything else 0.
+    """Fill an abstract param tree on the host: kernels N(0, 1/fan_in), embeddings N(0, 0.02), norm and layer
+    scales 1, everything else (biases) 0.
 
     For timings and numerics checks where the values are incidental: a jitted `init_params` spends most of its
     (CPU) compile time on one truncated-normal sampler per kernel, which would dwarf a small config's benchmark.
@@ -52,9 +56,9 @@ def host_random_params(shapes: Any, seed: int = 0) -> dict:
         if path[-1] == "kernel":
             fan_in = int(np.prod(shape[:-1]))
             return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-        if path[-1] in _EMBEDDING_LEAVES:
-            return (EMBEDDING_STD * rng.standard_normal(shape)).astype(np.float32)
-        return np.full(shape, 1.0 if path[-1] == "scale" else 0.0, np.float32)
+        if path[-1] in _EMBEDDINGS:
+            return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+        return np.full(shape, 1.0 if path[-1] in _ONES else 0.0, np.float32)
 
     return unflatten({path: fill(path, leaf.shape) for path, leaf in flatten(shapes).items()})
 

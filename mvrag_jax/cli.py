@@ -3,10 +3,14 @@
     mvrag convert --release DIR --out CKPT_DIR
     mvrag export --ckpt CKPT_DIR --out DIR [--dtype fp32|fp16|bf16]
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
-    mvrag bench unet --config configs/tiny.py
+    mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
+    mvrag bench unet|sample --config configs/tiny.py
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
+    mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
+    mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
     mvrag plan --config configs/train.py --topology v5e:2x4 --mesh data=1,fsdp=8 --batch 24 [--find_max_batch]
-Run `mvrag <subcommand> --help` for its flags.
+Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
+--require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
 
 import dataclasses
@@ -19,6 +23,8 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
+import configs
+from mvrag_jax import cli_flags
 from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
 
 # Errors a user can fix from the message alone: printed without a traceback, exit code 2.
@@ -31,6 +37,7 @@ class Command:
     summary: str
     define: Callable[[flags.FlagValues], None]
     run: Callable[[flags.FlagValues, list[str]], int]
+    config: tuple[str, str] | None = None  # (default spec in configs/, help) of a `--config` flag, if any
 
 
 def _define_runtime(fv: flags.FlagValues) -> None:
@@ -107,27 +114,75 @@ def _run_verify(fv, argv):
     return 1 if counts["fail"] or (fv.require_all and counts["skipped"]) else 0
 
 
+# ---- generate ------------------------------------------------------------------------------------------------------
+def _define_generate(fv):
+    flags.DEFINE_string("ckpt", None, "mvrag checkpoint folder (from `mvrag convert` or training).", flag_values=fv)
+    flags.DEFINE_string("release", None, "Official release folder (converted in memory), instead of --ckpt.",
+                        flag_values=fv)
+    flags.DEFINE_string("prompt", None, "One prompt, e.g. \"a red vintage car\".", flag_values=fv)
+    flags.DEFINE_string("prompts", None, "Prompt file: one prompt per line, or JSON lines {\"prompt\": ..., "
+                        "\"retrieved\": FOLDER} (folder relative to the file).", flag_values=fv)
+    flags.DEFINE_string("retrieved", None, "Folder of retrieved images (the first --k by name are used).",
+                        flag_values=fv)
+    flags.DEFINE_string("index", None, "Retrieval index (from `mvrag index`), instead of --retrieved.", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "Retrieved images per object.", flag_values=fv)
+    flags.DEFINE_list("seeds", ["0"], "Seeds: each prompt is generated once per seed.", flag_values=fv)
+    flags.DEFINE_integer("steps", 50, "DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "DDIM steps of the prior pass (it sets the fusion weight).",
+                         flag_values=fv)
+    flags.DEFINE_float("guidance", 5.0, "Classifier-free guidance scale (>= 1; 1 disables it).", flag_values=fv)
+    flags.DEFINE_float("elevation", 15.0, "Camera elevation of the views, degrees.", flag_values=fv)
+    flags.DEFINE_string("dtype", "fp32", "Compute dtype: fp32 or bf16 (params stay fp32).", flag_values=fv)
+    flags.DEFINE_bool("no_prior", False, "Skip the prior pass; needs --fusion_weight.", flag_values=fv)
+    flags.DEFINE_float("fusion_weight", None, "Fixed fusion weight for the main pass (ablations).", flag_values=fv)
+    flags.DEFINE_bool("require_retrieval", False, "Fail instead of generating text-only when no image is found.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch", 1, "Objects per device call (rounded up to a multiple of the local devices).",
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder: one subfolder per object (views, grid.png, record.json); "
+                        "a rerun skips complete objects.", flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
+
+
+def _run_generate(fv, argv):
+    from mvrag_jax import generate
+    settings = generate.Settings(steps=fv.steps, prior_steps=fv.prior_steps, guidance=fv.guidance,
+                                 elevation=fv.elevation, dtype=fv.dtype, use_prior=not fv.no_prior,
+                                 fusion_weight=fv.fusion_weight, k=fv.k, require_retrieval=fv.require_retrieval,
+                                 batch=fv.batch)
+    summary = generate.run(out=fv.out, ckpt=fv.ckpt, release=fv.release, prompt=fv.prompt, prompts=fv.prompts,
+                           retrieved=fv.retrieved, index=fv.index, seeds=fv.seeds, settings=settings)
+    print(json.dumps(summary))
+    return 0
+
+
 # ---- bench ---------------------------------------------------------------------------------------------------------
 def _define_bench(fv):
-    config_flags.DEFINE_config_file("config", "configs/tiny.py", "Model config (configs/*.py[:arg]).",
-                                    flag_values=fv, lock_config=True)
-    flags.DEFINE_integer("batch_size", 1, "Objects per call (each has num_frames views).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1, "unet: objects per call (each has num_frames views).", flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
+    flags.DEFINE_list("objects", ["1", "4"], "sample: objects per call, one run each.", flag_values=fv)
+    flags.DEFINE_integer("sample_steps", 50, "sample: DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "sample: DDIM steps of the prior pass.", flag_values=fv)
+    flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
+                        "the bundled tiny release, which matches configs/tiny.py).", flag_values=fv)
 
 
 def _run_bench(fv, argv):
-    from mvrag_jax import bench
-    targets = {"unet": bench.bench_unet}
+    from mvrag_jax import bench, bench_sample
+    targets = {
+        "unet": lambda: bench.bench_unet(fv.config, batch_size=fv.batch_size, steps=fv.steps),
+        "sample": lambda: bench_sample.bench_sample(fv.config, objects=[int(n) for n in fv.objects], calls=fv.steps,
+                                                    sample_steps=fv.sample_steps, prior_steps=fv.prior_steps,
+                                                    release_dir=fv.release),
+    }
     if len(argv) != 2 or argv[1] not in targets:
         raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
-    print(json.dumps(targets[argv[1]](fv.config, batch_size=fv.batch_size, steps=fv.steps), indent=1))
+    print(json.dumps(targets[argv[1]](), indent=1))
     return 0
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
 def _define_data(fv):
-    config_flags.DEFINE_config_file("config", "configs/data.py:size=tiny", "Data config (configs/data.py[:arg]).",
-                                    flag_values=fv, lock_config=True)
     flags.DEFINE_list("datasets", ["mode_3d", "mode_2d"], "build: mode_3d, mode_2d, ood_eval or a dataset name.",
                       flag_values=fv)
     flags.DEFINE_string("out", "/tmp/mvrag_preview.png", "preview: PNG to write.", flag_values=fv)
@@ -153,10 +208,46 @@ def _run_data(fv, argv):
     return 0
 
 
+# ---- index / retrieve ----------------------------------------------------------------------------------------------
+def _define_index(fv):
+    flags.DEFINE_string("collection", None, 'Captioned collection: a .jsonl of {"image": path relative to the file\'s '
+                        'folder, "caption": text} lines.', flag_values=fv)
+    flags.DEFINE_string("out", None, "Index folder to write (atomically).", flag_values=fv)
+    flags.DEFINE_enum("kind", "bm25", ["bm25", "dense"], "bm25: captions, the paper's Pyserini settings (k1=0.9, "
+                      "b=0.4); dense: CLIP text -> image similarity.", flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "dense: a transformers CLIPModel folder (config.json, *.safetensors, "
+                        "tokenizer files).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.mark_flags_as_required(["collection", "out"], flag_values=fv)
+
+
+def _run_index(fv, argv):
+    from mvrag_jax.retrieval import build_index
+    print(f"wrote {build_index(fv.collection, fv.out, kind=fv.kind, clip_model=fv.clip_model, overwrite=fv.overwrite)}")
+    return 0
+
+
+def _define_retrieve(fv):
+    flags.DEFINE_string("index", None, "Index folder from `mvrag index` (or use --folder).", flag_values=fv)
+    flags.DEFINE_string("folder", None, "A folder of images, returned in name order (the official simple retriever).",
+                        flag_values=fv)
+    flags.DEFINE_string("prompt", None, "Text prompt.", flag_values=fv)
+    flags.DEFINE_integer("k", 4, "Images to retrieve (the paper uses 4).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Copy the hits here as 00_<name>, 01_<name>, ... (a new or empty folder).",
+                        flag_values=fv)
+    flags.DEFINE_string("clip_model", None, "dense index: use this CLIPModel folder instead of the one it was built "
+                        "with.", flag_values=fv)
+    flags.mark_flags_as_required(["prompt"], flag_values=fv)
+
+
+def _run_retrieve(fv, argv):
+    from mvrag_jax.retrieval import show_hits
+    print(show_hits(fv.prompt, fv.k, folder=fv.folder, index=fv.index, clip_model=fv.clip_model, out=fv.out))
+    return 0
+
+
 # ---- plan ----------------------------------------------------------------------------------------------------------
 def _define_plan(fv):
-    config_flags.DEFINE_config_file("config", "configs/train.py", "Train config (configs/train.py[:size=...]).",
-                                    flag_values=fv, lock_config=True)
     flags.DEFINE_string("topology", "cpu:8", "Target slice: v5e:2x4, v4:2x2x1, v5p:2x2x2, v6e:4x4, a GCP accelerator "
                         "type (v5litepod-8, v4-8) or cpu:N (fake CPU devices). TPU targets need libtpu "
                         "(requirements-tpu.txt), not a TPU.", flag_values=fv)
@@ -209,12 +300,19 @@ COMMANDS = {c.name: c for c in (
     Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
     Command("verify-reference", "Check parity with the official outputs stored in a cases folder.", _define_verify,
             _run_verify),
+    Command("generate", "Generate multiview images for prompts (with retrieved images), resumable and batched.",
+            _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
-            _define_data, _run_data),
-    Command("bench", "Time compile, forward and forward+backward of a model: `mvrag bench unet`.", _define_bench,
-            _run_bench),
+            _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
+    Command("bench", "Time compiles and calls: the UNet (`mvrag bench unet`) or whole samples (`mvrag bench sample`).",
+            _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
+    Command("index", "Build a BM25 or dense (CLIP) retrieval index from a captioned image collection.", _define_index,
+            _run_index),
+    Command("retrieve", "Retrieve k images for a prompt from an index or a folder; list them, optionally copy them.",
+            _define_retrieve, _run_retrieve),
     Command("plan", "Compile the train step and sampler for a TPU slice from shapes (no weights, no TPU): per-chip "
-            "memory, FLOPs, compile time.", _define_plan, _run_plan),
+            "memory, FLOPs, compile time.", _define_plan, _run_plan,
+            config=("train.py", "Train config (configs/train.py[:size=...]).")),
 )}
 
 
@@ -222,6 +320,34 @@ def _usage() -> str:
     lines = [__doc__.strip(), "", "subcommands:"]
     lines += [f"  {name:18s} {c.summary}" for name, c in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def _flag_values(command: Command, args: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """`command`'s flags, defined, and `args` with dashed names and config paths normalised (not parsed yet)."""
+    fv = flags.FlagValues()
+    command.define(fv)
+    _define_runtime(fv)
+    args = cli_flags.normalise_argv(args, fv)
+    if command.config:
+        args = cli_flags.resolve_config_args(args)
+        argv = [f"mvrag {command.name}"] + args  # config_flags reads `--config.x` overrides from this list
+        config_flags.DEFINE_config_file("config", configs.resolve(command.config[0]), command.config[1],
+                                        flag_values=fv, lock_config=True, sys_argv=argv)
+    return fv, args
+
+
+def parse(command: Command, args: list[str]) -> tuple[flags.FlagValues, list[str]]:
+    """Define `command`'s flags and parse `args` (after the subcommand); returns (flags, positional args).
+
+    Raises flags.Error for unknown or missing flags, FileNotFoundError for a config file that does not exist.
+    """
+    fv, args = _flag_values(command, args)
+    return fv, fv([f"mvrag {command.name}"] + args)
+
+
+def command_help(command: Command) -> str:
+    fv, _ = _flag_values(command, [])
+    return f"mvrag {command.name}: {command.summary}\n\n{cli_flags.dashed_help(fv.get_help(), fv)}"
 
 
 def _select_platforms() -> None:
@@ -245,17 +371,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvrag: unknown subcommand {argv[1]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     command = COMMANDS[argv[1]]
-    fv = flags.FlagValues()
-    command.define(fv)
-    _define_runtime(fv)
-    rest = [f"mvrag {command.name}"] + argv[2:]
-    if any(a in ("-h", "--help", "-help") for a in rest[1:]):
-        print(f"mvrag {command.name}: {command.summary}\n\n{fv.get_help()}")
+    if any(a in ("-h", "--help", "-help") for a in argv[2:]):
+        print(command_help(command))
         return 0
     try:
-        positional = fv(rest)
+        fv, positional = parse(command, argv[2:])
     except flags.Error as e:
         print(f"mvrag {command.name}: {e}\nRun `mvrag {command.name} --help` for the flags.", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"mvrag {command.name}: error: {e}", file=sys.stderr)
         return 2
     _setup_jax(fv)
     try:

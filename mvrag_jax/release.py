@@ -94,8 +94,8 @@ def write_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metada
     header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
     offset, blobs = 0, []
     for key in sorted(tensors):
-        array = np.ascontiguousarray(tensors[key])
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        array = np.asarray(tensors[key])  # not ascontiguousarray: it turns 0-d scalars (logit_scale) into shape [1]
+        blob = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)).tobytes()
         header[key] = {"dtype": names[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
         offset += len(blob)
         blobs.append(blob)

@@ -95,13 +95,20 @@ def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> Partitio
     return PartitionSpec(*fitted)
 
 
+def activation_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Any) -> PartitionSpec:
+    """The mesh spec of an activation with logical axes `logical` under the active `nn.logical_axis_rules`, with mesh
+    axes that do not divide their dimension dropped (for `shard_map` around a per-device kernel)."""
+    return _fit_spec(nn.logical_to_mesh_axes(tuple(logical)), shape, mesh)
+
+
 def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, rules=DEFAULT_RULES, *args) -> tuple[Any, Any]:
     """(shapes, shardings) of `init_fn(*args)` without allocating it: eval_shape -> partition specs -> NamedShardings.
 
     Returned shapes are unboxed (plain `ShapeDtypeStruct` leaves); `jax.jit(init_fn, out_shardings=shardings)` then
     creates the state directly sharded.
     """
-    with nn.logical_axis_rules(rules):
+    # Under the mesh, so device-specific code traced by init (an attention kernel) sees the target platform.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(init_fn, *args)
         specs = nn.get_partition_spec(boxed)
     shapes = nn.unbox(boxed)

@@ -5,6 +5,7 @@ tokenizer/ folder, so vocabulary, merges, lowercasing and the pad token ('!' for
 """
 
 import logging
+import os
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -34,9 +35,13 @@ def process_prompt(prompt: str) -> str:
 
 def load_tokenizer(release: "Release") -> "CLIPTokenizer":
     """The release's CLIPTokenizer (tokenizer/ folder: vocab.json, merges.txt, tokenizer_config.json)."""
+    return tokenizer_from_folder(release.folder("tokenizer"))
+
+
+def tokenizer_from_folder(folder: "str | os.PathLike") -> "CLIPTokenizer":
+    """A CLIPTokenizer from a folder of vocab.json, merges.txt and tokenizer_config.json (e.g. a CLIP model's)."""
     from transformers import CLIPTokenizer  # transformers is slow to import; only text encoding needs it
 
-    folder = release.folder("tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
     if tokenizer.model_max_length > _UNSET_MAX_LENGTH:
         raise PromptError(f"{folder}/tokenizer_config.json sets no model_max_length; add \"model_max_length\": 77 "

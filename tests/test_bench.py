@@ -32,3 +32,19 @@ def test_bench_unet_reports_compile_and_step_times():
 def test_bench_rejects_zero_steps():
     with pytest.raises(ValueError, match="steps >= 1"):
         bench_unet(_one_level_tiny(), steps=0)
+
+
+def test_host_random_params_fill_tokens_and_layer_scales():
+    """A zero CLS token or layer scale would make DINOv2 embeddings zero and the fusion weight NaN."""
+    import numpy as np
+
+    from mvrag_jax.bench import host_random_params
+    from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
+    from mvrag_jax.convert.keys import flatten
+    from mvrag_jax.models.dinov2 import DINOv2Config
+    component = COMPONENTS_BY_NAME["dinov2"]
+    params = flatten(host_random_params(abstract_params(component, DINOv2Config.from_config(tiny.get_config()))))
+    by_name = lambda name: [v for path, v in params.items() if path[-1] == name]
+    assert by_name("cls_token") and all(np.std(v) > 0.01 for v in by_name("cls_token") + by_name("mask_token"))
+    assert all(np.all(v == 1) for v in by_name("lambda1") + by_name("scale"))
+    assert all(np.all(v == 0) for v in by_name("bias"))

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from mvrag_jax.cli import COMMANDS, main
+from mvrag_jax import cli_flags
+from mvrag_jax.cli import COMMANDS, main, parse
 from tests.conftest import CASES, TINY_RELEASE
 
 
@@ -17,7 +18,7 @@ def test_top_level_help_lists_every_subcommand(capsys):
 def test_subcommand_help_explains_flags(capsys, name):
     assert main(["mvrag", name, "--help"]) == 0
     out = capsys.readouterr().out
-    assert f"mvrag {name}" in out and "--compile_cache_dir" in out
+    assert f"mvrag {name}" in out and "--compile-cache-dir" in out and "--compile_cache_dir" not in out
 
 
 def test_unknown_subcommand_and_missing_flags(capsys):
@@ -78,3 +79,76 @@ def test_require_all_fails_when_a_case_is_skipped(tmp_path, capsys):
     assert main(args) == 0
     assert main(args + ["--require_all"]) == 1
     assert "skipped" in capsys.readouterr().out
+
+
+def test_require_all_takes_the_dashed_spelling_too(tmp_path, capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "mystery.npz").write_bytes((CASES / "camera.npz").read_bytes())
+    args = ["mvrag", "verify-reference", "--release", str(TINY_RELEASE), "--cases", str(cases)]
+    assert main(args + ["--require-all", "--compile-cache-dir=none"]) == 1
+    assert main(args + ["--require-all", "--no-require-all", "--compile-cache-dir", "none"]) == 0
+    assert main(args + ["--norequire-all", "--compile_cache_dir=none"]) == 0
+
+
+def test_normalise_argv_touches_defined_names_only():
+    fv, _ = parse(COMMANDS["verify-reference"], ["--release", "r", "--cases", "c"])
+    args = ["--require-all", "--only", "--json-x", "--no-json", "--compile-cache-dir=a-b", "--config.a_b-c", "-x-y",
+            "--", "--require-all"]
+    assert cli_flags.normalise_argv(args, fv) == [
+        "--require_all", "--only", "--json-x", "--nojson", "--compile_cache_dir=a-b", "--config.a_b-c", "-x-y", "--",
+        "--require-all"]
+
+
+@pytest.mark.parametrize("name, args, check", [
+    ("bench", [], lambda c: c.model.unet.model_channels == 32),
+    ("bench", ["--config", "configs/tiny.py:size=medium", "--config.runtime.dtype=bfloat16"],
+     lambda c: c.model.unet.model_channels == 64 and c.runtime.dtype == "bfloat16"),
+    ("bench", ["--config=configs/mvrag_sd21.py"], lambda c: c.model.unet.model_channels == 320),
+    ("data", ["--config.data_dir", "/elsewhere"], lambda c: c.data_dir == "/elsewhere"),
+])
+def test_configs_load_from_any_directory(tmp_path, monkeypatch, name, args, check):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the packaged configs are used
+    fv, _ = parse(COMMANDS[name], args)
+    assert check(fv.config)
+
+
+def test_config_relative_to_the_working_directory_wins(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.py").write_text(
+        "from configs import tiny\ndef get_config(arg=None):\n    c = tiny.get_config(arg)\n"
+        "    c.runtime.dtype = 'bfloat16'\n    return c\n")
+    monkeypatch.chdir(tmp_path)
+    fv, _ = parse(COMMANDS["bench"], ["--config", "configs/tiny.py"])
+    assert fv.config.runtime.dtype == "bfloat16"
+
+
+def test_missing_config_file_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["mvrag", "bench", "unet", "--config", "configs/nope.py"]) == 2
+    err = capsys.readouterr().err
+    assert "configs/nope.py" in err and "configs/tiny.py" in err and "Traceback" not in err
+
+
+def test_verify_reference_with_no_cases_is_an_error(tmp_path, capsys):
+    args = ["mvrag", "verify-reference", "--release", str(TINY_RELEASE), "--cases", str(tmp_path),
+            "--compile_cache_dir", "none"]
+    assert main(args) == 2
+    assert "holds no *.npz cases" in capsys.readouterr().err
+    (tmp_path / "mystery.npz").write_bytes((CASES / "camera.npz").read_bytes())
+    assert main(args + ["--only", "camera"]) == 2
+    err = capsys.readouterr().err
+    assert "none of --only ['camera'] is present" in err and "mystery" in err
+
+
+def test_convert_refuses_an_existing_out_before_converting(tmp_path, monkeypatch, capsys):
+    import mvrag_jax.convert as convert
+
+    def fail(*args):
+        raise AssertionError("converted a component although --out exists")
+
+    monkeypatch.setattr(convert, "convert_component", fail)
+    (tmp_path / "o").mkdir()
+    assert main(["mvrag", "convert", "--release", str(TINY_RELEASE), "--out", str(tmp_path / "o"),
+                 "--compile_cache_dir", "none"]) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import pathlib
 
 from tqdm import tqdm
 
-from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mvrag_jax.convert.checkpoint import CheckpointError, check_target, load_checkpoint, save_checkpoint
 from mvrag_jax.convert.components import COMPONENTS, convert_component
 from mvrag_jax.convert.export import EXPORT_DTYPES, export_release
 from mvrag_jax.convert.keys import CheckpointKeyError
@@ -18,6 +18,7 @@ def convert_release(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path
                     show_progress: bool = True) -> pathlib.Path:
     """Convert every component of an official release into an mvrag checkpoint at `out_dir` (written atomically)."""
     release = Release.open(release_dir)
+    check_target(out_dir, overwrite)  # before converting, not after six components' worth of work
     configs, params = {}, {}
     for component in tqdm(COMPONENTS, desc="converting", unit="component", disable=not show_progress):
         configs[component.name], params[component.name] = convert_component(release, component)
@@ -34,6 +35,7 @@ def load_model_checkpoint(ckpt_dir: str | pathlib.Path) -> tuple[dict, dict]:
 def export_checkpoint(ckpt_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
                       overwrite: bool = False) -> pathlib.Path:
     """`mvrag export`: a converted (or trained) checkpoint -> the official release layout at `out_dir`."""
+    check_target(out_dir, overwrite)
     _, params = load_model_checkpoint(ckpt_dir)
     return export_release(ckpt_dir, params, out_dir, dtype=dtype, overwrite=overwrite)
 

@@ -42,12 +42,18 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: as_tuple(v) for k, v in values.items()})
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
-    """Yield a temporary folder next to `target`; on success it replaces `target`, on error it is deleted."""
+def check_target(target: str | os.PathLike, overwrite: bool = False) -> pathlib.Path:
+    """The absolute output folder; an error when it exists and `overwrite` is off (call before any long work)."""
     target = pathlib.Path(target).absolute()
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target} already exists; choose another output folder or pass --overwrite")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """Yield a temporary folder next to `target`; on success it replaces `target`, on error it is deleted."""
+    target = check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

@@ -37,6 +37,7 @@ class CrossAttention(nn.Module):
     query_dim: int
     ip: bool = False
     dtype: Dtype = jnp.float32
+    attention_kernel: str = "auto"  # runtime.attention (models/attention_kernels.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, image_tokens: jax.Array | None = None,
@@ -47,12 +48,12 @@ class CrossAttention(nn.Module):
         context = x if context is None else context  # self-attention when no context (attn1)
         q = project("to_q")(x)  # [b, lq, heads * dh]
         k, v = project("to_k")(context), project("to_v")(context)  # [b, lk, heads * dh]
-        out = layers.attention(q, k, v, self.heads, mask=mask)  # [b, lq, heads * dh]
+        out = layers.attention(q, k, v, self.heads, mask=mask, kernel=self.attention_kernel)  # [b, lq, heads * dh]
         if self.ip:
             to_k_ip, to_v_ip = project("to_k_ip"), project("to_v_ip")
             if image_tokens is not None:
                 k_ip, v_ip = to_k_ip(image_tokens), to_v_ip(image_tokens)  # [b, n, heads * dh]
-                out_ip = layers.attention(q, k_ip, v_ip, self.heads)
+                out_ip = layers.attention(q, k_ip, v_ip, self.heads, kernel=self.attention_kernel)
                 scale = jnp.asarray(scale, out.dtype)
                 out = scale * out + (IP_TOTAL_WEIGHT - scale) * out_ip
             elif self.is_initializing():
@@ -104,6 +105,7 @@ class BasicTransformerBlock3D(nn.Module):
     dim_head: int
     num_frames: int
     dtype: Dtype = jnp.float32
+    attention_kernel: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None,
@@ -111,7 +113,7 @@ class BasicTransformerBlock3D(nn.Module):
         norm = lambda name: layers.layer_norm(TRANSFORMER_NORM_EPS, dtype=self.dtype, name=name)
         mask = None if single_view is None else single_view_mask(single_view, self.num_frames, x.shape[1])
         attention = lambda name, ip: CrossAttention(self.heads, self.dim_head, self.dim, ip=ip, dtype=self.dtype,
-                                                    name=name)
+                                                    attention_kernel=self.attention_kernel, name=name)
         x = einops.rearrange(x, "(b f) l c -> b (f l) c", f=self.num_frames)  # [b, views * l, c]
         x = attention("attn1", False)(norm("norm1")(x), mask=mask) + x
         x = einops.rearrange(x, "b (f l) c -> (b f) l c", f=self.num_frames)  # [b * views, l, c]
@@ -127,6 +129,7 @@ class SpatialTransformer3D(nn.Module):
     num_frames: int
     depth: int = 1
     dtype: Dtype = jnp.float32
+    attention_kernel: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None = None,
@@ -139,7 +142,9 @@ class SpatialTransformer3D(nn.Module):
         h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         for index in range(self.depth):
             h = BasicTransformerBlock3D(inner, self.heads, self.dim_head, self.num_frames, dtype=self.dtype,
-                                        name=f"transformer_blocks_{index}")(h, context, image_tokens, scale, single_view)
+                                        attention_kernel=self.attention_kernel,
+                                        name=f"transformer_blocks_{index}")(h, context, image_tokens, scale,
+                                                                            single_view)
             h = nn.with_logical_constraint(h, (BATCH, LENGTH, ACT_EMBED))
         h = layers.dense(self.channels, (HEADS, EMBED), dtype=self.dtype, name="proj_out")(h)  # [b * views, h*w, c]
         return einops.rearrange(h, "b (h w) c -> b h w c", h=height, w=width) + x

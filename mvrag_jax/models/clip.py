@@ -92,7 +92,11 @@ class CLIPTextConfig:
     @classmethod
     def from_release(cls, release: "Release") -> "CLIPTextConfig":
         """From the release's text_encoder/config.json; absent fields take transformers' defaults, as it would."""
-        values = _release_block(release, "clip_text", "text_config")
+        return cls.from_dict(_release_block(release, "clip_text", "text_config"))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "CLIPTextConfig":
+        """From a transformers CLIPTextConfig dict (a CLIPModel config.json's `text_config`); other keys ignored."""
         return cls(**{f: values[f] for f in TEXT_FIELDS if f in values})
 
 
@@ -131,11 +135,17 @@ class CLIPVisionConfig:
     @classmethod
     def from_release(cls, release: "Release") -> "CLIPVisionConfig":
         """From the release's image_encoder/config.json; absent fields take transformers' defaults."""
-        values = _release_block(release, "clip_vision", "vision_config")
-        folder = str(release.folder("clip_vision"))
+        return cls.from_dict(_release_block(release, "clip_vision", "vision_config"),
+                             f"{release.folder('clip_vision')}/config.json")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config.json") -> "CLIPVisionConfig":
+        """From a transformers CLIPVisionConfig dict (a CLIPModel config.json's `vision_config`); `source` names
+        the file in errors."""
+        values = dict(values)
         for field in ("image_size", "patch_size"):
             if field in values:
-                values[field] = square_size(values[field], field, f"{folder}/config.json", CLIPConfigError)
+                values[field] = square_size(values[field], field, source, CLIPConfigError)
         return cls(**{f: values[f] for f in VISION_FIELDS if f in values})
 
 

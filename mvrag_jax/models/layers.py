@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mvrag_jax.models.attention_kernels import dot_product_attention
 from mvrag_jax.sharding import CONV_IN, CONV_OUT, NORM
 
 Dtype = Any
@@ -53,13 +54,13 @@ def layer_norm(epsilon: float, *, use_bias: bool = True, dtype: Dtype = jnp.floa
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, scale: float | None = None,
-              mask: jax.Array | None = None) -> jax.Array:
+              mask: jax.Array | None = None, kernel: str = "auto") -> jax.Array:
     """softmax(q k^T * scale) v over flattened heads: q [b, lq, heads*dh], k/v [b, lk, heads*dh] -> [b, lq, heads*dh].
 
-    Goes through `jax.nn.dot_product_attention` so XLA (or cuDNN on GPU) can pick a fused kernel; logits and softmax
-    are float32 inside it. `scale` defaults to 1/sqrt(dh).
+    `kernel` is the runtime.attention setting (models/attention_kernels.py: auto | xla | chunked | cudnn |
+    pallas_tpu); logits and softmax are float32 in all of them. `scale` defaults to 1/sqrt(dh).
     """
     b, lq, inner = q.shape
     split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, inner // num_heads)  # [b, l, heads, dh]
-    out = jax.nn.dot_product_attention(split(q), split(k), split(v), scale=scale, mask=mask)
+    out = dot_product_attention(split(q), split(k), split(v), kernel=kernel, scale=scale, mask=mask)
     return out.reshape(b, lq, inner)

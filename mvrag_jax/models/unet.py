@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from mvrag_jax.models import layers
 from mvrag_jax.models.attention import NORM_GROUPS, SpatialTransformer3D
+from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.models.embeddings import timestep_embedding
 from mvrag_jax.sharding import ACT_EMBED, BATCH, CONV_OUT, EMBED, MLP
 from mvrag_jax.release import Release
@@ -61,6 +62,7 @@ class UNetConfig:
     dtype: str = "float32"               # compute dtype of activations; params stay float32
     remat: str = "none"                  # none | full | dots_saveable (nn.remat policy per UNet block)
     num_heads: int = -1                  # heads per attention layer when num_head_channels is -1
+    attention: str = "auto"              # runtime.attention kernel (models/attention_kernels.py KERNELS)
 
     def __post_init__(self):
         # JSON gives lists; tuples keep the config hashable (it is a static jit argument).
@@ -72,6 +74,7 @@ class UNetConfig:
             raise UNetConfigError(f"unet dtype={self.dtype!r}; set runtime.dtype to one of {sorted(DTYPES)}")
         if self.remat not in REMAT_POLICIES:
             raise UNetConfigError(f"unet remat={self.remat!r}; set runtime.remat to one of {sorted(REMAT_POLICIES)}")
+        check_kernel(self.attention, "unet", UNetConfigError)
         if self.num_heads == -1 and self.num_head_channels == -1:
             raise UNetConfigError("unet config sets neither num_heads nor num_head_channels; set one of them")
         if isinstance(self.num_res_blocks, tuple) and len(self.num_res_blocks) != len(self.channel_mult):
@@ -94,7 +97,7 @@ class UNetConfig:
 
     @classmethod
     def from_release(cls, release: "Release", num_frames: int = 4, dtype: str = "float32",
-                     remat: str = "none") -> "UNetConfig":
+                     remat: str = "none", attention: str = "auto") -> "UNetConfig":
         """Sizes from the release's unet/config.json (the kwargs of the official MultiViewUNetModel)."""
         values = release.config("unet")
         if values is None:
@@ -111,7 +114,7 @@ class UNetConfig:
         known = {key: value for key, value in values.items() if key in fields}
         if "channel_mult" not in known:
             known["channel_mult"] = (1, 2, 4, 8)  # official default
-        return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat)
+        return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, attention=attention)
 
     @classmethod
     def from_config(cls, cfg) -> "UNetConfig":
@@ -121,7 +124,8 @@ class UNetConfig:
         if unknown:
             raise UNetConfigError(f"config.model.unet has unknown keys {unknown}; known: "
                                   f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**unet, num_frames=cfg.model.num_frames, dtype=cfg.runtime.dtype, remat=cfg.runtime.remat)
+        return cls(**unet, num_frames=cfg.model.num_frames, dtype=cfg.runtime.dtype, remat=cfg.runtime.remat,
+                   attention=cfg.runtime.attention)
 
     @property
     def compute_dtype(self) -> Dtype:
@@ -192,7 +196,8 @@ class MultiViewUNet(nn.Module):
 
         def transformer(channels: int) -> SpatialTransformer3D:
             heads, dim_head = c.heads(channels)
-            return SpatialTransformer3D(channels, heads, dim_head, c.num_frames, c.transformer_depth, dtype=dtype)
+            return SpatialTransformer3D(channels, heads, dim_head, c.num_frames, c.transformer_depth, dtype=dtype,
+                                        attention_kernel=c.attention)
 
         # Nested lists: flax names block i, layer j `input_blocks_i_j`, exactly the release's `input_blocks.i.j`.
         input_blocks = [[layers.conv(c.model_channels, 3, dtype=dtype)]]

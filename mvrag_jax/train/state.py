@@ -19,6 +19,7 @@ Where weights come from (cfg.train.init):
 
 import dataclasses
 import functools
+import logging
 import pathlib
 from typing import Any
 
@@ -32,15 +33,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mvrag_jax import sharding
 from mvrag_jax.bench import host_random_params
 from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, load_configs
+from mvrag_jax.convert.components import COMPONENTS as CONVERTED
 from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models import clip, resampler, unet, vae
 from mvrag_jax.train.trainable import merge_params, split_trainable
 
+_LOG = logging.getLogger(__name__)
 COMPONENTS = ("unet", "resampler", "clip_text", "clip_vision", "vae")
 INIT_MODES = ("random", "base")  # anything else is a checkpoint path
 IP_MODULES = {"to_k_ip": "to_k", "to_v_ip": "to_v"}  # image-branch projection -> the text projection it starts from
-_CONFIG_CLASSES = {"unet": unet.UNetConfig, "resampler": resampler.ResamplerConfig,
-                   "clip_text": clip.CLIPTextConfig, "clip_vision": clip.CLIPVisionConfig, "vae": vae.VAEConfig}
+_CONFIG_CLASSES = {c.name: c.config_class for c in CONVERTED}  # a checkpoint may hold more (dinov2): not trained
 
 
 class InitError(ValueError):
@@ -91,6 +93,10 @@ def model_configs(cfg: Any) -> ModelConfigs:
         raise InitError("cfg.train.init is empty; set --config.train.init to a converted checkpoint folder "
                         "(`mvrag convert --out`), or to random/base for a run without pretrained weights")
     dtype = str(cfg.runtime.dtype)
+    if cfg.runtime.attention == "pallas_tpu":
+        # 2D objects need a block-diagonal attn1 mask (train/step.py), which that kernel does not take.
+        raise InitError("runtime.attention='pallas_tpu' takes no attention mask, which training's 2D mode needs; "
+                        "set --config.runtime.attention=auto (or xla/cudnn) for training")
     if is_checkpoint_init(init):
         configs = load_configs(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
         missing = sorted({"unet", "clip_text", "clip_vision", "vae"} - set(configs))
@@ -101,7 +107,7 @@ def model_configs(cfg: Any) -> ModelConfigs:
         res = configs.get("resampler", resampler.ResamplerConfig.from_config(cfg))
         return ModelConfigs(
             unet=dataclasses.replace(configs["unet"], num_frames=int(cfg.model.num_frames), dtype=dtype,
-                                     remat=str(cfg.runtime.remat)),
+                                     remat=str(cfg.runtime.remat), attention=str(cfg.runtime.attention)),
             resampler=dataclasses.replace(res, dtype=dtype),
             clip_text=dataclasses.replace(configs["clip_text"], dtype=dtype),
             clip_vision=dataclasses.replace(configs["clip_vision"], dtype=dtype),
@@ -162,24 +168,24 @@ def _check_shapes(name: str, host: dict, shapes: dict, source: str) -> None:
                               "with this version of `mvrag convert`")
 
 
-def host_params(cfg: Any, shapes: dict) -> tuple[dict, bool]:
-    """(numpy params per component, whether the image branch must be initialised from the text branch)."""
+def host_params(cfg: Any, shapes: dict) -> dict:
+    """Numpy params per component; without "resampler" when it must be freshly initialised (base init)."""
     init, seed = str(cfg.train.init), int(cfg.train.seed)
     if not is_checkpoint_init(init):
-        host = {name: host_random_params(shapes[name], seed + i) for i, name in enumerate(COMPONENTS)
-                if name != "resampler"}
-        if init == "base":
-            host["unet"] = with_ip_from_text(_drop_ip(host["unet"]))
-        return host, init == "base"
-    _, loaded = load_checkpoint(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
-    host = {name: loaded[name] for name in COMPONENTS if name in loaded}
-    base = cfg.train.reset_ip or "resampler" not in host or not _has_ip(host["unet"])
+        host = {name: host_random_params(shapes[name], seed + i) for i, name in enumerate(COMPONENTS)}
+        base = init == "base"
+    else:
+        _, loaded = load_checkpoint(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
+        host = {name: loaded[name] for name in COMPONENTS if name in loaded}
+        base = bool(cfg.train.reset_ip) or "resampler" not in host or not _has_ip(host["unet"])
+    if base or init == "random":  # a real init for the resampler (host_random_params' zero biases are fine, its
+        host.pop("resampler", None)  # learned queries are not: they are the whole input of the first layer)
     if base:
-        host.pop("resampler", None)
         host["unet"] = with_ip_from_text(_drop_ip(host["unet"]))
+        _LOG.info("image branch of %s: to_k_ip/to_v_ip copied from to_k/to_v, fresh resampler", init)
     for name, params in host.items():
-        _check_shapes(name, params, shapes[name], f"checkpoint {init}")
-    return host, base
+        _check_shapes(name, params, shapes[name], f"init {init}")
+    return host
 
 
 def _drop_ip(unet_params: dict) -> dict:
@@ -190,7 +196,7 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
                shapes: dict, shardings: dict, rules=sharding.DEFAULT_RULES, trainable: str = "ip") -> TrainState:
     """A TrainState whose every array is born on its sharding (see the module docstring for the sources);
     `shapes`/`shardings` are `abstract_params(models, mesh, rules)`."""
-    host, _ = host_params(cfg, shapes)
+    host = host_params(cfg, shapes)
     params = {name: jax.device_put(host[name], shardings[name]) for name in host}
     if "resampler" not in params:  # the one jitted init: small, and born sharded
         params["resampler"] = sharding.init_sharded(models.init_fns()["resampler"], mesh, rules, rng)
@@ -199,9 +205,8 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
     abstract_opt = jax.eval_shape(tx.init, train_params)
     opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(abstract_opt, train_shardings, mesh))(train_params)
     scalar = NamedSharding(mesh, PartitionSpec())
-    zero = jax.device_put(jnp.zeros((), jnp.int32), scalar)
-    return TrainState(step=zero, trainable=train_params, frozen=frozen, opt_state=opt_state,
-                      skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+    zero = lambda: jax.device_put(np.zeros((), np.int32), scalar)  # host value: fine on every process
+    return TrainState(step=zero(), trainable=train_params, frozen=frozen, opt_state=opt_state, skipped_steps=zero())
 
 
 def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransformation, mesh: Mesh,

@@ -153,7 +153,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: ModelC
     grad_fn = jax.value_and_grad(diffusion_loss, has_aux=True)
     (loss, sums), grads = grad_fn(state.trainable, state.frozen, batch, latents, context, features, loss_key,
                                   models=models, options=options)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)

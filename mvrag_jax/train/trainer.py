@@ -140,6 +140,12 @@ def check_config(cfg: Any, models: state_lib.ModelConfigs, mesh: Mesh) -> None:
     if int(cfg.data.num_views) != models.unet.num_frames:
         raise TrainConfigError(f"data.num_views {cfg.data.num_views} != the UNet's num_frames "
                                f"{models.unet.num_frames}; set --config.model.num_frames to the data's views")
+    widths = {"resampler.output_dim": models.resampler.output_dim, "clip_text.hidden_size": models.clip_text.hidden_size,
+              "unet.context_dim": models.unet.context_dim}
+    if len(set(widths.values())) > 1 or models.resampler.embedding_dim != models.clip_vision.hidden_size:
+        raise TrainConfigError(f"component widths disagree: {widths}, resampler.embedding_dim "
+                               f"{models.resampler.embedding_dim} vs clip_vision.hidden_size "
+                               f"{models.clip_vision.hidden_size}; fix cfg.model (or convert a consistent release)")
     factor = models.vae.downscale_factor * 2 ** (len(models.unet.channel_mult) - 1)
     if int(cfg.data.image_size) % factor:
         raise TrainConfigError(f"data.image_size {cfg.data.image_size} is not a multiple of {factor} (VAE x UNet "

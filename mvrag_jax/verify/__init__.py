@@ -98,10 +98,15 @@ def run_cases(release_dir: str | pathlib.Path, cases_dir: str | pathlib.Path,
     unknown = sorted(set(only or ()) - set(CASES))
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; known cases: {', '.join(sorted(CASES))}")
+    selected = [name for name in present if not only or name in only]
+    if not present:
+        raise ValueError(f"cases directory {cases_dir} holds no *.npz cases; pass the folder with the reference "
+                         "cases (e.g. tests/reference/cases)")
+    if not selected:
+        raise ValueError(f"none of --only {sorted(only or ())} is present in {cases_dir} (present: "
+                         f"{', '.join(present)})")
     models = ReleaseModels.open(release_dir)
-    for name in present:
-        if only and name not in only:
-            continue
+    for name in selected:
         if name not in CASES:
             yield CaseResult(name, "skipped", None, {}, {"reason": "no check for this case file"})
             continue

@@ -70,3 +70,10 @@ def test_shapes_come_from_headers_and_match_the_tensors():
     release = Release.open(TINY_RELEASE)
     weights = release.weights("unet")
     assert release.shapes("unet") == {key: value.shape for key, value in weights.items()}
+
+
+def test_scalar_tensors_keep_their_empty_shape(tmp_path):
+    # CLIPModel's logit_scale is 0-d; writing it as [1] makes transformers refuse the file (size mismatch).
+    write_safetensors(tmp_path / "x.safetensors", {"logit_scale": np.asarray(2.5, np.float32)})
+    loaded = read_safetensors(tmp_path / "x.safetensors")["logit_scale"]
+    assert loaded.shape == () and loaded == np.float32(2.5)

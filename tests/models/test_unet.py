@@ -206,3 +206,38 @@ def test_remat_wraps_each_unet_block_once():
     assert _checkpoint_count(NANO) == 0
     assert _checkpoint_count(dataclasses.replace(NANO, remat="full")) == blocks
     assert _checkpoint_count(dataclasses.replace(NANO, remat="dots_saveable")) == blocks
+
+
+def test_2d_objects_attend_within_their_view_and_skip_the_camera():
+    """Training's 3D/2D batches: single_view objects behave like num_frames=1 (view 0 ignores views 1..3) and rows
+    with camera_mask 0 get no camera embedding; objects without the flags still mix views and read cameras."""
+    config = UNetConfig(image_size=8, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1,
+                        attention_resolutions=(1,), channel_mult=(1,), num_head_channels=16, context_dim=32,
+                        camera_dim=16, num_frames=4)
+    params = host_random_params(nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0))), seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 8, 8, 4)).astype(np.float32)  # 2 objects x 4 views
+    camera = rng.standard_normal((8, 16)).astype(np.float32)
+    context = rng.standard_normal((8, 77, 32)).astype(np.float32)
+    tokens = rng.standard_normal((8, 4, 32)).astype(np.float32)
+    single_view = np.array([False, True])        # object 0: 3D, object 1: 2D
+    camera_mask = np.repeat(~single_view, 4).astype(np.float32)
+    apply = jax.jit(lambda x, camera: MultiViewUNet(config).apply(
+        {"params": params}, x, np.full(8, 500.0, np.float32), context, camera, tokens, 1.0,
+        camera_mask=camera_mask, single_view=single_view))
+    base = np.asarray(apply(x, camera))
+    x_other = x.copy()
+    x_other[[1, 2, 3, 5, 6, 7]] += 1.0          # change views 1..3 of both objects
+    changed = np.asarray(apply(x_other, camera))
+    np.testing.assert_array_equal(changed[4], base[4])  # 2D object: view 0 does not see its other views
+    assert np.abs(changed[0] - base[0]).max() > 1e-3     # 3D object: it does
+    camera_other = camera + 100.0  # random weights: the camera path is weak, so move it far
+    moved = np.asarray(apply(x, camera_other))
+    np.testing.assert_array_equal(moved[4:], base[4:])  # camera_mask 0: camera ignored
+    assert np.abs(moved[:4] - base[:4]).max() > 1e-6     # (exactly equal would mean ignored here too)
+    # Without the flags the UNet is the inference model (parity cases cover it): views mix for every object.
+    plain = MultiViewUNet(config).apply({"params": params}, x_other, np.full(8, 500.0, np.float32), context, camera,
+                                        tokens, 1.0)
+    plain_base = MultiViewUNet(config).apply({"params": params}, x, np.full(8, 500.0, np.float32), context, camera,
+                                             tokens, 1.0)
+    assert np.abs(np.asarray(plain)[4] - np.asarray(plain_base)[4]).max() > 1e-3

@@ -1,0 +1,73 @@
+"""Command-line spelling for `mvrag`: dashed multi-word flags and config paths that work from any directory.
+
+absl only knows the names flags were defined with (`require_all`). Users and docs write `--require-all`, so
+`normalise_argv` maps each dashed spelling to the defined name before absl parses, and `dashed_help` shows the
+dashed spelling in `--help`. Both look only at names that are defined, so values and `--config.a_field` overrides
+pass through untouched.
+"""
+
+import re
+
+from absl import flags
+
+import configs
+
+# A flag token: `-name`, `--name` or `--name=value`; a dot (config overrides) never matches.
+_FLAG = re.compile(r"(--?)([A-Za-z][\w-]*)(=.*)?", re.S)
+
+
+def _defined_name(name: str, fv: flags.FlagValues) -> str | None:
+    """The defined flag `name` spells (`foo-bar` -> `foo_bar`, `no-foo-bar` -> `nofoo_bar` for booleans)."""
+    underscored = name.replace("-", "_")
+    for candidate in (name, underscored):
+        if candidate in fv:
+            return candidate
+    if underscored.startswith("no"):  # boolean negation: --nofoo-bar, --no-foo-bar, --no_foo_bar
+        base = underscored[2:].lstrip("_")
+        if base in fv and fv[base].boolean:
+            return f"no{base}"
+    return None
+
+
+def normalise_argv(args: list[str], fv: flags.FlagValues) -> list[str]:
+    """`args` (no program name) with every dashed flag name replaced by its defined, underscored name.
+
+    Tokens that follow a flag expecting a separate value, and everything after `--`, are left as they are.
+    """
+    out: list[str] = []
+    takes_value = False
+    for i, arg in enumerate(args):
+        if takes_value:
+            out.append(arg)
+            takes_value = False
+            continue
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        match = _FLAG.fullmatch(arg)
+        name = match and _defined_name(match[2], fv)
+        if not name:
+            out.append(arg)
+            continue
+        out.append(f"{match[1]}{name}{match[3] or ''}")
+        takes_value = match[3] is None and name in fv and not fv[name].boolean
+    return out
+
+
+def resolve_config_args(args: list[str], name: str = "config") -> list[str]:
+    """`--config PATH[:arg]` values made loadable from any directory (see `configs.resolve`)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in (f"-{name}", f"--{name}") and i + 1 < len(out):
+            out[i + 1] = configs.resolve(out[i + 1])
+        elif arg.startswith((f"-{name}=", f"--{name}=")):
+            flag, _, value = arg.partition("=")
+            out[i] = f"{flag}={configs.resolve(value)}"
+    return out
+
+
+def dashed_help(text: str, fv: flags.FlagValues) -> str:
+    """absl's help text with multi-word flags spelled with dashes (`--[no]require-all`, `--batch-size`)."""
+    for name in sorted((n for n in fv if "_" in n and "." not in n), key=len, reverse=True):
+        text = re.sub(rf"(--(?:\[no\])?){re.escape(name)}(?![\w.-])", lambda m: m[1] + name.replace("_", "-"), text)
+    return text
