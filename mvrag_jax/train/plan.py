@@ -99,8 +99,8 @@ def _abstract_unet(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[UNetConfig, Any]:
 
 def _train_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
     """The real train step (train/trainer.py: frozen encoders in-graph, optimizer update, donated state)."""
-    cfg = copy.deepcopy(cfg)  # references (data.batch_size -> train.batch_size) survive the copy
-    cfg.train.batch_size = batch
+    cfg = copy.deepcopy(cfg)
+    cfg.train.batch_size = cfg.data.batch_size = batch  # the plan's one process feeds the whole global batch
     if not str(cfg.train.init):
         cfg.train.init = "random"  # where weights come from does not change the compiled step; plans load none
     return make_trainer(cfg, mesh).compile()
@@ -249,6 +249,7 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "batch": batch,
         "dtype": cfg.runtime.dtype,
         "remat": cfg.runtime.remat,
+        "attention": cfg.runtime.get("attention"),
         "hbm_per_chip_bytes": topology.hbm_bytes,
         "peak_flops_per_chip": topology.peak_flops,
         "mfu_assumed": MFU,
@@ -308,7 +309,8 @@ def format_report(report: dict[str, Any]) -> str:
     hbm = report["hbm_per_chip_bytes"]
     lines = [f"plan: {report['topology']} ({report['devices']} x {report['device_kind']}), mesh "
              f"{','.join(f'{k}={v}' for k, v in report['mesh'].items())}, global batch {report['batch']}, "
-             f"{report['dtype']}, remat={report['remat']}" + ("  [cached]" if report.get("cached") else "")]
+             f"{report['dtype']}, remat={report['remat']}, attention={report.get('attention')}"
+             + ("  [cached]" if report.get("cached") else "")]
     for name, p in report["programs"].items():
         m = {k: v / GIB for k, v in p["memory"].items()}
         budget = "" if hbm is None else (f" of {hbm / GIB:.0f} GiB HBM ({100 * p['hbm_fraction']:.1f} %): "

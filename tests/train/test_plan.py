@@ -1,5 +1,6 @@
 """mvrag_jax/train/plan.py and topology.py: topology names, mesh flags, the report cache key, the batch search, and
-real ahead-of-time compiles of the tiny train step (fake CPU devices always; a TPU slice when libtpu is installed)."""
+real ahead-of-time compiles of the train step of configs/train.py:size=micro (the tiny config cut to one UNet level):
+on fake CPU devices always, on a TPU slice when libtpu is installed."""
 
 import importlib.util
 import json
@@ -183,8 +184,8 @@ def _check_program(p: dict, num_devices: int) -> None:
     assert p["compile_s"] > 0
 
 
-def test_plan_tiny_on_eight_cpu_devices_then_cached(tmp_path):
-    args = ("plan", "--config", "configs/train.py:size=tiny", "--topology", "cpu:8", "--mesh", "data=1,fsdp=8",
+def test_plan_micro_on_eight_cpu_devices_then_cached(tmp_path):
+    args = ("plan", "--config", "configs/train.py:size=micro", "--topology", "cpu:8", "--mesh", "data=1,fsdp=8",
             "--batch", "8", "--json", "--plan_cache_dir", str(tmp_path))
     first = _mvrag(*args)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -206,8 +207,8 @@ def test_plan_tiny_on_eight_cpu_devices_then_cached(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
-def test_plan_tiny_on_a_tpu_slice_without_a_tpu(tmp_path):
-    proc = _mvrag("plan", "--config", "configs/train.py:size=tiny", "--config.train.trainable=ip", "--topology",
+def test_plan_micro_on_a_tpu_slice_without_a_tpu(tmp_path):
+    proc = _mvrag("plan", "--config", "configs/train.py:size=micro", "--config.train.trainable=ip", "--topology",
                   "v5e:2x2", "--mesh", "data=1,fsdp=4", "--batch", "4", "--json", "--plan_cache_dir", str(tmp_path),
                   timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
