@@ -186,7 +186,7 @@ def _check_program(p: dict, num_devices: int) -> None:
 
 def test_plan_micro_on_eight_cpu_devices_then_cached(tmp_path):
     args = ("plan", "--config", "configs/train.py:size=micro", "--topology", "cpu:8", "--mesh", "data=1,fsdp=8",
-            "--batch", "8", "--json", "--plan_cache_dir", str(tmp_path))
+            "--batch", "8", "--json", "--plan_cache_dir", str(tmp_path), "--compile_cache_dir", str(tmp_path / "xla"))
     first = _mvrag(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     report = json.loads(first.stdout.strip().splitlines()[-1])
@@ -199,6 +199,7 @@ def test_plan_micro_on_eight_cpu_devices_then_cached(tmp_path):
     # The train step's state is donated: its outputs alias its arguments.
     assert report["programs"]["train"]["memory"]["alias_bytes"] > 0
     assert len(list(tmp_path.glob("*.json"))) == 1
+    assert not any((tmp_path / "xla").glob("*"))  # plans keep JAX's compilation cache off
 
     second = _mvrag(*args, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
