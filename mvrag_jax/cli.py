@@ -11,6 +11,7 @@
     mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
     mvrag eval (--ckpt DIR | --images DIR) --dataset ood_eval|DIR --out DIR [--clip_model DIR] [--dinov2 DIR] ...
     mvrag train --config configs/train.py:size=tiny --workdir DIR [--config.train.steps=100 ...]
+    mvrag plan --config configs/train.py --topology v5e:2x4 --mesh data=1,fsdp=8 --batch 24 [--find_max_batch]
 Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or underscores (--require-all,
 --require_all); `--config configs/NAME.py` finds the packaged configs from any directory.
 """
@@ -302,6 +303,9 @@ def _run_eval(fv, argv):
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
     else:
         print(f"wrote {run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, **common)}")
+    return 0
+
+
 # ---- train ---------------------------------------------------------------------------------------------------------
 def _define_train(fv):
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, tb/, loss.png, data/. A run resumes "
@@ -332,6 +336,55 @@ def _run_train(fv, argv):
     return 0
 
 
+# ---- plan ----------------------------------------------------------------------------------------------------------
+def _define_plan(fv):
+    flags.DEFINE_string("topology", "cpu:8", "Target slice: v5e:2x4, v4:2x2x1, v5p:2x2x2, v6e:4x4, a GCP accelerator "
+                        "type (v5litepod-8, v4-8) or cpu:N (fake CPU devices). TPU targets need libtpu "
+                        "(requirements-tpu.txt), not a TPU.", flag_values=fv)
+    flags.DEFINE_string("mesh", None, "data=1,fsdp=8[,tensor=1]; default: the config's mesh block.", flag_values=fv)
+    flags.DEFINE_integer("batch", None, "Global batch (objects); default: config train.batch_size.", flag_values=fv)
+    flags.DEFINE_list("programs", ["train", "sample"], "Programs to compile: train (the train step), sample (the "
+                      "jitted DDIM + CFG loop, one object, 50 steps).", flag_values=fv)
+    flags.DEFINE_bool("find_max_batch", False, "Search the largest global batch whose train step fits the chip's HBM "
+                      "(doubling, then bisection; multiples of data*fsdp).", flag_values=fv)
+    flags.DEFINE_integer("max_batch", 4096, "--find_max_batch: largest batch tried.", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print the report as one line of JSON.", flag_values=fv)
+    flags.DEFINE_string("plan_cache_dir", "~/.cache/mvrag_jax/plan", "Reports cached by config, topology, mesh, batch, "
+                        "versions and source hash; 'none' disables. (The XLA compile cache is always off for plans: "
+                        "it cannot serve compile-only TPU devices.)", flag_values=fv)
+
+
+def _setup_plan(fv) -> None:
+    """Plan-only process settings, before any backend starts: fake CPU devices or libtpu's compile-only setup."""
+    import jax
+    from mvrag_jax import platforms
+    from mvrag_jax.train.topology import parse_topology
+    topology = parse_topology(fv.topology)
+    if topology.platform == "cpu":
+        jax.config.update("jax_num_cpu_devices", max(topology.num_devices, 1))
+    else:
+        os.environ.update(platforms.compile_only_tpu_env(topology.accelerator_type))
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
+def _run_plan(fv, argv):
+    from mvrag_jax.train import plan
+    _setup_plan(fv)
+    mesh = plan.parse_mesh(fv.mesh) if fv.mesh else {k: int(fv.config.mesh[k]) for k in ("data", "fsdp", "tensor")}
+    cache = None if fv.plan_cache_dir.lower() == "none" else fv.plan_cache_dir
+    if fv.find_max_batch:
+        on_probe = lambda p: print(f"batch {p['batch']}: {p['memory_gib']} GiB per chip, "
+                                   f"{'fits' if p['fits'] else 'does not fit'}", file=sys.stderr, flush=True)
+        result = plan.find_max_batch(fv.config, fv.topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe)
+        print(json.dumps(result) if fv.json else f"largest batch that fits: {result['max_batch']}"
+              + ("" if result["plan"] is None else "\n" + plan.format_report(result["plan"])))
+        return 0
+    batch = fv.batch or int(fv.config.train.batch_size)
+    report = plan.plan(fv.config, fv.topology, mesh, batch, programs=fv.programs, cache_dir=cache)
+    print(json.dumps(report) if fv.json else f"{plan.format_report(report)}\n{json.dumps(report)}")
+    return 0
+
+
 COMMANDS = {c.name: c for c in (
     Command("convert", "Convert an official PyTorch release into an mvrag checkpoint.", _define_convert, _run_convert),
     Command("export", "Write a checkpoint back in the official PyTorch release layout.", _define_export, _run_export),
@@ -352,6 +405,9 @@ COMMANDS = {c.name: c for c in (
             _define_eval, _run_eval),
     Command("train", "Train (or resume) a run in --workdir; SIGTERM saves and exits 0.", _define_train, _run_train,
             config=("train.py:size=tiny", "Train config (configs/train.py[:arg]).")),
+    Command("plan", "Compile the train step and sampler for a TPU slice from shapes (no weights, no TPU): per-chip "
+            "memory, FLOPs, compile time.", _define_plan, _run_plan,
+            config=("train.py", "Train config (configs/train.py[:size=...]).")),
 )}
 
 
@@ -389,8 +445,18 @@ def command_help(command: Command) -> str:
     return f"mvrag {command.name}: {command.summary}\n\n{cli_flags.dashed_help(fv.get_help(), fv)}"
 
 
+def _select_platforms() -> None:
+    """Keep a machine with libtpu but no TPU on CPU (else every command prints libtpu's init errors)."""
+    from mvrag_jax.platforms import default_platforms
+    platforms = default_platforms()
+    if platforms is not None:
+        import jax
+        jax.config.update("jax_platforms", platforms)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    _select_platforms()
     # transformers (used for tokenizers only) otherwise announces at import that PyTorch is absent.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):

@@ -120,8 +120,9 @@ def model_configs(cfg: Any) -> ModelConfigs:
 def abstract_params(models: ModelConfigs, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> tuple[dict, dict]:
     """(ShapeDtypeStruct tree, NamedSharding tree) of all params, per component; eval_shape only."""
     shapes, shardings = {}, {}
+    key = jax.eval_shape(jax.random.key, 0)  # abstract: under a compile-only (AOT) mesh nothing may execute
     for name, init_fn in models.init_fns().items():
-        shapes[name], shardings[name] = sharding.abstract_state(init_fn, mesh, rules, jax.random.key(0))
+        shapes[name], shardings[name] = sharding.abstract_state(init_fn, mesh, rules, key)
     return shapes, shardings
 
 

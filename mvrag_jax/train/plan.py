@@ -1,0 +1,327 @@
+"""Ahead-of-time plans: compile the train step and the sampler for a target slice from shapes alone, and report.
+
+    report = plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8}, batch=24)      # no weights, no TPU needed
+    search = find_max_batch(cfg, "v5e:2x4", {"data": 1, "fsdp": 8})      # largest global batch that fits
+    print(format_report(report))
+
+Every input is a `ShapeDtypeStruct` carrying its sharding on a mesh of the target's devices (compile-only TPU
+devices from libtpu, or fake CPU devices), so nothing is allocated. The report gives, per chip: memory from
+`compiled.memory_analysis()` (arguments, outputs, temporaries, generated code; total against the chip's HBM),
+FLOPs per step from `compiled.cost_analysis()`, lower and compile seconds, and the step time at 40 % of the chip's
+peak bf16 FLOP/s.
+
+Reports are cached as JSON (default ~/.cache/mvrag_jax/plan/), keyed by config, topology, mesh, batch, programs,
+the jax/jaxlib/flax/libtpu versions and a hash of the mvrag_jax sources: JAX's persistent compilation cache cannot
+serve compile-only TPU devices (entries are written but never read back), so a repeated plan would compile again.
+"""
+
+import copy
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mvrag_jax import sharding
+from mvrag_jax.diffusion.ddim import DDIMSchedule
+from mvrag_jax.diffusion.sample import sample_jitted
+from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
+from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
+from mvrag_jax.train.trainer import make_trainer, schedule_of
+
+MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
+SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
+PROGRAMS = ("train", "sample")
+DEFAULT_CACHE_DIR = "~/.cache/mvrag_jax/plan"
+_SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]  # mvrag_jax/
+_MEMORY_FIELDS = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "output_size_in_bytes",
+                  "alias_bytes": "alias_size_in_bytes", "temp_bytes": "temp_size_in_bytes",
+                  "generated_code_bytes": "generated_code_size_in_bytes"}
+
+
+class PlanError(ValueError):
+    """A plan request that cannot be compiled as asked (mesh, batch or program names)."""
+
+
+# ---- targets -------------------------------------------------------------------------------------------------------
+def parse_mesh(text: str) -> dict[str, int]:
+    """`data=1,fsdp=8[,tensor=1]` -> sizes; missing axes are 1 except fsdp, which takes the remaining devices (-1)."""
+    sizes = {"data": 1, "fsdp": -1, "tensor": 1}
+    for item in filter(None, text.replace(" ", "").split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name not in sizes or not value.lstrip("-").isdigit():
+            raise PlanError(f"mesh {text!r}: expected name=size items with names {', '.join(sharding.MESH_AXES)}, "
+                            "e.g. data=1,fsdp=8,tensor=1")
+        sizes[name] = int(value)
+    return sizes
+
+
+def make_target_mesh(topology: Topology, mesh_sizes: dict[str, int]) -> jax.sharding.Mesh:
+    """The (data, fsdp, tensor) mesh over the target topology's devices."""
+    return sharding.make_mesh(**mesh_sizes, devices=topology_devices(topology))
+
+
+def _batch_shards(mesh: jax.sharding.Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]  # the batch axis is split over data x fsdp (sharding.BATCH)
+
+
+def _check_batch(batch: int, mesh: jax.sharding.Mesh) -> None:
+    shards = _batch_shards(mesh)
+    if batch < 1 or batch % shards:
+        raise PlanError(f"batch {batch} is not a positive multiple of data*fsdp={shards}; pass --batch as a "
+                        f"multiple of {shards}")
+
+
+def _rules(cfg: Any) -> tuple:
+    return sharding.make_rules(tuple(cfg.get("sharding_rules", ())))
+
+
+# ---- programs ------------------------------------------------------------------------------------------------------
+def _abstract(shape: Sequence[int], dtype: Any, mesh: jax.sharding.Mesh, spec: PartitionSpec) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=NamedSharding(mesh, spec))
+
+
+def _abstract_unet(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[UNetConfig, Any]:
+    """The UNet config and its params as sharded ShapeDtypeStructs (sharding.abstract_state: no allocation)."""
+    config = UNetConfig.from_config(cfg)
+    key = jax.eval_shape(jax.random.key, 0)  # abstract: nothing may execute on a compile-only mesh
+    shapes, shardings = sharding.abstract_state(init_params, mesh, _rules(cfg), config, key)
+    return config, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def _train_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
+    """The real train step (train/trainer.py: frozen encoders in-graph, optimizer update, donated state)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.batch_size = cfg.data.batch_size = batch  # the plan's one process feeds the whole global batch
+    if not str(cfg.train.init):
+        cfg.train.init = "random"  # where weights come from does not change the compiled step; plans load none
+    return make_trainer(cfg, mesh).compile()
+
+
+def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
+    """The jitted DDIM + CFG loop (diffusion/sample.py) for one object, SAMPLE_STEPS steps, params sharded."""
+    del batch  # the sampler generates one object (num_frames views) per call
+    config, params = _abstract_unet(cfg, mesh)
+    views, side = config.num_frames, config.image_size
+    tokens = cfg.model.num_retrieved * cfg.model.resampler.num_queries
+    train_timesteps = schedule_of(cfg).num_train_timesteps if "train" in cfg else DDIMSchedule().num_train_timesteps
+    replicated = lambda shape, dtype=jnp.float32: _abstract(shape, dtype, mesh, PartitionSpec())
+    camera = None if config.camera_dim is None else replicated((views, config.camera_dim))
+    args = (config, params, replicated((train_timesteps,)), replicated(()), replicated((SAMPLE_STEPS,), jnp.int32),
+            replicated((SAMPLE_STEPS,), jnp.int32), replicated((views, side, side, config.in_channels)),
+            replicated((2, CONTEXT_LENGTH, config.context_dim)), camera,
+            replicated((2 * views, tokens, config.context_dim)), replicated(()), replicated(()))
+    start = time.perf_counter()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)), \
+            jax.default_matmul_precision(str(cfg.runtime.matmul_precision)):
+        lowered = sample_jitted.lower(*args, return_trajectory=False)
+    return lowered.compile(), time.perf_counter() - start
+
+
+# program -> (build: (cfg, mesh, batch) -> (compiled, lower + compile seconds), loop steps XLA counts once)
+_BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], tuple[Any, float]]] = {
+    "train": _train_program,
+    "sample": _sample_program,
+}
+
+
+# ---- compile and measure -------------------------------------------------------------------------------------------
+def _memory(compiled: Any) -> dict[str, int]:
+    """Per-chip bytes of the compiled program; total = arguments + outputs - aliased (donated) + temps + code."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        raise PlanError("this backend reports no memory analysis for compiled programs; plan for a TPU topology")
+    memory = {name: int(getattr(stats, field, 0)) for name, field in _MEMORY_FIELDS.items()}
+    memory["total_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] - memory["alias_bytes"]
+                             + memory["temp_bytes"] + memory["generated_code_bytes"])
+    return memory
+
+
+def _flops(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older JAX: one dict per program
+    return float((cost or {}).get("flops", 0.0))
+
+
+def compile_program(build: Callable[[], tuple[Any, float]], topology: Topology, loop_steps: int = 1
+                    ) -> dict[str, Any]:
+    """Compile one program (`build` returns it with its lower + compile seconds): its per-chip figures on `topology`.
+
+    XLA's cost analysis counts a loop body once, so a program that is one `lax.scan` of `loop_steps` steps has its
+    FLOPs multiplied by `loop_steps` (the work outside the loop is negligible next to the UNet calls inside).
+    """
+    compiled, seconds = build()
+    memory, flops = _memory(compiled), _flops(compiled) * loop_steps
+    hbm, peak = topology.hbm_bytes, topology.peak_flops
+    return {
+        "memory": memory,
+        "memory_gib": round(memory["total_bytes"] / GIB, 3),
+        "hbm_fraction": None if hbm is None else round(memory["total_bytes"] / hbm, 4),
+        "fits": None if hbm is None else memory["total_bytes"] <= hbm,
+        "flops_per_chip": flops,
+        "flops_total": flops * topology.num_devices,
+        "projected_step_s": None if peak is None else flops / (MFU * peak),
+        "compile_s": round(seconds, 2),
+    }
+
+
+# ---- the report cache ----------------------------------------------------------------------------------------------
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def source_hash() -> str:
+    """sha256 over the mvrag_jax sources (path and content of every .py file): model or step code changed -> new key."""
+    digest = hashlib.sha256()
+    for path in sorted(_SOURCE_ROOT.rglob("*.py")):
+        digest.update(str(path.relative_to(_SOURCE_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(cfg: Any, topology: Topology, mesh_sizes: dict[str, int], batch: int, programs: Sequence[str]) -> str:
+    """Everything a plan's figures depend on, hashed."""
+    key = {
+        "config": json.loads(cfg.to_json_best_effort(sort_keys=True)) if hasattr(cfg, "to_json_best_effort") else cfg,
+        "topology": topology.name, "mesh": mesh_sizes, "batch": batch, "programs": list(programs),
+        "versions": {p: _version(p) for p in ("jax", "jaxlib", "flax", "libtpu")},
+        "source": source_hash(),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _cache_path(cache_dir: str | os.PathLike | None, key: str) -> pathlib.Path | None:
+    return None if cache_dir is None else pathlib.Path(os.path.expanduser(cache_dir)) / f"{key}.json"
+
+
+def _load(path: pathlib.Path | None) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged entry is recompiled and overwritten
+
+
+def _store(path: pathlib.Path | None, report: dict) -> None:
+    """Atomic write: a temp file in the cache folder renamed over the entry."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    os.replace(f.name, path)
+
+
+# ---- plans ---------------------------------------------------------------------------------------------------------
+def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: int,
+         programs: Sequence[str] = PROGRAMS, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR) -> dict[str, Any]:
+    """Compile `programs` of experiment config `cfg` for `topology` with global batch `batch`; the report dict.
+
+    `cache_dir=None` disables the report cache. A cached report is returned with "cached": True.
+    """
+    topology = parse_topology(topology) if isinstance(topology, str) else topology
+    unknown = sorted(set(programs) - set(_BUILDERS))
+    if unknown or not programs:
+        raise PlanError(f"unknown programs {unknown or list(programs)}; choose from {', '.join(_BUILDERS)}")
+    path = _cache_path(cache_dir, cache_key(cfg, topology, mesh_sizes, batch, programs))
+    cached = _load(path)
+    if cached is not None:
+        return {**cached, "cached": True}
+    mesh = make_target_mesh(topology, mesh_sizes)
+    _check_batch(batch, mesh)
+    report = {
+        "topology": topology.name,
+        "accelerator_type": topology.accelerator_type,
+        "devices": topology.num_devices,
+        "device_kind": mesh.devices.flat[0].device_kind,
+        "mesh": dict(mesh.shape),
+        "batch": batch,
+        "dtype": cfg.runtime.dtype,
+        "remat": cfg.runtime.remat,
+        "attention": cfg.runtime.get("attention"),
+        "hbm_per_chip_bytes": topology.hbm_bytes,
+        "peak_flops_per_chip": topology.peak_flops,
+        "mfu_assumed": MFU,
+        "versions": {p: _version(p) for p in ("jax", "jaxlib", "libtpu")},
+        "programs": {name: compile_program(lambda: _BUILDERS[name](cfg, mesh, batch), topology,
+                                           loop_steps=SAMPLE_STEPS if name == "sample" else 1) for name in programs},
+    }
+    _store(path, report)
+    return {**report, "cached": False}
+
+
+def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], max_batch: int = 4096,
+                   cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+                   on_probe: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Largest global batch (a multiple of data*fsdp, <= max_batch) whose train step fits the chip's HBM.
+
+    Doubles from one object per data-parallel shard until a compile does not fit, then bisects between the last fit
+    and the first miss. Each probe is a full `plan` of the train program (cached like one); `on_probe` sees each
+    probe's summary as it finishes. The result holds the probes and the plan report of the largest fitting batch.
+    """
+    topology = parse_topology(topology) if isinstance(topology, str) else topology
+    if topology.hbm_bytes is None:
+        raise PlanError(f"{topology.name} has no HBM size to fit against; search on a TPU topology (e.g. v5e:2x4)")
+    shards = _batch_shards(make_target_mesh(topology, mesh_sizes))
+    limit = max_batch // shards
+    if limit < 1:
+        raise PlanError(f"max_batch {max_batch} is below data*fsdp={shards}; raise --max_batch")
+    probes, reports = [], {}
+
+    def fits(units: int) -> bool:
+        report = plan(cfg, topology, mesh_sizes, units * shards, programs=("train",), cache_dir=cache_dir)
+        train = report["programs"]["train"]
+        reports[units] = report
+        probes.append({"batch": units * shards, "fits": train["fits"], "memory_gib": train["memory_gib"],
+                       "compile_s": train["compile_s"], "cached": report["cached"]})
+        if on_probe is not None:
+            on_probe(probes[-1])
+        return train["fits"]
+
+    good, bad = 0, None
+    units = 1
+    while bad is None and good < limit:  # doubling: 1, 2, 4, ... shards' worth of objects
+        if fits(units):
+            good, units = units, min(2 * units, limit)
+        else:
+            bad = units
+    while bad is not None and bad - good > 1 and good:  # bisection between the last fit and the first miss
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return {"topology": topology.name, "mesh": mesh_sizes, "max_batch": good * shards, "batch_multiple": shards,
+            "limit_reached": good == limit, "probes": probes, "plan": reports.get(good)}
+
+
+# ---- text output ---------------------------------------------------------------------------------------------------
+def format_report(report: dict[str, Any]) -> str:
+    """A short human-readable table of a `plan` report (per chip)."""
+    hbm = report["hbm_per_chip_bytes"]
+    lines = [f"plan: {report['topology']} ({report['devices']} x {report['device_kind']}), mesh "
+             f"{','.join(f'{k}={v}' for k, v in report['mesh'].items())}, global batch {report['batch']}, "
+             f"{report['dtype']}, remat={report['remat']}, attention={report.get('attention')}"
+             + ("  [cached]" if report.get("cached") else "")]
+    for name, p in report["programs"].items():
+        m = {k: v / GIB for k, v in p["memory"].items()}
+        budget = "" if hbm is None else (f" of {hbm / GIB:.0f} GiB HBM ({100 * p['hbm_fraction']:.1f} %): "
+                                         f"{'fits' if p['fits'] else 'DOES NOT FIT'}")
+        step = "" if p["projected_step_s"] is None else \
+            f", projected step {p['projected_step_s'] * 1e3:.1f} ms at {100 * report['mfu_assumed']:.0f} % of peak"
+        lines += [f"  {name}: per chip {m['total_bytes']:.3f} GiB{budget}",
+                  f"    arguments {m['argument_bytes']:.3f}, outputs {m['output_bytes']:.3f}, aliased "
+                  f"{m['alias_bytes']:.3f}, temporaries {m['temp_bytes']:.3f}, "
+                  f"code {m['generated_code_bytes']:.3f} GiB",
+                  f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per call{step}; lower + compile "
+                  f"{p['compile_s']} s"]
+    return "\n".join(lines)
+
