@@ -48,6 +48,24 @@ def _define_runtime(fv: flags.FlagValues) -> None:
                         "Persistent XLA compilation cache (reused across runs); 'none' disables it.", flag_values=fv)
 
 
+def _define_processes(fv: flags.FlagValues) -> None:
+    """Flags to join a multi-process job (train and generate): mvrag_jax/distributed.py."""
+    flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0 (omit on one host).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes join.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.", flag_values=fv)
+    flags.DEFINE_bool("multihost", False, "Join a Cloud TPU pod slice (coordinator, count and id auto-detected).",
+                      flag_values=fv)
+    flags.DEFINE_float("init_timeout", 300.0, "Seconds to wait for every process to connect before exiting with a "
+                       "message naming the missing one.", flag_values=fv)
+
+
+def _use_cpu_collectives(fv: flags.FlagValues) -> None:
+    if fv.num_processes and fv.num_processes > 1:  # CPU collectives between processes (tests, CPU clusters)
+        import jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
 def _setup_jax(fv: flags.FlagValues) -> None:
     """Process-wide JAX settings live here, at the CLI entry, and nowhere else."""
     import jax
@@ -145,11 +163,15 @@ def _define_generate(fv):
                          flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder: one subfolder per object (views, grid.png, record.json); "
                         "a rerun skips complete objects.", flag_values=fv)
+    _define_processes(fv)  # every process takes its own share of the objects and writes to the shared --out
     flags.mark_flags_as_required(["out"], flag_values=fv)
 
 
 def _run_generate(fv, argv):
-    from mvrag_jax import generate
+    from mvrag_jax import distributed, generate
+    _use_cpu_collectives(fv)
+    distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id, timeout_s=fv.init_timeout,
+                           auto=fv.multihost)
     settings = generate.Settings(steps=fv.steps, prior_steps=fv.prior_steps, guidance=fv.guidance,
                                  elevation=fv.elevation, dtype=fv.dtype, use_prior=not fv.no_prior,
                                  fusion_weight=fv.fusion_weight, k=fv.k, require_retrieval=fv.require_retrieval,
@@ -310,23 +332,14 @@ def _run_eval(fv, argv):
 def _define_train(fv):
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, tb/, loss.png, data/. A run resumes "
                         "from its latest checkpoint.", flag_values=fv)
-    flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0 (omit on one host).",
-                        flag_values=fv)
-    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes join.", flag_values=fv)
-    flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.", flag_values=fv)
-    flags.DEFINE_bool("multihost", False, "Join a Cloud TPU pod slice (coordinator, count and id auto-detected).",
-                      flag_values=fv)
-    flags.DEFINE_float("init_timeout", 300.0, "Seconds to wait for every process to connect before exiting with a "
-                       "message naming the missing one.", flag_values=fv)
+    _define_processes(fv)
     flags.mark_flags_as_required(["workdir"], flag_values=fv)
 
 
 def _run_train(fv, argv):
-    import jax
     from absl import logging
     from mvrag_jax.train import loop
-    if fv.num_processes and fv.num_processes > 1:  # CPU collectives between processes (tests, CPU clusters)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _use_cpu_collectives(fv)
     logging.set_verbosity(logging.INFO)
     logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)  # per-save chatter
     flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes

@@ -17,6 +17,14 @@ def tiny_ckpt(tmp_path_factory) -> pathlib.Path:
     return convert_release(TINY_RELEASE, tmp_path_factory.mktemp("ckpt") / "tiny", show_progress=False)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a multi-process test's coordinator)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def load_case(name: str) -> dict:
     """The arrays of reference case `name` (tests/reference/cases/<name>.npz)."""
     import numpy as np

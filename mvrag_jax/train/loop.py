@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from data_pipelines import build, loader
 from mvrag_jax import sharding
-from mvrag_jax.train import checkpoint, distributed, metrics, state as state_lib
+from mvrag_jax import distributed
+from mvrag_jax.train import checkpoint, metrics, state as state_lib
 from mvrag_jax.train.data import to_global
 
 SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
@@ -241,7 +242,7 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
 def launch(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, coordinator: str | None = None,
            num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
            multihost: bool = False, sample_fn: SampleFn | None = None) -> dict[str, Any]:
-    """`mvrag train`: join the job (train/distributed.py; a no-op on one process), then `run`."""
+    """`mvrag train`: join the job (mvrag_jax/distributed.py; a no-op on one process), then `run`."""
     distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
     return run(cfg, workdir, sample_fn=sample_fn)
 

@@ -2,7 +2,6 @@
 train together, each on its own data shard, and one process restores their checkpoint."""
 
 import json
-import socket
 import subprocess
 import time
 
@@ -11,18 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from mvrag_jax.train import checkpoint, distributed, loop
+from mvrag_jax import distributed
+from mvrag_jax.train import checkpoint, loop
+from tests.conftest import free_port
 from tests.train.conftest import REPO, subprocess_env, train_argv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_process_whose_peer_never_arrives_exits_within_the_timeout(tmp_path, compile_cache):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     argv = train_argv(tmp_path / "run", tmp_path / "data", compile_cache, f"--coordinator={address}",
                       "--num_processes=2", "--process_id=0", "--init_timeout=3")
     start = time.time()
@@ -43,7 +38,7 @@ def test_the_message_of_a_worker_names_the_coordinator():
 
 @pytest.mark.slow
 def test_two_processes_train_on_their_own_shards_and_one_restores(tmp_path, train_data_dir, compile_cache):
-    address, workdir = f"127.0.0.1:{_free_port()}", tmp_path / "run"
+    address, workdir = f"127.0.0.1:{free_port()}", tmp_path / "run"
     procs = [subprocess.Popen(train_argv(workdir, train_data_dir, compile_cache, "--config.train.steps=2",
                                          "--config.train.ckpt_every=1", "--config.data.batch_size=1",
                                          f"--coordinator={address}",

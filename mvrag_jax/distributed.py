@@ -52,7 +52,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     def watchdog():
         if not done.wait(timeout_s):
             message = missing_processes_message(coordinator, num_processes, process_id, timeout_s)
-            print(f"mvrag train: error: {message}", file=sys.stderr, flush=True)
+            print(f"mvrag: error: {message}", file=sys.stderr, flush=True)
             os._exit(2)  # the main thread is blocked inside C++; nothing else can end it cleanly
 
     threading.Thread(target=watchdog, name="distributed-init-watchdog", daemon=True).start()
