@@ -176,7 +176,7 @@ else
 fi
 
 # ---- 5. train on every worker (detached, so a dropped ssh does not stop it), then stream worker 0's log ----------
-TRAIN_ARGS="$(quote --config "$CONFIG" --workdir "$WORKDIR" "--config.data.data_dir=${DATA_DIR}" "${OVERRIDES[@]}")"
+TRAIN_ARGS="$(quote --config "$CONFIG" --workdir "$WORKDIR" --multihost "--config.data.data_dir=${DATA_DIR}" "${OVERRIDES[@]}")"
 on_workers "cd ~/${REMOTE_DIR} && nohup .venv/bin/mvrag train ${TRAIN_ARGS} > ~/mvrag_train.log 2>&1 &"
 run rm -f "$CODE_TGZ"
 run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log"

@@ -45,7 +45,7 @@ def test_dry_run_prints_the_whole_launch(tmp_path):
     mount = next(line for line in ssh if "gcsfuse" in line)
     assert "/mnt/gcs/bucket" in mount and "--implicit-dirs" in mount
     train = next(line for line in ssh if "mvrag train" in line)
-    for piece in ("--config configs/train.py:size=full", "--workdir gs://bucket/runs/r1",
+    for piece in ("--config configs/train.py:size=full", "--workdir gs://bucket/runs/r1", "--multihost",
                   "--config.data.data_dir=/mnt/gcs/bucket/data/mv", "--config.train.batch_size=24", "nohup"):
         assert piece in train
 
