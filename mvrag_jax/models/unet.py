@@ -110,7 +110,9 @@ class UNetConfig:
             if values.get(key, default) != default:
                 raise UNetConfigError(f"unet/config.json sets {key}={values[key]!r}; mvrag-jax implements only "
                                       f"{key}={default!r} (the MV-RAG release value)")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"image_branch"}
+        # Our runtime choices and the weight-derived image_branch are never read from a release config.
+        fields = {f.name for f in dataclasses.fields(cls)} - {"image_branch", "num_frames", "dtype", "remat",
+                                                              "attention"}
         # The official constructor swallows unknown kwargs (**kwargs), so unknown keys are ignored here too.
         known = {key: value for key, value in values.items() if key in fields}
         if "channel_mult" not in known:

@@ -114,11 +114,12 @@ def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any,
     tokens = cfg.model.num_retrieved * cfg.model.resampler.num_queries
     train_timesteps = schedule_of(cfg).num_train_timesteps if "train" in cfg else DDIMSchedule().num_train_timesteps
     replicated = lambda shape, dtype=jnp.float32: _abstract(shape, dtype, mesh, PartitionSpec())
-    camera = None if config.camera_dim is None else replicated((views, config.camera_dim))
+    # sample_loop takes a leading object axis (here one object): latents [1, views, ...], embeds [1, 2, L, ctx], ...
+    camera = None if config.camera_dim is None else replicated((1, views, config.camera_dim))
     args = (config, params, replicated((train_timesteps,)), replicated(()), replicated((SAMPLE_STEPS,), jnp.int32),
-            replicated((SAMPLE_STEPS,), jnp.int32), replicated((views, side, side, config.in_channels)),
-            replicated((2, CONTEXT_LENGTH, config.context_dim)), camera,
-            replicated((2 * views, tokens, config.context_dim)), replicated(()), replicated(()))
+            replicated((SAMPLE_STEPS,), jnp.int32), replicated((1, views, side, side, config.in_channels)),
+            replicated((1, 2, CONTEXT_LENGTH, config.context_dim)), camera,
+            replicated((1, 2, tokens, config.context_dim)), replicated((1,)), replicated(()))
     start = time.perf_counter()
     with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)), \
             jax.default_matmul_precision(str(cfg.runtime.matmul_precision)):

@@ -16,7 +16,7 @@ from mvrag_jax.convert.keys import flatten, params_to_state_dict
 from mvrag_jax.release import COMPONENT_FOLDERS, WEIGHTS_FILES, Release, write_safetensors
 from mvrag_jax.models import clip, dinov2, resampler, unet, vae
 
-RUNTIME_FIELDS = ("dtype", "remat", "num_frames", "source")  # ours, not in any release config.json
+RUNTIME_FIELDS = ("dtype", "remat", "num_frames", "source", "attention")  # ours, not in any release config.json
 
 OTHER_CONFIGS = {
     "unet": unet.UNetConfig(  # num_heads instead of num_head_channels, deeper transformers, other channels
