@@ -40,7 +40,7 @@ def test_eval_ckpt_generates_then_scores(eval_inputs, tiny_ckpt, tmp_path):
     assert (out / "fusion_weight_vs_score.png").is_file()
 
 
-@pytest.mark.slow  # 5 generation runs: ~75 s of CPU on the tiny model, several minutes on a busy 2-core machine
+# 5 generation runs of the tiny model: ~75 s of CPU; in the default suite, so CI runs the study the README documents
 def test_retrieval_study(eval_inputs, tiny_ckpt, tmp_path):
     out, common = tmp_path / "study", _common(eval_inputs)
     assert main(["mvrag", "eval", "--study", "retrieval", "--ckpt", str(tiny_ckpt), "--out", str(out), "--ks", "0,1"]
