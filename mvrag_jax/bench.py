@@ -67,7 +67,7 @@ def _count(tree: Any) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def _memory(compiled: Any) -> dict[str, int] | None:
+def compiled_memory(compiled: Any) -> dict[str, int] | None:
     """Bytes the compiled program needs, where the backend reports them."""
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -90,7 +90,7 @@ def _time_compiled(fn: Callable, args: tuple, steps: int) -> dict[str, Any]:
         jax.block_until_ready(compiled(*args))  # the compiled object cannot retrace: static shapes, one compile
         times.append(time.perf_counter() - begin)
     return {"lower_s": lowered_at - start, "compile_s": compiled_at - lowered_at,
-            "step_s": sum(times) / len(times), "step_min_s": min(times), "memory": _memory(compiled)}
+            "step_s": sum(times) / len(times), "step_min_s": min(times), "memory": compiled_memory(compiled)}
 
 
 def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> dict[str, Any]:

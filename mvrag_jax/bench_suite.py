@@ -5,8 +5,10 @@
 
 The file holds {"machine": {...}, "benchmarks": {name: figures | {"error": message}}}. Benchmarks: `unet`
 (bench.bench_unet), `data_<mode>` (data_pipelines/bench.py on configs/data.py:size=tiny), and those that exist in
-this checkout: `sample` (mvrag_jax/bench_sample.py). A benchmark that raises is recorded with its error and makes the
-command exit 1 after the file is written, so one broken benchmark neither hides the others nor passes silently.
+this checkout: `sample` (mvrag_jax/bench_sample.py); and `train` (mvrag_jax/bench_train.py: the train step on one
+device, of configs/train.py:size=tiny unless --config is itself a train config). A benchmark that raises is recorded
+with its error and makes the command exit 1 after the file is written, so one broken benchmark neither hides the
+others nor passes silently.
 """
 
 import datetime
@@ -54,6 +56,7 @@ def benchmarks(cfg: Any, steps: int, data_dir: str | None = None) -> dict[str, C
     if importlib.util.find_spec("mvrag_jax.bench_sample") is not None:
         from mvrag_jax import bench_sample
         table["sample"] = lambda: bench_sample.bench_sample(cfg, calls=steps)
+    table["train"] = lambda: _train(cfg, steps)
 
     def data(mode: str) -> Callable[[], dict]:
         def run() -> dict:
@@ -66,6 +69,15 @@ def benchmarks(cfg: Any, steps: int, data_dir: str | None = None) -> dict[str, C
         return run
     table.update({f"data_{mode}": data(mode) for mode in DATA_MODES})
     return table
+
+
+def _train(cfg: Any, steps: int) -> dict:
+    """The train step of `cfg` if it is a train config, else of configs/train.py:size=tiny, on one device."""
+    from mvrag_jax import bench_train
+    if "train" not in cfg:
+        from configs import train as train_config
+        cfg = train_config.get_config("size=tiny")
+    return bench_train.bench_train(cfg, ["data=1"], steps=steps)
 
 
 def run_all(cfg: Any, out: str | os.PathLike, *, steps: int = 3, only: list[str] | None = None,

@@ -5,6 +5,7 @@
     mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
     mvrag bench unet|sample --config configs/tiny.py
+    mvrag bench train --config configs/train.py:size=tiny --meshes data=1 --meshes data=2,fsdp=4 [--batch 8]
     mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
     mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
@@ -192,6 +193,37 @@ def _define_bench(fv):
     flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
                         "the bundled tiny release, which matches configs/tiny.py).", flag_values=fv)
     flags.DEFINE_string("out", "bench.json", "all: the JSON file to write.", flag_values=fv)
+    flags.DEFINE_multi_string("meshes", None, "train: meshes to time, e.g. data=1 (one device), data=8, "
+                              "data=2,fsdp=4 (axes not named are 1; -1 = the remaining devices); repeat the flag or "
+                              "separate meshes by spaces. On CPU, fake devices are made for the largest. Default: the "
+                              "config's mesh block.", flag_values=fv)
+    flags.DEFINE_integer("batch", None, "train: global objects per step (default: the config's train.batch_size); "
+                         "a multiple of data*fsdp of every mesh.", flag_values=fv)
+    flags.DEFINE_integer("warmup", 1, "train: untimed calls between the compile and the timed ones.", flag_values=fv)
+    flags.DEFINE_bool("find_max_batch", False, "train, on a GPU/TPU machine: the largest batch whose step runs "
+                      "(doubling, then bisection) on the first --meshes mesh, with its figures.", flag_values=fv)
+    flags.DEFINE_integer("max_batch", 1024, "train --find_max_batch: largest batch tried.", flag_values=fv)
+
+
+def _setup_fake_devices(count: int) -> None:
+    """CPU meshes of `count` devices need that many fake CPU devices, which only a JAX that has not started can
+    make. Ignored by GPU/TPU backends; an explicit XLA_FLAGS device count wins."""
+    import jax
+    if count > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError:  # JAX already started (main() called in-process): too few devices -> bench's error
+            pass
+
+
+def _run_bench_train(fv):
+    from mvrag_jax import bench_train
+    if fv.meshes:
+        _setup_fake_devices(bench_train.devices_needed(bench_train.parse_meshes(fv.meshes)))
+    if fv.find_max_batch:
+        return bench_train.find_max_batch(fv.config, fv.meshes, max_batch=fv.max_batch, steps=fv.steps,
+                                          warmup=fv.warmup)
+    return bench_train.bench_train(fv.config, fv.meshes, batch=fv.batch, steps=fv.steps, warmup=fv.warmup)
 
 
 def _run_bench_suite(fv, argv):
@@ -216,6 +248,7 @@ def _run_bench(fv, argv):
         "sample": lambda: bench_sample.bench_sample(fv.config, objects=[int(n) for n in fv.objects], calls=fv.steps,
                                                     sample_steps=fv.sample_steps, prior_steps=fv.prior_steps,
                                                     release_dir=fv.release),
+        "train": lambda: _run_bench_train(fv),
     }
     if len(argv) != 2 or argv[1] not in targets:
         raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
@@ -407,7 +440,7 @@ COMMANDS = {c.name: c for c in (
             _define_generate, _run_generate),
     Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
-    Command("bench", "Time compiles and calls: `mvrag bench unet|sample`; every benchmark to one JSON: "
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train`; every benchmark to one JSON: "
             "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
             _define_bench, _run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
     Command("index", "Build a BM25 or dense (CLIP) retrieval index from a captioned image collection.", _define_index,

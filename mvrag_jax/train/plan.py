@@ -52,9 +52,10 @@ class PlanError(ValueError):
 
 
 # ---- targets -------------------------------------------------------------------------------------------------------
-def parse_mesh(text: str) -> dict[str, int]:
-    """`data=1,fsdp=8[,tensor=1]` -> sizes; missing axes are 1 except fsdp, which takes the remaining devices (-1)."""
-    sizes = {"data": 1, "fsdp": -1, "tensor": 1}
+def parse_mesh(text: str, rest: str | None = "fsdp") -> dict[str, int]:
+    """`data=1,fsdp=8[,tensor=1]` -> sizes; missing axes are 1 except `rest`, which takes the remaining devices (-1)
+    unless given (rest=None: missing axes are all 1)."""
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1, **({} if rest is None else {rest: -1})}
     for item in filter(None, text.replace(" ", "").split(",")):
         name, sep, value = item.partition("=")
         if not sep or name not in sizes or not value.lstrip("-").isdigit():
@@ -262,6 +263,25 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
     return {**report, "cached": False}
 
 
+def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
+    """Largest n in 1..limit with fits(n) (0 if none), for a `fits` that holds up to some n and fails above it.
+
+    Doubles from 1 until a miss (or `limit`), then bisects between the last fit and the first miss; each call of
+    `fits` is a compile (or a run), so the search makes O(log limit) of them.
+    """
+    good, bad = 0, None
+    units = 1
+    while bad is None and good < limit:  # doubling: 1, 2, 4, ...
+        if fits(units):
+            good, units = units, min(2 * units, limit)
+        else:
+            bad = units
+    while bad is not None and bad - good > 1 and good:  # bisection between the last fit and the first miss
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
 def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], max_batch: int = 4096,
                    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
                    on_probe: Callable[[dict], None] | None = None) -> dict[str, Any]:
@@ -290,16 +310,7 @@ def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int
             on_probe(probes[-1])
         return train["fits"]
 
-    good, bad = 0, None
-    units = 1
-    while bad is None and good < limit:  # doubling: 1, 2, 4, ... shards' worth of objects
-        if fits(units):
-            good, units = units, min(2 * units, limit)
-        else:
-            bad = units
-    while bad is not None and bad - good > 1 and good:  # bisection between the last fit and the first miss
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    good = largest_fitting(fits, limit)
     return {"topology": topology.name, "mesh": mesh_sizes, "max_batch": good * shards, "batch_multiple": shards,
             "limit_reached": good == limit, "probes": probes, "plan": reports.get(good)}
 
