@@ -47,6 +47,14 @@ def train_block() -> mlc.ConfigDict:
         # model). A checkpoint without to_k_ip/to_v_ip or resampler (a base MVDream) gets the same base init.
         "init": "random",
         "reset_ip": False,           # True: re-initialise the image branch even if the checkpoint has one
+        # Storage dtype of the frozen weights (float32 | bfloat16). Layers compute in runtime.dtype, so with bf16
+        # compute a bf16 copy changes nothing but the norm/bias values' rounding and halves their memory. Export
+        # always takes frozen weights from the init checkpoint.
+        "frozen_dtype": "float32",
+        # Frozen encoders (VAE, CLIP text and vision) inside the step's XLA program ("in_step") or as their own
+        # program before it ("separate": same maths; the update program holds only UNet + resampler, compiles
+        # faster and its temporaries never hold encoder activations). mvrag plan reports both programs.
+        "encoders": "in_step",
         "optimizer": mlc.ConfigDict({
             "learning_rate": 5e-6,   # paper default (AdamW)
             "b1": 0.9, "b2": 0.999, "eps": 1e-8,
@@ -92,6 +100,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.data_dir = ""  # "" = WORKDIR/data (built there on first use); set a folder to share datasets across runs
     if args.size == "full":
         c.train.init = ""  # must be set: --config.train.init /path/to/converted/ckpt
+        c.train.frozen_dtype = "bfloat16"
         c.mesh.update(data=1, fsdp=-1, tensor=1)
     else:
         c.train.update(batch_size=8, steps=200, trainable="unet", log_every=10, ckpt_every=100, sample_every=100)

@@ -122,9 +122,10 @@ check_plan() {  # reads one plan report (JSON, last line) on stdin; exit 3 when 
 import json, sys
 report = json.loads(sys.stdin.read().strip().splitlines()[-1])
 train, gib = report["programs"]["train"], 1024 ** 3
-used, hbm = train["memory"]["total_bytes"] / gib, report["hbm_per_chip_bytes"] / gib
+used = report.get("train_peak_gib", train["memory"]["total_bytes"] / gib)  # peak over the step's programs
+hbm = report["hbm_per_chip_bytes"] / gib
 line = "plan: %s, batch %d: %.2f GiB per chip of %.0f GiB HBM" % (report["topology"], report["batch"], used, hbm)
-if not train["fits"]:
+if not report.get("train_fits", train["fits"]):
     sys.exit("tpu_train.sh: error: the train step does not fit: " + line + "; lower --config.train.batch_size, "
              "remat more (--config.runtime.remat=full) or use a larger slice (`mvrag plan --find_max_batch` finds "
              "the largest batch)")

@@ -130,9 +130,9 @@ def is_workdir(path: str | pathlib.Path) -> bool:
 
 def export_params(workdir: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, dict]:
     """(model checkpoint the run started from, its params with the trained ones merged in) for `step` (default:
-    the latest). Components the run does not hold (DINOv2) come from that checkpoint unchanged."""
+    the latest). Frozen weights come from that checkpoint, never from the run (which may hold them in bfloat16,
+    train.frozen_dtype); so do components the run does not hold (DINOv2)."""
     from mvrag_jax.convert import load_model_checkpoint
-    from mvrag_jax.train.trainable import merge_params
     step, cfg = restore_config(workdir, step)
     init = str(cfg.get("train", {}).get("init", ""))
     init_dir = pathlib.Path(init).expanduser()
@@ -142,12 +142,20 @@ def export_params(workdir: str | pathlib.Path, step: int | None = None) -> tuple
             "export with are unknown; export runs whose --config.train.init is a `mvrag convert` folder")
     _, params = load_model_checkpoint(init_dir)
     _, state = restore_state(workdir, step=step)
-    trained = jax.tree.map(np.asarray, merge_params(state["trainable"], state["frozen"]))
+    trained = jax.tree.map(np.asarray, state["trainable"])
     for name, tree in trained.items():
         if name not in params:
             raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")
-        params[name] = tree
+        params[name] = _overlay(params[name], tree)
     return init_dir, params
+
+
+def _overlay(base: dict, trained: dict) -> dict:
+    """`base` with every leaf that `trained` holds replaced (new keys added: the base-init image branch)."""
+    out = dict(base)
+    for key, value in trained.items():
+        out[key] = _overlay(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
 
 
 def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
