@@ -1,11 +1,14 @@
-"""mvrag_jax/train/workdir.py and the workdir writers of train/ (metrics, samples, loss PNG, data position check,
-export) against gs:// workdirs, offline: gs:// goes to tests/train/fake_gcs.py (flat objects, no appends, uploads
-visible only on close). Orbax's own arrays go through tensorstore's GCS driver, which this fake cannot stand in for;
-orbax documents gs:// support, and test_checkpoint.py covers the same calls on local disk."""
+"""mvrag_jax/train/workdir.py and the workdir writers of train/ (checkpoints, metrics, samples, loss PNG, data
+position check, export) against gs:// workdirs, offline: gs:// goes to tests/train/fake_gcs.py (flat objects, no
+appends, uploads visible only on close), for epath through fsspec and for orbax's arrays through tensorstore's GCS
+driver pointed at the fake's JSON API. The one thing answered without GCS is orbax's bucket metadata query
+(hierarchical namespace or not, via google-cloud-storage): a flat bucket, like the default GCS bucket."""
 
 import io
 import os
 import pathlib
+import re
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from PIL import Image
 
 from mvrag_jax.train import checkpoint, loop, metrics, workdir
 from tests.train import fake_gcs
+from tests.train.conftest import REPO
 
 RUN = "gs://bucket/runs/r1"
 
@@ -25,6 +29,18 @@ def gcs(monkeypatch, tmp_path):
     yield fake
     fake_gcs.uninstall()
     assert not (tmp_path / "gs:").exists(), "a gs:// path was written to local disk"
+
+
+@pytest.fixture
+def gcs_api(gcs, monkeypatch):
+    """`gcs` plus the JSON API for tensorstore (orbax's arrays) over the same objects."""
+    from orbax.checkpoint._src.path import gcs_utils
+    server = fake_gcs.serve()
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(gcs_utils, "get_bucket",
+                        lambda name: types.SimpleNamespace(name=name, hierarchical_namespace_enabled=False))
+    yield gcs
+    server.shutdown()
 
 
 def _object(fake, uri: str) -> bytes:
@@ -100,7 +116,7 @@ def test_samples_in_a_bucket(gcs):
         loop.write_samples({"grid": grid}, RUN, 12, writer)
     with Image.open(io.BytesIO(_object(gcs, f"{RUN}/samples/grid_00000012.png"))) as image:
         np.testing.assert_array_equal(np.asarray(image), grid)
-    tb = [data for key, (data, _) in gcs.objects.items() if "/tb/events." in key]
+    tb = [obj[0] for key, obj in gcs.objects.items() if "/tb/events." in key]
     assert len(tb) == 1 and b"samples/grid" in tb[0]
 
 
@@ -120,3 +136,44 @@ def test_export_from_a_bucket_path_that_is_not_a_workdir_names_the_fix(gcs, tmp_
                                                            r"in a bucket must be a `mvrag train` --workdir"):
         checkpoint.export("gs://bucket/ckpt", tmp_path / "out")
     assert not pathlib.Path(tmp_path / "out").exists()
+
+
+def test_orbax_checkpoints_in_a_bucket_restore_and_skip_uncommitted_steps(gcs_api):
+    import grain
+    import jax
+    import jax.numpy as jnp
+    from configs import train
+    cfg = train.get_config("size=micro")
+    state = {"w": jnp.arange(12.0).reshape(3, 4), "step": jnp.int32(7)}
+    data_iter = iter(grain.MapDataset.range(10).to_iter_dataset())
+    [next(data_iter) for _ in range(3)]
+    manager = checkpoint.open_manager(RUN, save_every=1)
+    assert checkpoint.latest_step(manager) is None
+    checkpoint.save(manager, 1, state, data_iter, cfg)
+    next(data_iter)
+    checkpoint.save(manager, 2, {"w": state["w"] + 1, "step": jnp.int32(8)}, data_iter, cfg)
+    manager.wait_until_finished()
+    manager.close()
+    keys = sorted(gcs_api.objects)
+    assert any(re.fullmatch(r"bucket/runs/r1/checkpoints/1/state/ocdbt\.process_0/d/\w+", k) for k in keys), keys
+    assert "bucket/runs/r1/checkpoints/1/data_iter/process_0-of-1.json" in keys
+    assert "bucket/runs/r1/checkpoints/2/commit_success.txt" in keys  # on GCS a step is committed by this file
+    assert checkpoint.is_workdir(RUN)
+
+    del gcs_api.objects["bucket/runs/r1/checkpoints/2/commit_success.txt"]  # as if killed before its last write
+    manager = checkpoint.open_manager(RUN, save_every=1)
+    assert checkpoint.latest_step(manager) == 1
+    fresh = iter(grain.MapDataset.range(10).to_iter_dataset())
+    restored, config = checkpoint.restore(manager, 1, jax.eval_shape(lambda: state), fresh)
+    manager.close()
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert int(restored["step"]) == 7 and next(fresh) == 3 and config["train"]["steps"] == cfg.train.steps
+    step, plain = checkpoint.restore_state(RUN)  # what `mvrag export --ckpt gs://...` reads
+    assert step == 1 and np.asarray(plain["w"]).sum() == 66.0
+
+
+def test_tpu_requirements_pin_what_bucket_workdirs_need():
+    tpu = (REPO / "requirements-tpu.txt").read_text().splitlines()
+    for package in ("gcsfs", "google-cloud-storage"):  # epath's gs:// backend; orbax's bucket metadata query
+        assert any(re.fullmatch(rf"{package}==[\d.]+", line) for line in tpu), package
+        assert not any(line.startswith(package) for line in (REPO / "requirements.txt").read_text().splitlines())
