@@ -177,3 +177,20 @@ def test_tpu_requirements_pin_what_bucket_workdirs_need():
     for package in ("gcsfs", "google-cloud-storage"):  # epath's gs:// backend; orbax's bucket metadata query
         assert any(re.fullmatch(rf"{package}==[\d.]+", line) for line in tpu), package
         assert not any(line.startswith(package) for line in (REPO / "requirements.txt").read_text().splitlines())
+
+
+@pytest.mark.slow  # two compiles of the micro step: ~3 min on a busy 2-core machine
+def test_a_training_run_in_a_bucket_then_resume(gcs_api, train_data_dir, tmp_path):
+    from configs import train
+    cfg = train.get_config("size=micro")
+    cfg.train.update(batch_size=2, steps=2, ckpt_every=1, log_every=1)
+    cfg.data.update(batch_size=2, data_dir=str(train_data_dir))
+    first = loop.run(cfg, RUN)
+    assert first["step"] == 2 and first["workdir"] == RUN and first["loss_png"] == f"{RUN}/loss.png"
+    cfg.train.steps = 3
+    resumed = loop.run(cfg, RUN)
+    assert resumed["start_step"] == 2 and resumed["step"] == 3
+    assert [r["step"] for r in metrics.read_metrics(RUN)] == [1, 2, 3]
+    keys = set(gcs_api.objects)
+    assert {f"bucket/runs/r1/checkpoints/{s}/commit_success.txt" for s in (2, 3)} <= keys
+    assert len([k for k in keys if "/tb/events.out.tfevents." in k]) == 2
