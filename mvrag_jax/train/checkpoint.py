@@ -166,8 +166,8 @@ def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, 
     from mvrag_jax.convert.export import export_release
     if not is_workdir(ckpt_or_workdir):
         if workdir_lib.is_remote(ckpt_or_workdir):
-            raise NoCheckpointError(f"{ckpt_or_workdir} holds no {CHECKPOINT_DIR}/ folder: a --ckpt in a bucket must be "
-                                    "a `mvrag train` --workdir; copy a converted checkpoint to local disk to export it")
+            raise NoCheckpointError(f"{ckpt_or_workdir} holds no {CHECKPOINT_DIR}/ folder: a --ckpt in a bucket must "
+                                    "be a `mvrag train` --workdir; copy a converted checkpoint to local disk to export it")
         return export_checkpoint(ckpt_or_workdir, out_dir, dtype=dtype, overwrite=overwrite)
     init_dir, params = export_params(ckpt_or_workdir, step)
     return export_release(init_dir, params, out_dir, dtype=dtype, overwrite=overwrite)

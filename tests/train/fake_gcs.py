@@ -1,4 +1,4 @@
-"""An in-memory stand-in for gcsfs, registered with fsspec as `gs`/`gcs`, so `etils.epath.Path("gs://...")` runs offline.
+"""An in-memory stand-in for gcsfs, registered with fsspec as `gs`/`gcs`: `etils.epath.Path("gs://...")` offline.
 
 It keeps GCS's semantics where they differ from a disk, so code that only works on a disk fails here too:
   - objects are flat keys (`bucket/a/b.txt`); a "folder" exists only while some object is under it, and mkdir is a
