@@ -23,7 +23,8 @@ usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --work
   --project           GCP project (default: gcloud's configured project)
   --accelerator_type  e.g. v5litepod-8, v4-8, v5p-8, v6e-8 (also the topology `mvrag plan` compiles for)
   --runtime_version   TPU VM software version (default: the usual one for the chip)
-  --workdir           gs:// folder for checkpoints and logs (mvrag train --workdir)
+  --workdir           gs:// folder for checkpoints, metrics.jsonl, tb/, samples/ and loss.png (mvrag train
+                      --workdir); every worker writes it directly (gcsfs + tensorstore, requirements-tpu.txt)
   --config            train config (default configs/train.py:size=full)
   --mesh              mesh for the plan, e.g. data=1,fsdp=8 (default: the config's mesh block)
   --data              gs://bucket/path of the ArrayRecord datasets (tfds data_dir)
