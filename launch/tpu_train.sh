@@ -123,7 +123,7 @@ check_plan() {  # reads one plan report (JSON, last line) on stdin; exit 3 when 
 import json, sys
 report = json.loads(sys.stdin.read().strip().splitlines()[-1])
 train, gib = report["programs"]["train"], 1024 ** 3
-used = report.get("train_peak_gib", train["memory"]["total_bytes"] / gib)  # peak over the step's programs
+used = report.get("train_peak_gib", train["memory"]["total_bytes"] / gib)  # peak over the programs of the step
 hbm = report["hbm_per_chip_bytes"] / gib
 line = "plan: %s, batch %d: %.2f GiB per chip of %.0f GiB HBM" % (report["topology"], report["batch"], used, hbm)
 if not report.get("train_fits", train["fits"]):
