@@ -25,6 +25,9 @@ Variants (arg string):
 - `size=micro`: tiny, shrunk to a one-level UNet and a one-block VAE on 16 px views: the smallest consistent model,
   for tests of the training machinery (compiles in a fraction of tiny's time).
 
+Samples: every `train.sample_every` steps, grids of `train.sample_count` fixed validation objects in WORKDIR/samples
+(mvrag_jax/train/samples.py; `train.sample_steps` DDIM steps, few for the small sizes; the demo samples none).
+
 Numerics (compute dtype, matmul precision, remat policy) live in `runtime` (configs/common.py), as for every model
 config: params and optimizer state are always float32 ("master"), activations run in runtime.dtype.
 """

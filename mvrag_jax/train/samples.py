@@ -151,6 +151,7 @@ def make_sample_fn(cfg: mlc.ConfigDict, trainer: Trainer) -> Sampler:
     # Abstract stand-ins for the trained weights (each call passes the state's own): enough to build and check.
     params = {name: None for name in state_lib.COMPONENTS} | extra_params
     pipeline = Pipeline.from_components(release, configs, params, num_views=models.unet.num_frames,
+                                        image_size=int(cfg.data.image_size),  # the training resolution
                                         dtype=str(cfg.runtime.dtype), mesh=trainer.mesh, replicate=False, **settings)
     use_prior = pipeline.has_dinov2
     if not use_prior:
