@@ -50,6 +50,10 @@ _CHECKPOINT_CLASSES = {c.name: c.config_class for c in CONVERTED}
 _SEED = 0  # the retrieval simulation's seed (with the record index): the same retrieved images at every step
 
 
+class SampleConfigError(ValueError):
+    """The sample settings of the train config cannot run; the message names the field."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleObject:
     name: str                           # file name stem: <position>_<slug of the prompt>
@@ -140,6 +144,9 @@ class Sampler:
 def make_sample_fn(cfg: mlc.ConfigDict, trainer: Trainer) -> Sampler:
     """The sampler of a run of `cfg` (resolved: data.data_dir set, datasets built) on `trainer`'s mesh."""
     t, models = cfg.train, trainer.models
+    if int(t.sample_count) < 1:
+        raise SampleConfigError(f"train.sample_count={t.sample_count}; set --config.train.sample_count to at least 1 "
+                                "(or --config.train.sample_every=0 for no samples)")
     folder = _release_files(cfg)
     if folder is not None:
         release, settings = Release.open(folder), {}
@@ -148,8 +155,8 @@ def make_sample_fn(cfg: mlc.ConfigDict, trainer: Trainer) -> Sampler:
         release, settings = None, _config_settings(cfg, trainer)
         extra_configs, extra_params = {}, {}
     configs = {name: getattr(models, name) for name in state_lib.COMPONENTS} | extra_configs
-    # Abstract stand-ins for the trained weights (each call passes the state's own): enough to build and check.
-    params = {name: None for name in state_lib.COMPONENTS} | extra_params
+    # Abstract stand-ins for the trained weights (each call swaps in the state's own): enough to build and check.
+    params = trainer.abstract_state.params() | extra_params
     pipeline = Pipeline.from_components(release, configs, params, num_views=models.unet.num_frames,
                                         image_size=int(cfg.data.image_size),  # the training resolution
                                         dtype=str(cfg.runtime.dtype), mesh=trainer.mesh, replicate=False, **settings)

@@ -117,3 +117,15 @@ def test_sampler_settings_follow_the_init(train_data_dir, tiny_ckpt):
         assert a.request.seed == b.request.seed and len(a.request.retrieved) == cfg.data.num_retrieved
         for x, y in zip(a.request.retrieved, b.request.retrieved):
             np.testing.assert_array_equal(x, y)
+
+
+def test_a_sample_count_below_one_names_the_fields(train_data_dir):
+    from configs import train
+    from mvrag_jax.train import samples
+    from mvrag_jax.train.trainer import make_mesh, make_trainer
+    cfg = train.get_config("size=micro")
+    cfg.train.batch_size = cfg.data.batch_size = 2
+    cfg.train.sample_count = 0
+    with pytest.raises(samples.SampleConfigError, match=r"sample_count=0; set --config.train.sample_count to at least "
+                                                        r"1 \(or --config.train.sample_every=0"):
+        samples.make_sample_fn(cfg, make_trainer(cfg, make_mesh(cfg)))
