@@ -93,10 +93,6 @@ def model_configs(cfg: Any) -> ModelConfigs:
         raise InitError("cfg.train.init is empty; set --config.train.init to a converted checkpoint folder "
                         "(`mvrag convert --out`), or to random/base for a run without pretrained weights")
     dtype = str(cfg.runtime.dtype)
-    if cfg.runtime.attention == "pallas_tpu":
-        # 2D objects need a block-diagonal attn1 mask (train/step.py), which that kernel does not take.
-        raise InitError("runtime.attention='pallas_tpu' takes no attention mask, which training's 2D mode needs; "
-                        "set --config.runtime.attention=auto (or xla/cudnn) for training")
     if is_checkpoint_init(init):
         configs = load_configs(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
         missing = sorted({"unet", "clip_text", "clip_vision", "vae"} - set(configs))
