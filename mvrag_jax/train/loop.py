@@ -19,6 +19,9 @@ WORKDIR may be a bucket (gs://...; train/workdir.py): orbax writes the checkpoin
 the JSONL and TensorBoard files locally and uploads them, and PNGs are single uploads. Datasets are then not built
 into WORKDIR/data but into a local folder on each host (~/.cache/mvrag_jax/data/gs/BUCKET/PATH; the builders write
 local files, and every host builds the same bytes from the config), unless --config.data.data_dir names one.
+
+Without a `sample_fn`, a run with sample steps ahead uses train/samples.py's (grids of fixed validation objects).
+Sampling time, its compile included, is kept out of the step timings (steps_per_s) and reported apart (sample_s).
 """
 
 import contextlib
@@ -191,6 +194,10 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
         _check_data_position(workdir, start, num_processes)
         state, _ = checkpoint.restore(manager, start, trainer.abstract_state, data_iter)
         logging.info("resumed %s at step %d", workdir, start)
+    sampler = None
+    if sample_fn is None and samples_due(t, start):
+        from mvrag_jax.train.samples import make_sample_fn  # heavy: the pipeline
+        sample_fn = sampler = make_sample_fn(cfg, trainer)
     rng = jax.random.key(t.seed)
     summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
                "processes": num_processes, "checkpoint_step": start}
@@ -237,7 +244,13 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
                 summary["last"] = records[-1]
                 pending, window_start, window_steps = [], time.perf_counter(), 0
             if sample_fn is not None and t.sample_every > 0 and step % t.sample_every == 0:
+                sample_start = time.perf_counter()
                 write_samples(sample_fn(state, step), workdir, step, writer)
+                sample_s = time.perf_counter() - sample_start
+                window_start += sample_s  # not step time: the next record's steps_per_s excludes it
+                writer.scalar("perf/sample_s", sample_s, step)
+                summary["sample_s"] = summary.get("sample_s", 0.0) + sample_s
+                logging.info("samples of step %d in %.1f s (compile included; not step time)", step, sample_s)
             if preempted:
                 logging.warning("stopping at step %d (preemption); saving", step)
                 summary["preempted"] = True
@@ -250,11 +263,19 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
         manager.wait_until_finished()
         manager.close()
         summary.update(step=step, train_s=time.perf_counter() - run_start)
+        if sampler is not None:
+            summary["sample_compile_s"] = sampler.compile_seconds
     if is_main:
         png = metrics.plot_loss(workdir)
         summary["loss_png"] = str(png) if png else None
     summary["checkpoint_step"] = step
     return summary
+
+
+def samples_due(t: mlc.ConfigDict, start: int) -> bool:
+    """Whether a multiple of train.sample_every falls in (start, train.steps]."""
+    every = int(t.sample_every)
+    return every > 0 and int(t.steps) // every > start // every
 
 
 def launch(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, coordinator: str | None = None,
