@@ -25,6 +25,9 @@ Variants (arg string):
 - `size=micro`: tiny, shrunk to a one-level UNet and a one-block VAE on 16 px views: the smallest consistent model,
   for tests of the training machinery (compiles in a fraction of tiny's time).
 
+Samples: every `train.sample_every` steps, grids of `train.sample_count` fixed validation objects in WORKDIR/samples
+(mvrag_jax/train/samples.py; `train.sample_steps` DDIM steps, few for the small sizes; the demo samples none).
+
 Numerics (compute dtype, matmul precision, remat policy) live in `runtime` (configs/common.py), as for every model
 config: params and optimizer state are always float32 ("master"), activations run in runtime.dtype.
 """
@@ -47,6 +50,14 @@ def train_block() -> mlc.ConfigDict:
         # model). A checkpoint without to_k_ip/to_v_ip or resampler (a base MVDream) gets the same base init.
         "init": "random",
         "reset_ip": False,           # True: re-initialise the image branch even if the checkpoint has one
+        # Storage dtype of the frozen weights (float32 | bfloat16). Layers compute in runtime.dtype, so with bf16
+        # compute a bf16 copy changes nothing but the norm/bias values' rounding and halves their memory. Export
+        # always takes frozen weights from the init checkpoint.
+        "frozen_dtype": "float32",
+        # Frozen encoders (VAE, CLIP text and vision) inside the step's XLA program ("in_step") or as their own
+        # program before it ("separate": same maths; the update program holds only UNet + resampler, compiles
+        # faster and its temporaries never hold encoder activations). mvrag plan reports both programs.
+        "encoders": "in_step",
         "optimizer": mlc.ConfigDict({
             "learning_rate": 5e-6,   # paper default (AdamW)
             "b1": 0.9, "b2": 0.999, "eps": 1e-8,
@@ -69,7 +80,13 @@ def train_block() -> mlc.ConfigDict:
         # Intervals (steps) for the loop (mvrag_jax/train/loop.py).
         "log_every": 50,
         "ckpt_every": 2000,
-        "sample_every": 5000,
+        "sample_every": 5000,        # 0: no samples. Grids in WORKDIR/samples (mvrag_jax/train/samples.py):
+        "sample_count": 2,           # objects spread over the validation split of the run's data (caption as
+                                     # prompt, its simulated retrievals), fixed seeds: grids comparable over steps
+        "sample_steps": 50,          # DDIM steps of the main pass
+        "sample_prior_steps": 10,    # of the prior pass (DINOv2 fusion weight; skipped when the init has no DINOv2,
+                                     # then the main pass runs at ip_scale)
+        "sample_guidance": 5.0,
         "keep_checkpoints": 3,
     })
 
@@ -92,9 +109,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.data_dir = ""  # "" = WORKDIR/data (built there on first use); set a folder to share datasets across runs
     if args.size == "full":
         c.train.init = ""  # must be set: --config.train.init /path/to/converted/ckpt
+        c.train.frozen_dtype = "bfloat16"
         c.mesh.update(data=1, fsdp=-1, tensor=1)
     else:
-        c.train.update(batch_size=8, steps=200, trainable="unet", log_every=10, ckpt_every=100, sample_every=100)
+        c.train.update(batch_size=8, steps=200, trainable="unet", log_every=10, ckpt_every=100, sample_every=100,
+                       sample_steps=10, sample_prior_steps=3)
         c.train.optimizer.update(learning_rate=1e-4, warmup_steps=10)
         c.train.update(cfg_drop_text=0.1, cfg_drop_image=0.1, cfg_drop_both=0.1)
         c.mesh.update(data=-1, fsdp=1, tensor=1)

@@ -23,7 +23,8 @@ usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --work
   --project           GCP project (default: gcloud's configured project)
   --accelerator_type  e.g. v5litepod-8, v4-8, v5p-8, v6e-8 (also the topology `mvrag plan` compiles for)
   --runtime_version   TPU VM software version (default: the usual one for the chip)
-  --workdir           gs:// folder for checkpoints and logs (mvrag train --workdir)
+  --workdir           gs:// folder for checkpoints, metrics.jsonl, tb/, samples/ and loss.png (mvrag train
+                      --workdir); every worker writes it directly (gcsfs + tensorstore, requirements-tpu.txt)
   --config            train config (default configs/train.py:size=full)
   --mesh              mesh for the plan, e.g. data=1,fsdp=8 (default: the config's mesh block)
   --data              gs://bucket/path of the ArrayRecord datasets (tfds data_dir)
@@ -122,9 +123,10 @@ check_plan() {  # reads one plan report (JSON, last line) on stdin; exit 3 when 
 import json, sys
 report = json.loads(sys.stdin.read().strip().splitlines()[-1])
 train, gib = report["programs"]["train"], 1024 ** 3
-used, hbm = train["memory"]["total_bytes"] / gib, report["hbm_per_chip_bytes"] / gib
+used = report.get("train_peak_gib", train["memory"]["total_bytes"] / gib)  # peak over the programs of the step
+hbm = report["hbm_per_chip_bytes"] / gib
 line = "plan: %s, batch %d: %.2f GiB per chip of %.0f GiB HBM" % (report["topology"], report["batch"], used, hbm)
-if not train["fits"]:
+if not report.get("train_fits", train["fits"]):
     sys.exit("tpu_train.sh: error: the train step does not fit: " + line + "; lower --config.train.batch_size, "
              "remat more (--config.runtime.remat=full) or use a larger slice (`mvrag plan --find_max_batch` finds "
              "the largest batch)")

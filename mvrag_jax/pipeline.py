@@ -54,7 +54,7 @@ DTYPES = ("float32", "bfloat16")
 DATA_AXES = ("data", "fsdp")  # the mesh axes objects are split over
 STAGES = ("encode", "prior", "fusion", "main", "decode")
 TEXT_COMPONENTS = ("unet", "clip_text", "vae")
-IMAGE_COMPONENTS = ("resampler", "clip_vision", "dinov2")
+IMAGE_COMPONENTS = ("resampler", "clip_vision")  # and "dinov2" for the prior pass
 
 
 class PipelineError(ValueError):
@@ -105,27 +105,48 @@ class ObjectResult:
 
 @dataclasses.dataclass
 class Pipeline:
-    """Models of one release, ready to generate. Build with `Pipeline.load` (or `from_components`)."""
+    """Models of one release, ready to generate. Build with `Pipeline.load` (or `from_components`).
 
-    release: Release                    # the release (or a checkpoint's release_files/) for tokenizer, configs
+    The host-side settings (schedule, tokenizer, CLIP and DINOv2 processors) come from `release` unless given, so a
+    pipeline can also run models held in memory without a release (training samples, mvrag_jax/train/samples.py).
+    `dataclasses.replace(pipe, params=...)` swaps the weights and keeps the compiled programs and the settings."""
+
+    release: Release | None             # the release (or a checkpoint's release_files/) for tokenizer, configs
     configs: dict[str, Any]
     params: dict[str, Any]              # on device (replicated over `mesh` when given)
     num_views: int
     image_size: int
     mesh: Mesh | None = None
     programs: stages.Programs = dataclasses.field(default_factory=stages.Programs)
+    schedule: ddim.DDIMSchedule | None = None
+    tokenizer: Any = None               # a transformers CLIPTokenizer
+    clip_processor: images.CLIPImageProcessorConfig | None = None
+    dino_processor: images.CLIPImageProcessorConfig | None = None
+
+    def _from_release(self, what: str, read: Any) -> Any:
+        if self.release is None:
+            raise PipelineError(f"no release to read the {what} from; pass it to Pipeline.from_components")
+        return read(self.release)
 
     def __post_init__(self):
-        self.schedule = ddim.DDIMSchedule.from_release(self.release)
-        self.tokenizer = text.load_tokenizer(self.release)
+        if self.schedule is None:
+            self.schedule = self._from_release("scheduler config", ddim.DDIMSchedule.from_release)
+        if self.tokenizer is None:
+            self.tokenizer = self._from_release("tokenizer", text.load_tokenizer)
         self.has_image_branch = self.configs["unet"].image_branch
+        # DINOv2 serves only the prior pass's fusion weight: without it, image-conditioned objects need a fixed
+        # fusion_weight (SamplingOptions(use_prior=False, ...)).
+        self.has_dinov2 = "dinov2" in self.params
         if self.has_image_branch:
             missing = [name for name in IMAGE_COMPONENTS if name not in self.params]
             if missing:
                 raise PipelineError(f"the UNet has an image branch but the models lack {missing}; convert the full "
                                     "MV-RAG release (resampler/, image_encoder/, facebook/dinov2-base/)")
-            self.clip_processor = images.CLIPImageProcessorConfig.from_release(self.release)
-            self.dino_processor = dinov2.processor_config(self.release)
+            if self.clip_processor is None:
+                self.clip_processor = self._from_release("CLIP image processor",
+                                                         images.CLIPImageProcessorConfig.from_release)
+        if self.has_dinov2 and self.dino_processor is None:
+            self.dino_processor = self._from_release("DINOv2 image processor", dinov2.processor_config)
         factor = self.configs["vae"].downscale_factor
         if self.image_size % factor:
             raise PipelineError(f"image_size={self.image_size} is not a multiple of the VAE factor {factor}")
@@ -137,11 +158,15 @@ class Pipeline:
     def from_components(cls, release: Release, configs: dict[str, Any], params: dict[str, Any], *,
                         num_views: int = 4, image_size: int | None = None, dtype: str = "float32",
                         mesh: Mesh | None = None, attention: str | None = None,
-                        programs: stages.Programs | None = None) -> "Pipeline":
+                        programs: stages.Programs | None = None, replicate: bool = True,
+                        **settings: Any) -> "Pipeline":
         """From converted (configs, params) per component. num_views: views per object (the official num_frames,
         not in the release); image_size: output side in pixels (default: the UNet's latent size x the VAE factor);
         attention: the UNet's attention kernel (models/attention_kernels.py KERNELS; None keeps the config's);
-        programs: compiled stages to share with other pipelines of the same sizes (default: a fresh cache)."""
+        programs: compiled stages to share with other pipelines of the same sizes (default: a fresh cache);
+        replicate: False keeps params where they are (e.g. a train state sharded over `mesh`: the compiled stages
+        then take them with those shardings); settings: schedule, tokenizer, clip_processor, dino_processor in
+        place of the release's (release may then be None)."""
         if dtype not in DTYPES:
             raise PipelineError(f"dtype={dtype!r}; choose one of {DTYPES}")
         if num_views < 1:
@@ -157,9 +182,10 @@ class Pipeline:
             configs["unet"] = dataclasses.replace(configs["unet"], attention=attention)
         if image_size is None:
             image_size = configs["unet"].image_size * configs["vae"].downscale_factor
-        placement = None if mesh is None else NamedSharding(mesh, PartitionSpec())  # replicated
-        params = jax.device_put(params, placement) if placement else jax.device_put(params)
-        return cls(release, configs, params, num_views, image_size, mesh, programs or stages.Programs())
+        if replicate:
+            placement = None if mesh is None else NamedSharding(mesh, PartitionSpec())  # replicated
+            params = jax.device_put(params, placement) if placement else jax.device_put(params)
+        return cls(release, configs, params, num_views, image_size, mesh, programs or stages.Programs(), **settings)
 
     @classmethod
     def load(cls, *, ckpt: str | pathlib.Path | None = None, release: str | pathlib.Path | None = None,
@@ -249,7 +275,7 @@ class Pipeline:
                                  self.params["dinov2"], self._put(pixels), retrieved_embeddings)
 
     # ---- generate ------------------------------------------------------------------------------------------------
-    def _check(self, requests: Sequence[ObjectRequest]) -> None:
+    def _check(self, requests: Sequence[ObjectRequest], options: SamplingOptions) -> None:
         if not requests:
             raise PipelineError("generate got no requests; pass at least one ObjectRequest")
         for i, r in enumerate(requests):
@@ -258,6 +284,10 @@ class Pipeline:
             if r.retrieved and not self.has_image_branch:
                 raise PipelineError(f"request {i} has {len(r.retrieved)} retrieved images but this model has no image "
                                     "branch (an MVDream-style base without to_k_ip/to_v_ip); pass retrieved=()")
+            if r.retrieved and options.use_prior and not self.has_dinov2:
+                raise PipelineError(f"request {i} has retrieved images and the prior pass is on, but the models lack "
+                                    "dinov2 (facebook/dinov2-base/), which scores it; pass use_prior=False with a "
+                                    "fusion_weight, or convert the full release")
             if r.initial_latents is not None and tuple(np.shape(r.initial_latents)) != self.latent_shape:
                 raise PipelineError(f"request {i}: initial_latents have shape {np.shape(r.initial_latents)}; expected "
                                     f"{self.latent_shape} = [views, h, w, c] (NHWC)")
@@ -267,7 +297,7 @@ class Pipeline:
     def generate(self, requests: Sequence[ObjectRequest], options: SamplingOptions = SamplingOptions()
                  ) -> tuple[list[ObjectResult], dict[str, float]]:
         """Results in request order, and seconds per stage (encode, prior, fusion, main, decode; compile apart)."""
-        self._check(requests)
+        self._check(requests, options)
         timings = dict.fromkeys(STAGES, 0.0)
         compile_before = self.programs.compile_seconds
         groups: dict[int, list[int]] = {}
@@ -320,7 +350,7 @@ class Pipeline:
         with clock("decode"):
             views = block(self._decode(final))
         return _results(b, views, final, prior_views, prior_latents, fused, retrieved_embeddings,
-                        np.asarray(scale) if image_mode else None)
+                        _to_host(scale) if image_mode else None)
 
 
 @contextlib.contextmanager
@@ -337,8 +367,16 @@ def _to_uint8(images_float: np.ndarray) -> np.ndarray:
     return (images_float * 255).round().astype(np.uint8)
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A device array as numpy; one split over several processes' devices (a multi-host mesh) is gathered first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _results(b, views, final, prior_views, prior_latents, fused, retrieved_embeddings, scale) -> list[ObjectResult]:
-    host = lambda x: None if x is None else np.asarray(x, np.float32)
+    host = lambda x: None if x is None else _to_host(x).astype(np.float32)
     views, final, prior_views, prior_latents = host(views), host(final), host(prior_views), host(prior_latents)
     fused = None if fused is None else [host(x) for x in fused]
     retrieved_embeddings = host(retrieved_embeddings)

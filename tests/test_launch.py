@@ -74,6 +74,7 @@ def test_a_config_that_does_not_fit_is_refused_before_any_cloud_call(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--zone", "z"], "--tpu is required"),
     ([*BASE[:-2], "--data", "/local/data"], "--data must be the gs://"),
+    ([*BASE[:-4], "--workdir", "/local/run", *BASE[-2:]], "--workdir must be a gs:// folder"),
     ([*BASE, "--data_mode", "nfs"], "gcsfuse or copy"),
     ([*BASE, "--accelerator_type", "v9-8"], "no default --runtime_version"),
 ])

@@ -42,14 +42,16 @@ class CrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0, mask: jax.Array | None = None) -> jax.Array:
-        """`mask` [b, 1, lq, lk] bool (True = may attend) applies to the text/self term only."""
+                 scale: jax.Array | float = 1.0, segment_ids: tuple[jax.Array, jax.Array] | None = None
+                 ) -> jax.Array:
+        """`segment_ids` (q [b, lq], kv [b, lk]: attend where equal) applies to the text/self term only."""
         inner = self.heads * self.dim_head
         project = lambda name: layers.dense(inner, (EMBED, HEADS), use_bias=False, dtype=self.dtype, name=name)
         context = x if context is None else context  # self-attention when no context (attn1)
         q = project("to_q")(x)  # [b, lq, heads * dh]
         k, v = project("to_k")(context), project("to_v")(context)  # [b, lk, heads * dh]
-        out = layers.attention(q, k, v, self.heads, mask=mask, kernel=self.attention_kernel)  # [b, lq, heads * dh]
+        out = layers.attention(q, k, v, self.heads, segment_ids=segment_ids,
+                               kernel=self.attention_kernel)  # [b, lq, heads * dh]
         if self.ip:
             to_k_ip, to_v_ip = project("to_k_ip"), project("to_v_ip")
             if image_tokens is not None:
@@ -89,12 +91,12 @@ class FeedForward(nn.Module):
         return layers.dense(self.dim, (MLP, EMBED), dtype=self.dtype, name="net_2")(h)
 
 
-def single_view_mask(single_view: jax.Array, num_frames: int, tokens_per_view: int) -> jax.Array:
-    """attn1 mask [b, 1, F*l, F*l]: objects with single_view[b] attend within each view only (MVDream's 2D mode,
-    num_frames=1, in a static-shape batch), the others across all their views."""
-    view = jnp.arange(num_frames * tokens_per_view) // tokens_per_view  # [F*l] view of each token
-    same_view = view[:, None] == view[None, :]                          # [F*l, F*l]
-    return same_view[None, None] | ~single_view.astype(bool)[:, None, None, None]
+def single_view_segments(single_view: jax.Array, num_frames: int, tokens_per_view: int) -> jax.Array:
+    """attn1 segment ids [b, F*l] (tokens attend where ids are equal): objects with single_view[b] attend within each
+    view only (MVDream's 2D mode, num_frames=1, in a static-shape batch): id = the token's view; the others across
+    all their views: id 0. Ids rather than a [F*l, F*l] mask, so the Pallas flash kernel can run it too."""
+    view = jnp.arange(num_frames * tokens_per_view, dtype=jnp.int32) // tokens_per_view  # [F*l] view of each token
+    return jnp.where(single_view.astype(bool)[:, None], view[None], 0)
 
 
 class BasicTransformerBlock3D(nn.Module):
@@ -115,11 +117,11 @@ class BasicTransformerBlock3D(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None,
                  scale: jax.Array | float, single_view: jax.Array | None = None) -> jax.Array:
         norm = lambda name: layers.layer_norm(TRANSFORMER_NORM_EPS, dtype=self.dtype, name=name)
-        mask = None if single_view is None else single_view_mask(single_view, self.num_frames, x.shape[1])
+        segments = None if single_view is None else single_view_segments(single_view, self.num_frames, x.shape[1])
         attention = lambda name, ip: CrossAttention(self.heads, self.dim_head, self.dim, ip=ip, dtype=self.dtype,
                                                     attention_kernel=self.attention_kernel, name=name)
         x = einops.rearrange(x, "(b f) l c -> b (f l) c", f=self.num_frames)  # [b, views * l, c]
-        x = attention("attn1", False)(norm("norm1")(x), mask=mask) + x
+        x = attention("attn1", False)(norm("norm1")(x), segment_ids=None if segments is None else (segments, segments)) + x
         x = einops.rearrange(x, "b (f l) c -> (b f) l c", f=self.num_frames)  # [b * views, l, c]
         x = attention("attn2", self.ip)(norm("norm2")(x), context, image_tokens, scale) + x
         return FeedForward(self.dim, dtype=self.dtype, name="ff")(norm("norm3")(x)) + x

@@ -57,18 +57,31 @@ def resolve_kernel(kernel: str, platform: str) -> str:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kernel: str = "auto",
-                          scale: float | None = None, mask: jax.Array | None = None) -> jax.Array:
+                          scale: float | None = None, mask: jax.Array | None = None,
+                          segment_ids: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """softmax(q k^T * scale) v: q [b, lq, heads, dh], k/v [b, lk, heads, dh] -> [b, lq, heads, dh] in q's dtype.
 
     `scale` defaults to 1/sqrt(dh); `mask` (bool, broadcastable to [b, heads, lq, lk]) keeps True positions.
+    `segment_ids` (q_ids [b, lq], kv_ids [b, lk] int) keeps the pairs with equal ids: the block-diagonal masks that
+    every kernel can run (Pallas TPU flash attention takes ids, not masks). Every query must share an id with some
+    key.
     """
     kernel = resolve_kernel(kernel, _platform())
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if kernel == "pallas_tpu":
+        return _pallas_tpu(q, k, v, scale, mask, segment_ids)
+    if segment_ids is not None:
+        if mask is not None:
+            raise AttentionKernelError("pass a mask or segment_ids, not both")
+        mask = segment_mask(*segment_ids)
     if kernel == "chunked":
         return _chunked(q, k, v, scale, mask)
-    if kernel == "pallas_tpu":
-        return _pallas_tpu(q, k, v, scale, mask)
     return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation=kernel)
+
+
+def segment_mask(q_ids: jax.Array, kv_ids: jax.Array) -> jax.Array:
+    """Segment ids [b, lq], [b, lk] -> the bool mask [b, 1, lq, lk] they stand for."""
+    return (q_ids[:, :, None] == kv_ids[:, None, :])[:, None]
 
 
 def _exact(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None) -> jax.Array:
@@ -106,32 +119,38 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.A
     return out.transpose(1, 0, 3, 2, 4).reshape(b, lq, heads, dh)
 
 
-def _pallas_tpu(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None) -> jax.Array:
+def _pallas_tpu(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None,
+                segment_ids: tuple[jax.Array, jax.Array] | None) -> jax.Array:
     if mask is not None:
-        raise AttentionKernelError("attention='pallas_tpu' takes no mask (this layer passes one); set "
+        raise AttentionKernelError("attention='pallas_tpu' takes segment ids, not a mask (this layer passes one); set "
                                    "runtime.attention=xla for this model")
     from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash  # TPU-only kernel: import on use
 
     # The kernel tiles q and k/v in blocks of 128: pad both lengths up (text context is 77 tokens, image tokens
-    # 4-64) and mask the padded keys out with segment ids (real keys 1, padding 0; every query is segment 1).
+    # 4-64) and mask the padded keys out with segment ids: real tokens keep theirs (all 0 without segment_ids),
+    # padded keys get -1 (no query has it), padded queries -2 (their rows are sliced off).
     blocks = pallas_flash.BlockSizes(*(PALLAS_TILE,) * 3, block_b=1, **{
         name: PALLAS_TILE for name in ("block_q_major_dkv", "block_k_major_dkv", "block_k_dkv", "block_q_dkv",
                                        "block_k_major_dq", "block_k_dq", "block_q_dq")})
 
-    def kernel(q, k, v):
-        (b, lq, _, _), lk = q.shape, k.shape[1]
+    def kernel(q, k, v, q_ids, kv_ids):
+        lq, lk = q.shape[1], k.shape[1]
         pad_to = lambda t: jnp.pad(t, ((0, 0), (0, -t.shape[1] % PALLAS_TILE), (0, 0), (0, 0)))
         heads_first = lambda t: pad_to(t).swapaxes(1, 2)  # the kernel's layout: [b, heads, l_padded, dh]
-        q_len, k_len = lq + -lq % PALLAS_TILE, lk + -lk % PALLAS_TILE
-        segments = pallas_flash.SegmentIds(q=jnp.ones((b, q_len), jnp.int32),
-                                           kv=jnp.broadcast_to(jnp.arange(k_len) < lk, (b, k_len)).astype(jnp.int32))
+        pad_ids = lambda ids, value: jnp.pad(ids, ((0, 0), (0, -ids.shape[1] % PALLAS_TILE)), constant_values=value)
+        segments = pallas_flash.SegmentIds(q=pad_ids(q_ids, -2), kv=pad_ids(kv_ids, -1))
         out = pallas_flash.flash_attention(heads_first(q), heads_first(k), heads_first(v), segment_ids=segments,
                                            sm_scale=scale, block_sizes=blocks)
         return out.swapaxes(1, 2)[:, :lq]  # [b, lq, heads, dh]
 
+    b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    q_ids, kv_ids = segment_ids or (jnp.zeros((b, lq), jnp.int32), jnp.zeros((b, lk), jnp.int32))
+    q_ids, kv_ids = (jnp.broadcast_to(ids, (b, n)).astype(jnp.int32) for ids, n in ((q_ids, lq), (kv_ids, lk)))
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
-        return kernel(q, k, v)
+        return kernel(q, k, v, q_ids, kv_ids)
     # q, k and v share batch and heads (the only split dims), so one spec fits all three and the output.
     spec = activation_spec((BATCH, None, HEADS, None), q.shape, mesh)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+    ids_spec = jax.sharding.PartitionSpec(spec[0], None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, ids_spec, ids_spec), out_specs=spec,
+                         check_vma=False)(q, k, v, q_ids, kv_ids)

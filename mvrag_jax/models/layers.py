@@ -54,13 +54,16 @@ def layer_norm(epsilon: float, *, use_bias: bool = True, dtype: Dtype = jnp.floa
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, *, scale: float | None = None,
-              mask: jax.Array | None = None, kernel: str = "auto") -> jax.Array:
+              mask: jax.Array | None = None, segment_ids: tuple[jax.Array, jax.Array] | None = None,
+              kernel: str = "auto") -> jax.Array:
     """softmax(q k^T * scale) v over flattened heads: q [b, lq, heads*dh], k/v [b, lk, heads*dh] -> [b, lq, heads*dh].
 
     `kernel` is the runtime.attention setting (models/attention_kernels.py: auto | xla | chunked | cudnn |
-    pallas_tpu); logits and softmax are float32 in all of them. `scale` defaults to 1/sqrt(dh).
+    pallas_tpu); logits and softmax are float32 in all of them. `scale` defaults to 1/sqrt(dh). `mask` and
+    `segment_ids` as in attention_kernels.dot_product_attention.
     """
     b, lq, inner = q.shape
     split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, inner // num_heads)  # [b, l, heads, dh]
-    out = dot_product_attention(split(q), split(k), split(v), kernel=kernel, scale=scale, mask=mask)
+    out = dot_product_attention(split(q), split(k), split(v), kernel=kernel, scale=scale, mask=mask,
+                                segment_ids=segment_ids)
     return out.reshape(b, lq, inner)

@@ -12,10 +12,14 @@ Items of CKPT_DIR/<step>/:
 
 Atomicity: orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it into place only after every item
 is written (`_CHECKPOINT_METADATA` and `commit_success.txt` first), so a process killed mid-save leaves a tmp folder that
-`all_steps()` does not list; the next manager removes it (cleanup_tmp_directories).
+`all_steps()` does not list; the next manager removes it (cleanup_tmp_directories). In a bucket (gs://, where
+renames are copies) orbax instead writes `commit_success.txt` last and lists only steps that have it.
+
+WORKDIR may be local or a bucket URI (train/workdir.py): orbax takes either (etils.epath; arrays via tensorstore).
 """
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -24,6 +28,9 @@ import jax
 import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mvrag_jax.train import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data_iter", "config")
@@ -33,11 +40,12 @@ class NoCheckpointError(FileNotFoundError):
     """A workdir has no complete training checkpoint."""
 
 
-def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(workdir).expanduser().absolute() / CHECKPOINT_DIR
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """WORKDIR/checkpoints (local, absolute; or gs://...)."""
+    return workdir_lib.as_path(workdir) / CHECKPOINT_DIR
 
 
-def open_manager(workdir: str | pathlib.Path, *, save_every: int = 1, keep: int | None = 3, async_save: bool = True,
+def open_manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None = 3, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
     """The run's manager: saves every `save_every` steps (others are skipped by `save`), keeps the last `keep`."""
     if save_every < 1 and not read_only:
@@ -87,14 +95,14 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     return restored["state"], restored["config"]
 
 
-def restore_config(workdir: str | pathlib.Path, step: int | None = None) -> tuple[int, dict]:
+def restore_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
     """(step, config dict) of `step` (default: the latest) of a training workdir, without touching arrays."""
     manager = open_manager(workdir, read_only=True)
     step = _pick_step(manager, workdir, step)
     return step, manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
-def restore_state(workdir: str | pathlib.Path, abstract_state: Any | None = None,
+def restore_state(workdir: str | os.PathLike, abstract_state: Any | None = None,
                   step: int | None = None) -> tuple[int, Any]:
     """(step, state) of a training workdir (default: the latest step), for export and evaluation.
 
@@ -123,16 +131,16 @@ def _pick_step(manager: ocp.CheckpointManager, workdir, step: int | None) -> int
 
 
 
-def is_workdir(path: str | pathlib.Path) -> bool:
+def is_workdir(path: str | os.PathLike) -> bool:
     """A training workdir (has checkpoints/), as opposed to a converted model checkpoint (mvrag convert)."""
     return checkpoint_dir(path).is_dir()
 
 
-def export_params(workdir: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, dict]:
+def export_params(workdir: str | os.PathLike, step: int | None = None) -> tuple[pathlib.Path, dict]:
     """(model checkpoint the run started from, its params with the trained ones merged in) for `step` (default:
-    the latest). Components the run does not hold (DINOv2) come from that checkpoint unchanged."""
+    the latest). Frozen weights come from that checkpoint, never from the run (which may hold them in bfloat16,
+    train.frozen_dtype); so do components the run does not hold (DINOv2)."""
     from mvrag_jax.convert import load_model_checkpoint
-    from mvrag_jax.train.trainable import merge_params
     step, cfg = restore_config(workdir, step)
     init = str(cfg.get("train", {}).get("init", ""))
     init_dir = pathlib.Path(init).expanduser()
@@ -142,12 +150,20 @@ def export_params(workdir: str | pathlib.Path, step: int | None = None) -> tuple
             "export with are unknown; export runs whose --config.train.init is a `mvrag convert` folder")
     _, params = load_model_checkpoint(init_dir)
     _, state = restore_state(workdir, step=step)
-    trained = jax.tree.map(np.asarray, merge_params(state["trainable"], state["frozen"]))
+    trained = jax.tree.map(np.asarray, state["trainable"])
     for name, tree in trained.items():
         if name not in params:
             raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")
-        params[name] = tree
+        params[name] = _overlay(params[name], tree)
     return init_dir, params
+
+
+def _overlay(base: dict, trained: dict) -> dict:
+    """`base` with every leaf that `trained` holds replaced (new keys added: the base-init image branch)."""
+    out = dict(base)
+    for key, value in trained.items():
+        out[key] = _overlay(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
 
 
 def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
@@ -157,6 +173,9 @@ def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, 
     from mvrag_jax.convert import export_checkpoint
     from mvrag_jax.convert.export import export_release
     if not is_workdir(ckpt_or_workdir):
+        if workdir_lib.is_remote(ckpt_or_workdir):
+            raise NoCheckpointError(f"{ckpt_or_workdir} holds no {CHECKPOINT_DIR}/ folder: a --ckpt in a bucket must "
+                                    "be a `mvrag train` --workdir; copy a converted checkpoint to local disk to export it")
         return export_checkpoint(ckpt_or_workdir, out_dir, dtype=dtype, overwrite=overwrite)
     init_dir, params = export_params(ckpt_or_workdir, step)
     return export_release(init_dir, params, out_dir, dtype=dtype, overwrite=overwrite)

@@ -14,11 +14,21 @@ point is agreed through JAX's preemption sync service, so every host saves the s
 
 Samples: `sample_fn(state, step) -> {name: [H, W, 3] uint8}` is called on every process every `train.sample_every`
 steps (generation is a sharded computation); process 0 writes WORKDIR/samples/<name>_<step>.png and TensorBoard images.
+
+WORKDIR may be a bucket (gs://...; train/workdir.py): orbax writes the checkpoints there itself, metrics.py stages
+the JSONL and TensorBoard files locally and uploads them, and PNGs are single uploads. Datasets are then not built
+into WORKDIR/data but into a local folder on each host (~/.cache/mvrag_jax/data/gs/BUCKET/PATH; the builders write
+local files, and every host builds the same bytes from the config), unless --config.data.data_dir names one.
+
+Without a `sample_fn`, a run with sample steps ahead uses train/samples.py's (grids of fixed validation objects).
+Sampling time, its compile included, is kept out of the step timings (steps_per_s) and reported apart (sample_s).
 """
 
 import contextlib
 import copy
 import hashlib
+import io
+import os
 import pathlib
 import signal
 import threading
@@ -30,12 +40,13 @@ import jax
 import ml_collections as mlc
 import numpy as np
 from absl import logging
+from etils import epath
 from tqdm import tqdm
 
 from data_pipelines import build, loader
 from mvrag_jax import sharding
 from mvrag_jax import distributed
-from mvrag_jax.train import checkpoint, metrics, state as state_lib
+from mvrag_jax.train import checkpoint, metrics, state as state_lib, workdir as workdir_lib
 from mvrag_jax.train.data import to_global
 
 SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
@@ -68,11 +79,20 @@ def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
                 "(`mvrag convert --release DIR --out CKPT_DIR`), or to random / base")
 
 
-def resolve_config(cfg: mlc.ConfigDict, workdir: pathlib.Path) -> mlc.ConfigDict:
-    """A copy of `cfg` with references resolved and the datasets under WORKDIR/data unless data.data_dir is set
-    (the copy is what the checkpoint's `config` item records)."""
+def default_data_dir(workdir: str | os.PathLike) -> str:
+    """Where datasets are built when data.data_dir is unset: WORKDIR/data, or for a bucket workdir a local folder
+    on each host (the dataset builders write local files)."""
+    workdir = workdir_lib.as_path(workdir)
+    if workdir_lib.is_remote(workdir):
+        return str(workdir_lib.local_cache(workdir, DATA_SUBDIR))
+    return str(workdir / DATA_SUBDIR)
+
+
+def resolve_config(cfg: mlc.ConfigDict, workdir: str | os.PathLike) -> mlc.ConfigDict:
+    """A copy of `cfg` with references resolved and the datasets under `default_data_dir(workdir)` unless
+    data.data_dir is set (the copy is what the checkpoint's `config` item records)."""
     resolved = copy.deepcopy(cfg).copy_and_resolve_references()
-    resolved.data.data_dir = str(resolved.data.data_dir or workdir / DATA_SUBDIR)
+    resolved.data.data_dir = str(resolved.data.data_dir or default_data_dir(workdir))
     return resolved
 
 
@@ -126,7 +146,7 @@ def batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_data_position(workdir: pathlib.Path, step: int, num_processes: int) -> None:
+def _check_data_position(workdir: epath.Path, step: int, num_processes: int) -> None:
     """Resuming needs this host's saved loader position; a job of another size has none."""
     folder = checkpoint.checkpoint_dir(workdir) / str(step) / "data_iter"
     mine = folder / f"process_{jax.process_index()}-of-{num_processes}.json"
@@ -150,11 +170,11 @@ def _host_scalars(metrics_list: list[tuple[int, dict[str, jax.Array]]]) -> list[
     return records
 
 
-def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn | None = None,
+def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn | None = None,
         stop: threading.Event | None = None) -> dict[str, Any]:
     """Train (or resume) in `workdir` until `cfg.train.steps`; returns a summary (steps, losses, timings)."""
     from mvrag_jax.train.trainer import make_mesh, make_trainer  # heavy: models
-    workdir = pathlib.Path(workdir).expanduser().absolute()
+    workdir = workdir_lib.as_path(workdir)  # a local folder or gs://...
     num_processes, is_main = jax.process_count(), jax.process_index() == 0
     check_config(cfg, num_processes)
     cfg = resolve_config(cfg, workdir)
@@ -174,6 +194,10 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
         _check_data_position(workdir, start, num_processes)
         state, _ = checkpoint.restore(manager, start, trainer.abstract_state, data_iter)
         logging.info("resumed %s at step %d", workdir, start)
+    sampler = None
+    if sample_fn is None and samples_due(t, start):
+        from mvrag_jax.train.samples import make_sample_fn  # heavy: the pipeline
+        sample_fn = sampler = make_sample_fn(cfg, trainer)
     rng = jax.random.key(t.seed)
     summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
                "processes": num_processes, "checkpoint_step": start}
@@ -220,18 +244,27 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
                 summary["last"] = records[-1]
                 pending, window_start, window_steps = [], time.perf_counter(), 0
             if sample_fn is not None and t.sample_every > 0 and step % t.sample_every == 0:
+                sample_start = time.perf_counter()
                 write_samples(sample_fn(state, step), workdir, step, writer)
+                sample_s = time.perf_counter() - sample_start
+                window_start += sample_s  # not step time: the next record's steps_per_s excludes it
+                writer.scalar("perf/sample_s", sample_s, step)
+                summary["sample_s"] = summary.get("sample_s", 0.0) + sample_s
+                logging.info("samples of step %d in %.1f s (compile included; not step time)", step, sample_s)
             if preempted:
                 logging.warning("stopping at step %d (preemption); saving", step)
                 summary["preempted"] = True
                 break
             if checkpoint.save(manager, step, state, data_iter, cfg):
                 last_saved = step
+                writer.sync()  # a bucket's metrics then cover every checkpointed step
         if last_saved != step:  # the last step, or the preemption step, off the save interval
             checkpoint.save(manager, step, state, data_iter, cfg, force=True)
         manager.wait_until_finished()
         manager.close()
         summary.update(step=step, train_s=time.perf_counter() - run_start)
+        if sampler is not None:
+            summary["sample_compile_s"] = sampler.compile_seconds
     if is_main:
         png = metrics.plot_loss(workdir)
         summary["loss_png"] = str(png) if png else None
@@ -239,7 +272,13 @@ def run(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, sample_fn: SampleFn
     return summary
 
 
-def launch(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, coordinator: str | None = None,
+def samples_due(t: mlc.ConfigDict, start: int) -> bool:
+    """Whether a multiple of train.sample_every falls in (start, train.steps]."""
+    every = int(t.sample_every)
+    return every > 0 and int(t.steps) // every > start // every
+
+
+def launch(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, coordinator: str | None = None,
            num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
            multihost: bool = False, sample_fn: SampleFn | None = None) -> dict[str, Any]:
     """`mvrag train`: join the job (mvrag_jax/distributed.py; a no-op on one process), then `run`."""
@@ -247,17 +286,19 @@ def launch(cfg: mlc.ConfigDict, workdir: str | pathlib.Path, *, coordinator: str
     return run(cfg, workdir, sample_fn=sample_fn)
 
 
-def write_samples(images: dict[str, np.ndarray], workdir: pathlib.Path, step: int,
+def write_samples(images: dict[str, np.ndarray], workdir: str | os.PathLike, step: int,
                   writer: metrics.MetricWriter) -> None:
-    """What `sample_fn` returned -> WORKDIR/samples/<name>_<step>.png and TensorBoard images (process 0)."""
+    """What `sample_fn` returned -> WORKDIR/samples/<name>_<step>.png (each written atomically) and TensorBoard
+    images (process 0)."""
     if not writer.enabled:
         return
     from PIL import Image
-    folder = workdir / SAMPLES_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = workdir_lib.as_path(workdir) / SAMPLES_SUBDIR
     for name, image in images.items():
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"sample_fn returned {name!r} as {image.dtype}{list(image.shape)}; return [H, W, 3] uint8")
-        Image.fromarray(image).save(folder / f"{name}_{step:08d}.png")
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        workdir_lib.write_atomic(folder / f"{name}_{step:08d}.png", png.getvalue())
         writer.image(f"samples/{name}", image, step)

@@ -7,16 +7,27 @@ lines, and a loss-curve PNG at the end.
 
 A resumed run appends; steps it repeats (after a crash between checkpoints) replace the earlier records when read.
 Only process 0 writes (`enabled=False` elsewhere).
+
+In a bucket (gs://...: no appends) the JSONL and the event files are written to a local staging folder
+(workdir.Mirror; metrics.jsonl starts as a copy of the bucket's) and uploaded whole: by `sync()` (the loop calls it
+after each checkpoint save), by `write` at most every `sync_every_s` seconds, and on close. Each upload replaces the
+object at once, so a reader never sees a half-written file; a process killed between syncs loses only records of
+steps after its last checkpoint, which the resumed run writes again.
 """
 
+import io
 import json
 import math
 import os
-import pathlib
+import time
+import uuid
 from typing import Any, Iterable
 
 import numpy as np
 from absl import logging
+from etils import epath
+
+from mvrag_jax.train import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -26,15 +37,25 @@ LOSS_PNG = "loss.png"
 class MetricWriter:
     """Step records -> JSONL + TensorBoard + a log line per call of `write`."""
 
-    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
-        self.workdir = pathlib.Path(workdir)
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, sync_every_s: float = 60.0):
+        self.workdir = workdir_lib.as_path(workdir)
         self.enabled = enabled
-        self._tb = self._jsonl = None
+        self.sync_every_s = sync_every_s
+        self._tb = self._jsonl = self._mirror = None
+        self._last_sync = time.monotonic()
         if enabled:
             import tensorboardX  # only the writing process needs it
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._tb = tensorboardX.SummaryWriter(str(self.workdir / TB_DIR))
-            self._jsonl = open(self.workdir / METRICS_FILE, "a")
+            if workdir_lib.is_remote(self.workdir):
+                self._mirror = workdir_lib.Mirror(self.workdir)
+                jsonl, local = self._mirror.seed(METRICS_FILE), self._mirror.local
+                # Event files are named by start second and host; a random suffix keeps a run started in the same
+                # second from replacing another's upload (locally, both would share one file).
+                suffix = f".{uuid.uuid4().hex[:8]}"
+            else:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+                jsonl, local, suffix = self.workdir / METRICS_FILE, self.workdir, ""
+            self._tb = tensorboardX.SummaryWriter(str(local / TB_DIR), filename_suffix=suffix)
+            self._jsonl = open(jsonl, "a")
 
     def write(self, records: Iterable[dict[str, Any]], *, total_steps: int | None = None) -> None:
         """One record per step ({"step": int, name: float, ...}); the last one is also logged as a line."""
@@ -50,6 +71,8 @@ class MetricWriter:
             last = record
         self._jsonl.flush()
         self._tb.flush()
+        if time.monotonic() - self._last_sync >= self.sync_every_s:
+            self.sync()
         if last is not None:
             logging.info("step %d%s %s", last["step"], f"/{total_steps}" if total_steps else "",
                          " ".join(f"{k}={_fmt(v)}" for k, v in last.items() if k != "step"))
@@ -67,10 +90,20 @@ class MetricWriter:
             self._tb.add_image(name, image, step, dataformats="HWC")
             self._tb.flush()
 
+    def sync(self) -> None:
+        """Upload what was written so far (a bucket workdir; a local one is always up to date)."""
+        self._last_sync = time.monotonic()
+        if self._mirror is not None:
+            self._jsonl.flush()
+            self._tb.flush()
+            self._mirror.sync()
+
     def close(self) -> None:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+            if self._mirror is not None:
+                self._mirror.close()
 
     def __enter__(self) -> "MetricWriter":
         return self
@@ -85,7 +118,7 @@ def _fmt(value: float) -> str:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of every run in `workdir`, one per step (a repeated step's latest record wins), by step."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = workdir_lib.as_path(workdir) / METRICS_FILE
     by_step = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -95,7 +128,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path | None:
+def plot_loss(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> epath.Path | None:
     """Write the loss curve (raw loss, its running mean, and the mean loss per mode) as a PNG, atomically.
     None when there are no records yet."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
@@ -103,7 +136,8 @@ def plot_loss(workdir: str | os.PathLike, out: str | os.PathLike | None = None) 
     records = read_metrics(workdir)
     if not records:
         return None
-    out = pathlib.Path(out or pathlib.Path(workdir) / LOSS_PNG)
+    workdir = workdir_lib.as_path(workdir)
+    out = epath.Path(out or workdir / LOSS_PNG)
     steps = np.array([r["step"] for r in records])
     fig = Figure(figsize=(7, 4), dpi=100)
     ax = fig.add_subplot()
@@ -116,11 +150,11 @@ def plot_loss(workdir: str | os.PathLike, out: str | os.PathLike | None = None) 
     for name in sorted({k for r in records for k in r if k.startswith("loss_")}):
         values = np.array([r.get(name, math.nan) for r in records], np.float64)
         ax.plot(steps, values, lw=1.0, marker=".", ms=3, ls="none" if np.isnan(values).any() else "-", label=name)
-    ax.set(xlabel="step", ylabel="loss", title=f"training loss ({pathlib.Path(workdir).name})")
+    ax.set(xlabel="step", ylabel="loss", title=f"training loss ({workdir.name})")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    FigureCanvasAgg(fig).print_png(str(tmp))
-    os.replace(tmp, out)
+    png = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(png)
+    workdir_lib.write_atomic(out, png.getvalue())
     return out

@@ -98,16 +98,18 @@ def _abstract_unet(cfg: Any, mesh: jax.sharding.Mesh) -> tuple[UNetConfig, Any]:
     return config, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def _train_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
-    """The real train step (train/trainer.py: frozen encoders in-graph, optimizer update, donated state)."""
+def _train_programs(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> dict[str, tuple[Any, float]]:
+    """The real train step (train/trainer.py: optimizer update, donated state, frozen encoders in-graph or, with
+    train.encoders="separate", as the program "train_encode" before it)."""
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = cfg.data.batch_size = batch  # the plan's one process feeds the whole global batch
     if not str(cfg.train.init):
         cfg.train.init = "random"  # where weights come from does not change the compiled step; plans load none
-    return make_trainer(cfg, mesh).compile()
+    programs = make_trainer(cfg, mesh).compile_programs()
+    return {("train" if name == "train" else f"train_{name}"): program for name, program in programs.items()}
 
 
-def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any, float]:
+def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> dict[str, tuple[Any, float]]:
     """The jitted DDIM + CFG loop (diffusion/sample.py) for one object, SAMPLE_STEPS steps, params sharded."""
     del batch  # the sampler generates one object (num_frames views) per call
     config, params = _abstract_unet(cfg, mesh)
@@ -125,14 +127,15 @@ def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> tuple[Any,
     with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(cfg)), \
             jax.default_matmul_precision(str(cfg.runtime.matmul_precision)):
         lowered = sample_jitted.lower(*args, return_trajectory=False)
-    return lowered.compile(), time.perf_counter() - start
+    return {"sample": (lowered.compile(), time.perf_counter() - start)}
 
 
-# program -> (build: (cfg, mesh, batch) -> (compiled, lower + compile seconds), loop steps XLA counts once)
-_BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], tuple[Any, float]]] = {
-    "train": _train_program,
+# program -> build: (cfg, mesh, batch) -> {compiled program name: (compiled, lower + compile seconds)}
+_BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], dict[str, tuple[Any, float]]]] = {
+    "train": _train_programs,
     "sample": _sample_program,
 }
+_LOOP_STEPS = {"sample": SAMPLE_STEPS}  # programs that are one lax.scan: XLA counts the body's FLOPs once
 
 
 # ---- compile and measure -------------------------------------------------------------------------------------------
@@ -153,14 +156,12 @@ def _flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def compile_program(build: Callable[[], tuple[Any, float]], topology: Topology, loop_steps: int = 1
-                    ) -> dict[str, Any]:
-    """Compile one program (`build` returns it with its lower + compile seconds): its per-chip figures on `topology`.
+def program_figures(compiled: Any, seconds: float, topology: Topology, loop_steps: int = 1) -> dict[str, Any]:
+    """Per-chip figures on `topology` of one compiled program that took `seconds` to lower and compile.
 
     XLA's cost analysis counts a loop body once, so a program that is one `lax.scan` of `loop_steps` steps has its
     FLOPs multiplied by `loop_steps` (the work outside the loop is negligible next to the UNet calls inside).
     """
-    compiled, seconds = build()
     memory, flops = _memory(compiled), _flops(compiled) * loop_steps
     hbm, peak = topology.hbm_bytes, topology.peak_flops
     return {
@@ -173,6 +174,19 @@ def compile_program(build: Callable[[], tuple[Any, float]], topology: Topology, 
         "projected_step_s": None if peak is None else flops / (MFU * peak),
         "compile_s": round(seconds, 2),
     }
+
+
+def _step_peak(programs: dict[str, Any]) -> int:
+    """Per-chip peak bytes of a train step: its one program's total, or, run as two programs, the larger of: the
+    update program's total (its arguments hold the whole train state, encoder weights included) and, while the
+    encode program runs, its total + the state it does not read (update arguments - encode arguments; an upper
+    bound)."""
+    train = programs["train"]["memory"]
+    if "train_encode" not in programs:
+        return train["total_bytes"]
+    encode = programs["train_encode"]["memory"]
+    during_encode = encode["total_bytes"] + max(0, train["argument_bytes"] - encode["argument_bytes"])
+    return max(train["total_bytes"], during_encode)
 
 
 # ---- the report cache ----------------------------------------------------------------------------------------------
@@ -256,9 +270,15 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "peak_flops_per_chip": topology.peak_flops,
         "mfu_assumed": MFU,
         "versions": {p: _version(p) for p in ("jax", "jaxlib", "libtpu")},
-        "programs": {name: compile_program(lambda: _BUILDERS[name](cfg, mesh, batch), topology,
-                                           loop_steps=SAMPLE_STEPS if name == "sample" else 1) for name in programs},
+        "programs": {},
     }
+    for name in programs:
+        for program, (compiled, seconds) in _BUILDERS[name](cfg, mesh, batch).items():
+            report["programs"][program] = program_figures(compiled, seconds, topology, _LOOP_STEPS.get(program, 1))
+    if "train" in report["programs"]:  # the step's peak over its programs, and whether that fits the chip
+        peak = _step_peak(report["programs"])
+        report["train_peak_gib"] = round(peak / GIB, 3)
+        report["train_fits"] = None if topology.hbm_bytes is None else peak <= topology.hbm_bytes
     _store(path, report)
     return {**report, "cached": False}
 
@@ -302,13 +322,13 @@ def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int
 
     def fits(units: int) -> bool:
         report = plan(cfg, topology, mesh_sizes, units * shards, programs=("train",), cache_dir=cache_dir)
-        train = report["programs"]["train"]
         reports[units] = report
-        probes.append({"batch": units * shards, "fits": train["fits"], "memory_gib": train["memory_gib"],
-                       "compile_s": train["compile_s"], "cached": report["cached"]})
+        compile_s = sum(p["compile_s"] for name, p in report["programs"].items() if name.startswith("train"))
+        probes.append({"batch": units * shards, "fits": report["train_fits"], "memory_gib": report["train_peak_gib"],
+                       "compile_s": round(compile_s, 2), "cached": report["cached"]})
         if on_probe is not None:
             on_probe(probes[-1])
-        return train["fits"]
+        return report["train_fits"]
 
     good = largest_fitting(fits, limit)
     return {"topology": topology.name, "mesh": mesh_sizes, "max_batch": good * shards, "batch_multiple": shards,
@@ -335,5 +355,9 @@ def format_report(report: dict[str, Any]) -> str:
                   f"code {m['generated_code_bytes']:.3f} GiB",
                   f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per call{step}; lower + compile "
                   f"{p['compile_s']} s"]
+    if "train_encode" in report["programs"]:
+        lines.append(f"  train step (encode + train programs): peak {report['train_peak_gib']:.3f} GiB per chip"
+                     + ("" if report["train_fits"] is None else (": fits" if report["train_fits"] else
+                                                                 ": DOES NOT FIT")))
     return "\n".join(lines)
 

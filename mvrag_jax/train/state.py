@@ -5,7 +5,9 @@
     state = init_state(rng, cfg, models, tx, mesh, rules, trainable="ip")
 
 `TrainState` holds the params split in two by train/trainable.py: `trainable` (updated, has optimizer state) and
-`frozen` (passed through untouched). Components: unet, resampler, clip_text, clip_vision, vae (DINOv2 is an
+`frozen` (passed through untouched, stored in cfg.train.frozen_dtype: bfloat16 halves the resident weights of a
+bf16-compute run, whose layers cast every weight to bf16 anyway, and never rounds what is exported, since export takes
+frozen weights from the init checkpoint). Components: unet, resampler, clip_text, clip_vision, vae (DINOv2 is an
 inference-only fusion model and is not part of training).
 
 Where weights come from (cfg.train.init):
@@ -93,10 +95,6 @@ def model_configs(cfg: Any) -> ModelConfigs:
         raise InitError("cfg.train.init is empty; set --config.train.init to a converted checkpoint folder "
                         "(`mvrag convert --out`), or to random/base for a run without pretrained weights")
     dtype = str(cfg.runtime.dtype)
-    if cfg.runtime.attention == "pallas_tpu":
-        # 2D objects need a block-diagonal attn1 mask (train/step.py), which that kernel does not take.
-        raise InitError("runtime.attention='pallas_tpu' takes no attention mask, which training's 2D mode needs; "
-                        "set --config.runtime.attention=auto (or xla/cudnn) for training")
     if is_checkpoint_init(init):
         configs = load_configs(pathlib.Path(init).expanduser(), _CONFIG_CLASSES)
         missing = sorted({"unet", "clip_text", "clip_vision", "vae"} - set(configs))
@@ -192,6 +190,28 @@ def _drop_ip(unet_params: dict) -> dict:
     return unflatten({p: v for p, v in flatten(unet_params).items() if p[-2] not in IP_MODULES})
 
 
+FROZEN_DTYPES = ("float32", "bfloat16")
+
+
+def frozen_dtype_of(cfg: Any) -> str:
+    dtype = str(cfg.train.get("frozen_dtype", "float32"))
+    if dtype not in FROZEN_DTYPES:
+        raise InitError(f"train.frozen_dtype={dtype!r}; set --config.train.frozen_dtype to one of "
+                        f"{', '.join(FROZEN_DTYPES)}")
+    return dtype
+
+
+def _as_frozen_dtype(tree: Any, dtype: str) -> Any:
+    """Floating leaves (arrays or ShapeDtypeStructs) in `dtype`; integer leaves as they are."""
+    def cast(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(leaf.shape, jnp.dtype(dtype), sharding=leaf.sharding)
+        return leaf.astype(dtype)
+    return jax.tree.map(cast, tree)
+
+
 def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.GradientTransformation, mesh: Mesh,
                shapes: dict, shardings: dict, rules=sharding.DEFAULT_RULES, trainable: str = "ip") -> TrainState:
     """A TrainState whose every array is born on its sharding (see the module docstring for the sources);
@@ -201,7 +221,10 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
     if "resampler" not in params:  # the one jitted init: small, and born sharded
         params["resampler"] = sharding.init_sharded(models.init_fns()["resampler"], mesh, rules, rng)
     train_params, frozen = split_trainable(params, trainable)
-    train_shardings, _ = split_trainable(shardings, trainable)
+    train_shardings, frozen_shardings = split_trainable(shardings, trainable)
+    if frozen_dtype_of(cfg) != "float32":  # on device, in place of the float32 copy (donated)
+        frozen = jax.jit(functools.partial(_as_frozen_dtype, dtype=frozen_dtype_of(cfg)),
+                         out_shardings=frozen_shardings, donate_argnums=0)(frozen)
     abstract_opt = jax.eval_shape(tx.init, train_params)
     opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(abstract_opt, train_shardings, mesh))(train_params)
     scalar = NamedSharding(mesh, PartitionSpec())
@@ -210,10 +233,11 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
 
 
 def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransformation, mesh: Mesh,
-                         trainable: str = "ip") -> tuple[TrainState, TrainState]:
+                         trainable: str = "ip", frozen_dtype: str = "float32") -> tuple[TrainState, TrainState]:
     """(abstract TrainState of ShapeDtypeStructs carrying their shardings, TrainState of NamedShardings) from
     `abstract_params(models, mesh, rules)`."""
     train_shapes, frozen_shapes = split_trainable(shapes, trainable)
+    frozen_shapes = _as_frozen_dtype(frozen_shapes, frozen_dtype)
     train_shardings, frozen_shardings = split_trainable(shardings, trainable)
     abstract_opt = jax.eval_shape(tx.init, train_shapes)
     scalar = NamedSharding(mesh, PartitionSpec())

@@ -21,6 +21,10 @@ the F views. 2D objects (mode 1, the held-out-view objective): one target view (
     with num_frames=1, and (c) weight the loss by view_mask, so the padding views 1..F-1 get no loss. GroupNorm and
     every other layer act per row, so padding never reaches view 0. (The padding views still cost compute.)
 
+Step 1 runs in the same XLA program as the rest (train.encoders="in_step") or as its own program before it
+("separate": `encode_step`, then `train_step(..., encoded)`): the same maths and keys, but the update program holds
+only the UNet and resampler, so it compiles faster and its temporaries never include encoder activations.
+
 Classifier-free guidance dropout, per object, three exclusive events (IP-Adapter): text only, image only, both.
 Optimisation: grads of the trainable subtree only; non-finite loss or grad norm -> the update is not applied and
 `skipped_steps` counts it (params and optimizer state keep their old values, the step counter still advances).
@@ -110,8 +114,8 @@ def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
                    ) -> tuple[jax.Array, dict]:
     """Masked eps-prediction MSE (float32) and per-mode sums; grads flow into `trainable` only."""
     params = merge_params(trainable, frozen)
-    b, f = batch["images"].shape[:2]
-    k = batch["retrieved"].shape[1]
+    b = batch["mode"].shape[0]
+    f, k = latents.shape[0] // b, features.shape[0] // b  # views and retrieved images per object
     tokens = resampler.Resampler(models.resampler).apply({"params": params["resampler"]}, features)  # [B*k, Q, ctx]
     tokens = tokens.reshape(b, k * tokens.shape[1], tokens.shape[2])  # [B, k*Q, ctx]
 
@@ -140,15 +144,40 @@ def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
     return sums["loss_sum"] / jnp.maximum(sums["views"], 1.0), sums
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: ModelConfigs,
-               tx: optax.GradientTransformation, schedule: Callable[[Any], Any], options: StepOptions
-               ) -> tuple[TrainState, dict]:
-    """One optimizer step. `rng` is the run's key (the same every step): the step key is fold_in(rng, state.step)."""
-    rng = jax.random.fold_in(rng, state.step)
-    drop_key, latent_key, loss_key = jax.random.split(rng, 3)
+ENCODERS = ("vae", "clip_text", "clip_vision")    # the frozen encoders' param components
+ENCODER_INPUTS = ("images", "retrieved", "input_ids")  # the batch fields only they read
+
+
+def step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(CFG-drop, VAE-sample, noise) keys of one step: `rng` is the run's key, the same every step."""
+    drop_key, latent_key, loss_key = jax.random.split(jax.random.fold_in(rng, step), 3)
+    return drop_key, latent_key, loss_key
+
+
+def encode_step(encoder_params: dict, batch: dict, rng: jax.Array, step: jax.Array, *, models: ModelConfigs,
+                options: StepOptions) -> dict:
+    """The frozen-encoder half of a step as its own program (train.encoders="separate"): {latents, context,
+    features} exactly as `train_step` computes them in-graph for the same (rng, step)."""
+    drop_key, latent_key, _ = step_keys(rng, step)
     drop_text, drop_image = cfg_drops(drop_key, batch["images"].shape[0], options)
-    params = merge_params(state.trainable, state.frozen)
-    latents, context, features = encode_frozen(models, params, batch, latent_key, drop_text, drop_image, options)
+    latents, context, features = encode_frozen(models, encoder_params, batch, latent_key, drop_text, drop_image,
+                                               options)
+    return {"latents": latents, "context": context, "features": features}
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, encoded: dict | None = None, *,
+               models: ModelConfigs, tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
+               options: StepOptions) -> tuple[TrainState, dict]:
+    """One optimizer step. `rng` is the run's key (the same every step): the step key is fold_in(rng, state.step).
+    `encoded` (from `encode_step`) replaces the in-graph encoders; the batch may then lack ENCODER_INPUTS."""
+    drop_key, latent_key, loss_key = step_keys(rng, state.step)
+    drop_text, drop_image = cfg_drops(drop_key, batch["mode"].shape[0], options)
+    if encoded is None:
+        params = merge_params(state.trainable, state.frozen)
+        latents, context, features = encode_frozen(models, params, batch, latent_key, drop_text, drop_image,
+                                                   options)
+    else:
+        latents, context, features = encoded["latents"], encoded["context"], encoded["features"]
 
     grad_fn = jax.value_and_grad(diffusion_loss, has_aux=True)
     (loss, sums), grads = grad_fn(state.trainable, state.frozen, batch, latents, context, features, loss_key,

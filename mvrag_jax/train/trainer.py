@@ -4,12 +4,16 @@
     mesh = make_mesh(cfg)                        # cfg.mesh sizes over all devices
     trainer = make_trainer(cfg, mesh)
     state = trainer.init(jax.random.key(cfg.train.seed))
-    compiled, seconds = trainer.compile()        # AOT from ShapeDtypeStructs only (memory_analysis() for plans)
+    compiled, seconds = trainer.compile()        # AOT from ShapeDtypeStructs only
+    programs = trainer.compile_programs()        # {name: (compiled, seconds)}: memory_analysis() of each, for plans
     batch = to_global(host_batch, trainer.batch_sharding)   # mvrag_jax/train/data.py
     state, metrics = compiled(state, batch, rng)  # or trainer.step(state, batch, rng) (jit, compiles on first call)
 
 `trainer.step` and `compiled` donate the state: use the returned one. The step rng is the run's key, the same every
 step (the step folds in state.step), so a resumed run draws the same noise.
+
+cfg.train.encoders: "in_step" (one program: the frozen encoders inside the step) or "separate" (two programs per
+step, "encode" then "train": see train/step.py).
 """
 
 import contextlib
@@ -30,7 +34,7 @@ from mvrag_jax import sharding
 from mvrag_jax.diffusion.ddim import DDIMSchedule, SCHEDULER_CONFIG, alphas_cumprod
 from mvrag_jax.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_FILE, CLIPImageProcessorConfig
 from mvrag_jax.train import optimizer, state as state_lib
-from mvrag_jax.train.step import StepOptions, alphas_cumprod_tuple, train_step
+from mvrag_jax.train.step import ENCODER_INPUTS, ENCODERS, StepOptions, alphas_cumprod_tuple, encode_step, train_step
 from mvrag_jax.train.trainable import trainable_paths
 
 BATCH_AXES = ("data", "fsdp")  # the sharding vocabulary's BATCH rule: objects split over data x fsdp
@@ -54,21 +58,45 @@ class Trainer:
     init: Callable[[jax.Array], state_lib.TrainState]
     jitted_step: Any                          # jax.jit(train_step, in/out shardings, donate_argnums=0)
     matmul_precision: str
+    jitted_encode: Any = None                 # jax.jit(encode_step, ...) when train.encoders="separate"
 
     def step(self, state: state_lib.TrainState, batch: dict, rng: jax.Array) -> tuple[state_lib.TrainState, dict]:
         """(new state, metrics); `state` is donated."""
         with self._context():
-            return self.jitted_step(state, batch, rng)
+            if self.jitted_encode is None:
+                return self.jitted_step(state, batch, rng)
+            return _two_programs(self.jitted_encode, self.jitted_step, state, batch, rng)
+
+    def compile_programs(self, abstract_batch: dict | None = None) -> dict[str, tuple[Any, float]]:
+        """{program name: (compiled, seconds to lower + compile)} from ShapeDtypeStructs only (nothing allocated):
+        {"train"}, or {"encode", "train"} with separate encoders. `compiled.memory_analysis()` is the per-device
+        memory plan of each."""
+        batch = abstract_batch or self.abstract_batch
+        lowered = {}
+        with self._context():
+            if self.jitted_encode is None:
+                lowered["train"] = lambda: self.jitted_step.lower(self.abstract_state, batch, self.abstract_rng)
+            else:
+                encode_args = (encoder_params(self.abstract_state.frozen), batch, self.abstract_rng,
+                               self.abstract_state.step)
+                encoded = jax.eval_shape(self.jitted_encode, *encode_args)
+                lowered["encode"] = lambda: self.jitted_encode.lower(*encode_args)
+                lowered["train"] = lambda: self.jitted_step.lower(self.abstract_state, update_batch(batch),
+                                                                  self.abstract_rng, encoded)
+            programs = {}
+            for name, lower in lowered.items():
+                start = time.perf_counter()
+                compiled = lower().compile()
+                programs[name] = compiled, time.perf_counter() - start
+        return programs
 
     def compile(self, abstract_batch: dict | None = None) -> tuple[Any, float]:
-        """(compiled step, seconds to lower + compile) from ShapeDtypeStructs only: no state or batch allocated.
-        `compiled.memory_analysis()` gives the per-device memory plan; call `compiled(state, batch, rng)`."""
-        start = time.perf_counter()
-        with self._context():
-            lowered = self.jitted_step.lower(self.abstract_state, abstract_batch or self.abstract_batch,
-                                             self.abstract_rng)
-        compiled = lowered.compile()
-        return compiled, time.perf_counter() - start
+        """(compiled step, seconds to lower + compile every program): call `compiled(state, batch, rng)`."""
+        programs = self.compile_programs(abstract_batch)
+        seconds = sum(s for _, s in programs.values())
+        if "encode" not in programs:
+            return programs["train"][0], seconds
+        return functools.partial(_two_programs, programs["encode"][0], programs["train"][0]), seconds
 
     @contextlib.contextmanager
     def _context(self):
@@ -76,6 +104,25 @@ class Trainer:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules), \
                 jax.default_matmul_precision(self.matmul_precision):
             yield
+
+
+def encoder_params(frozen: dict) -> dict:
+    """The frozen encoders' components of the state's frozen params (what the encode program reads)."""
+    return {name: frozen[name] for name in ENCODERS}
+
+
+def update_batch(batch: dict) -> dict:
+    """The batch fields the update program reads when the encoders run apart (not the pixels or token ids)."""
+    return {name: value for name, value in batch.items() if name not in ENCODER_INPUTS}
+
+
+def _two_programs(encode: Callable, update: Callable, state: state_lib.TrainState, batch: dict, rng: jax.Array
+                  ) -> tuple[state_lib.TrainState, dict]:
+    encoded = encode(encoder_params(state.frozen), batch, rng, state.step)
+    return update(state, update_batch(batch), rng, encoded)
+
+
+ENCODER_MODES = ("in_step", "separate")
 
 
 def make_mesh(cfg: Any, devices=None) -> Mesh:
@@ -163,7 +210,8 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
     with jax.set_mesh(mesh):
         shapes, param_shardings = state_lib.abstract_params(models, mesh, rules)
     paths = tuple(trainable_paths(shapes, trainable))  # raises for an unknown trainable set
-    abstract, state_shardings = state_lib.abstract_train_state(shapes, param_shardings, tx, mesh, trainable)
+    abstract, state_shardings = state_lib.abstract_train_state(shapes, param_shardings, tx, mesh, trainable,
+                                                                   state_lib.frozen_dtype_of(cfg))
     batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
     replicated = NamedSharding(mesh, PartitionSpec())
     mean, std = clip_statistics(cfg)
@@ -174,9 +222,21 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
         ip_scale=float(cfg.train.ip_scale))
     if options.cfg_drop_text + options.cfg_drop_image + options.cfg_drop_both > 1:
         raise TrainConfigError("cfg_drop_text + cfg_drop_image + cfg_drop_both > 1; they are exclusive events")
+    encoders = str(cfg.train.get("encoders", "in_step"))
+    if encoders not in ENCODER_MODES:
+        raise TrainConfigError(f"train.encoders={encoders!r}; set --config.train.encoders to one of "
+                               f"{', '.join(ENCODER_MODES)}")
     step_fn = functools.partial(train_step, models=models, tx=tx, schedule=schedule, options=options)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    jitted_encode = None
+    if encoders == "in_step":
+        jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+    else:  # shardings of the encoded arrays follow the batch (their axis 0 is objects or object-major rows)
+        jitted_encode = jax.jit(functools.partial(encode_step, models=models, options=options),
+                                in_shardings=(encoder_params(state_shardings.frozen), batch_sharding, replicated,
+                                              replicated), out_shardings=batch_sharding)
+        jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, replicated, batch_sharding),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0)
 
     def init(rng: jax.Array) -> state_lib.TrainState:
         with jax.set_mesh(mesh):
@@ -187,7 +247,7 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
                    batch_sharding=batch_sharding, abstract_batch=abstract_batch(cfg, models, batch_sharding),
                    abstract_rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated),
                    trainable_paths=paths, init=init, jitted_step=jitted,
-                   matmul_precision=str(cfg.runtime.matmul_precision))
+                   matmul_precision=str(cfg.runtime.matmul_precision), jitted_encode=jitted_encode)
 
 
 def host_batch_example(cfg: Any, seed: int = 0) -> dict[str, np.ndarray]:

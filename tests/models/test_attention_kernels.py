@@ -75,6 +75,31 @@ def test_chunked_with_a_mask_matches_xla():
                                    rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["xla", "chunked"])
+def test_segment_ids_keep_exactly_the_pairs_with_equal_ids(kernel):
+    q, k, v = _qkv(b=2, lq=512, lk=512)
+    ids = jnp.asarray(np.stack([np.zeros(512), np.arange(512) // 128]), jnp.int32)  # one segment; 4 blocks of 128
+    block_diagonal = np.zeros((2, 1, 512, 512), bool)
+    block_diagonal[0] = True
+    for start in range(0, 512, 128):
+        block_diagonal[1, :, start:start + 128, start:start + 128] = True
+    with jax.default_matmul_precision("highest"):
+        out = kernels.dot_product_attention(q, k, v, kernel=kernel, segment_ids=(ids, ids))
+        expected = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(block_diagonal), implementation="xla")
+        # object 1's first block attends only to itself: the same as attention over that block alone
+        alone = jax.nn.dot_product_attention(q[1:, :128], k[1:, :128], v[1:, :128], implementation="xla")
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[1:, :128], alone, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out[0, :128], out[1, :128])  # the two objects really are masked differently
+
+
+def test_segment_ids_and_a_mask_together_are_refused():
+    q, k, v = _qkv(lq=8, lk=8)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    with pytest.raises(kernels.AttentionKernelError, match="not both"):
+        kernels.dot_product_attention(q, k, v, kernel="xla", segment_ids=(ids, ids), mask=jnp.ones((8, 8), bool))
+
+
 def test_spatial_transformer_is_the_same_with_every_kernel_this_backend_runs():
     x, context, tokens = (jnp.asarray(np.random.default_rng(i).standard_normal(s).astype(np.float32))
                           for i, s in enumerate(((8, 16, 16, 32), (8, 77, 32), (8, 4, 32))))
@@ -115,9 +140,10 @@ def test_pallas_tpu_spatial_transformer_compiles_for_a_tpu_topology_forward_and_
     params = jax.tree.map(lambda s, spec: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spec), params, specs)
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     x, context, tokens = (jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rows) for s in shapes)
+    single_view = jax.ShapeDtypeStruct((2,), jnp.bool_, sharding=NamedSharding(mesh, PartitionSpec()))  # 2D mode
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        loss = lambda p, x, c, t: jnp.sum(layer.apply(p, x, c, t, 0.7))
-        lowered = jax.jit(jax.value_and_grad(loss)).lower(params, x, context, tokens)
+        loss = lambda p, x, c, t, s: jnp.sum(layer.apply(p, x, c, t, 0.7, single_view=s))
+        lowered = jax.jit(jax.value_and_grad(loss)).lower(params, x, context, tokens, single_view)
         assert lowered.as_text().count("tpu_custom_call") >= 4  # attn1, attn2 text + image, and their backward
         lowered.compile()
 

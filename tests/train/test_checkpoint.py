@@ -114,15 +114,20 @@ def test_a_checkpoint_saved_on_fsdp8_restores_on_data2_fsdp4(tmp_path):
     assert "'fsdp': 8" in mesh
 
 
-def test_export_of_a_training_workdir_merges_trained_params_into_the_init_checkpoint(tmp_path, tiny_ckpt):
+@pytest.mark.parametrize("frozen_dtype", ["float32", "bfloat16"])
+def test_export_of_a_training_workdir_merges_trained_params_into_the_init_checkpoint(tmp_path, tiny_ckpt,
+                                                                                    frozen_dtype):
     from configs import train
     from mvrag_jax.convert import convert_release, load_model_checkpoint
+    from mvrag_jax.convert.keys import flatten
     from mvrag_jax.train.trainer import make_mesh, make_trainer
     cfg = train.get_config("size=tiny")
-    cfg.train.update(batch_size=2, init=str(tiny_ckpt), trainable="ip")
+    cfg.train.update(batch_size=2, init=str(tiny_ckpt), trainable="ip", frozen_dtype=frozen_dtype)
     cfg.data.batch_size = 2
     trainer = make_trainer(cfg, make_mesh(cfg))
     state = trainer.init(jax.random.key(0))
+    assert {leaf.dtype.name for leaf in jax.tree.leaves(state.frozen)} == {frozen_dtype}
+    assert {leaf.dtype.name for leaf in jax.tree.leaves(state.trainable)} == {"float32"}  # master weights
     state = state.replace(trainable=jax.tree.map(lambda x: x + 1.0, state.trainable))  # "trained"
     manager = checkpoint.open_manager(tmp_path / "run", save_every=1)
     checkpoint.save(manager, 5, state, None, cfg)
@@ -131,9 +136,13 @@ def test_export_of_a_training_workdir_merges_trained_params_into_the_init_checkp
     out = checkpoint.export(tmp_path / "run", tmp_path / "release")
     _, exported = load_model_checkpoint(convert_release(out, tmp_path / "reconverted", show_progress=False))
     _, initial = load_model_checkpoint(tiny_ckpt)
-    merged = jax.device_get(state.params())
+    # trained leaves from the run, frozen ones from the init checkpoint (bit-exact even when the run held them in bf16)
+    trained = {name: flatten(tree) for name, tree in jax.device_get(state.trainable).items()}
     for name in ("unet", "resampler", "clip_text", "vae"):
-        jax.tree.map(np.testing.assert_array_equal, exported[name], merged[name])
+        got, want_frozen = flatten(exported[name]), flatten(initial[name])
+        assert set(got) == set(want_frozen)
+        for path, value in got.items():
+            np.testing.assert_array_equal(value, trained.get(name, {}).get(path, want_frozen[path]), err_msg=path)
     jax.tree.map(np.testing.assert_array_equal, exported["dinov2"], initial["dinov2"])  # not trained: unchanged
     ip = exported["unet"]["input_blocks_1_1"]["transformer_blocks_0"]["attn2"]["to_k_ip"]["kernel"]
     np.testing.assert_array_equal(ip, initial["unet"]["input_blocks_1_1"]["transformer_blocks_0"]["attn2"]

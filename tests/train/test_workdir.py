@@ -1,0 +1,196 @@
+"""mvrag_jax/train/workdir.py and the workdir writers of train/ (checkpoints, metrics, samples, loss PNG, data
+position check, export) against gs:// workdirs, offline: gs:// goes to tests/train/fake_gcs.py (flat objects, no
+appends, uploads visible only on close), for epath through fsspec and for orbax's arrays through tensorstore's GCS
+driver pointed at the fake's JSON API. The one thing answered without GCS is orbax's bucket metadata query
+(hierarchical namespace or not, via google-cloud-storage): a flat bucket, like the default GCS bucket."""
+
+import io
+import os
+import pathlib
+import re
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mvrag_jax.train import checkpoint, loop, metrics, workdir
+from tests.train import fake_gcs
+from tests.train.conftest import REPO
+
+RUN = "gs://bucket/runs/r1"
+
+
+@pytest.fixture
+def gcs(monkeypatch, tmp_path):
+    """gs:// on the fake; the cwd is an empty folder, so a URI mistaken for a local path shows up as tmp/gs:/..."""
+    monkeypatch.chdir(tmp_path)
+    fake = fake_gcs.install()
+    yield fake
+    fake_gcs.uninstall()
+    assert not (tmp_path / "gs:").exists(), "a gs:// path was written to local disk"
+
+
+@pytest.fixture
+def gcs_api(gcs, monkeypatch):
+    """`gcs` plus the JSON API for tensorstore (orbax's arrays) over the same objects."""
+    from orbax.checkpoint._src.path import gcs_utils
+    server = fake_gcs.serve()
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(gcs_utils, "get_bucket",
+                        lambda name: types.SimpleNamespace(name=name, hierarchical_namespace_enabled=False))
+    yield gcs
+    server.shutdown()
+
+
+def _object(fake, uri: str) -> bytes:
+    return fake.objects[uri.removeprefix("gs://")][0]
+
+
+def test_workdir_paths_keep_uris_and_make_local_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert str(workdir.as_path(RUN)) == RUN and workdir.is_remote(workdir.as_path(RUN))
+    assert str(checkpoint.checkpoint_dir(RUN)) == f"{RUN}/checkpoints"
+    assert str(workdir.as_path("~/run")) == str(tmp_path / "home" / "run") and not workdir.is_remote("~/run")
+    monkeypatch.chdir(tmp_path)
+    assert str(checkpoint.checkpoint_dir("rel")) == str(tmp_path / "rel" / "checkpoints")
+    # datasets: WORKDIR/data locally; for a bucket, a local folder on each host
+    assert loop.default_data_dir(tmp_path / "run") == str(tmp_path / "run" / "data")
+    assert loop.default_data_dir(RUN) == str(tmp_path / "home/.cache/mvrag_jax/data/gs/bucket/runs/r1")
+    from configs import train
+    assert loop.resolve_config(train.get_config("size=micro"), RUN).data.data_dir == loop.default_data_dir(RUN)
+
+
+def test_the_fake_bucket_refuses_what_gcs_refuses(gcs):
+    from etils import epath
+    path = epath.Path(RUN) / "log.txt"
+    path.write_text("a\n")
+    with pytest.raises(NotImplementedError, match="no appends"):
+        path.open("a")
+    (epath.Path(RUN) / "empty").mkdir(parents=True)
+    assert not (epath.Path(RUN) / "empty").exists()  # no objects under it: no folder
+
+
+def test_write_atomic_local_and_in_a_bucket(gcs, tmp_path):
+    local = workdir.as_path(tmp_path / "a" / "b.bin")
+    workdir.write_atomic(local, b"one")
+    workdir.write_atomic(local, b"two")
+    assert local.read_bytes() == b"two" and os.listdir(tmp_path / "a") == ["b.bin"]  # no temporary left behind
+    workdir.write_atomic(workdir.as_path(RUN) / "x" / "b.bin", b"three")
+    assert _object(gcs, f"{RUN}/x/b.bin") == b"three" and gcs.uploads == ["bucket/runs/r1/x/b.bin"]
+
+
+def test_metrics_in_a_bucket_are_staged_uploaded_whole_and_resumed(gcs):
+    with metrics.MetricWriter(RUN, sync_every_s=3600) as writer:
+        writer.write([{"step": 1, "loss": 0.5, "loss_3d": 0.5}, {"step": 2, "loss": 0.4, "loss_2d": 0.4}])
+        assert not gcs.objects  # staged locally until a sync
+        staging = writer._mirror.local
+        writer.sync()
+        assert metrics.read_metrics(RUN) == [{"step": 1, "loss": 0.5, "loss_3d": 0.5},
+                                             {"step": 2, "loss": 0.4, "loss_2d": 0.4}]
+        events = [key for key in gcs.objects if key.startswith("bucket/runs/r1/tb/events.out.tfevents.")]
+        assert len(events) == 1 and b"train/loss_3d" in gcs.objects[events[0]][0]
+        uploads = len(gcs.uploads)
+        writer.sync()
+        assert len(gcs.uploads) == uploads  # nothing changed: nothing uploaded
+    assert not staging.exists()
+
+    with metrics.MetricWriter(RUN, sync_every_s=0) as writer:  # a resumed run; syncs on every write
+        writer.write([{"step": 2, "loss": 0.3, "loss_2d": 0.3}, {"step": 3, "loss": 0.2, "loss_3d": 0.2}])
+        assert [r["step"] for r in metrics.read_metrics(RUN)] == [1, 2, 3]
+    assert [(r["step"], r["loss"]) for r in metrics.read_metrics(RUN)] == [(1, 0.5), (2, 0.3), (3, 0.2)]
+    lines = _object(gcs, f"{RUN}/metrics.jsonl").decode().splitlines()
+    assert len(lines) == 4  # the first run's two records, then this run's two: the file was continued, not replaced
+    assert len([key for key in gcs.objects if "/tb/events.out.tfevents." in key]) == 2
+
+    png = metrics.plot_loss(RUN)
+    assert str(png) == f"{RUN}/loss.png"
+    with Image.open(io.BytesIO(_object(gcs, str(png)))) as image:
+        assert image.format == "PNG" and image.size == (700, 400)
+
+
+def test_samples_in_a_bucket(gcs):
+    grid = np.zeros((8, 16, 3), np.uint8)
+    grid[:, 8:] = 255
+    with metrics.MetricWriter(RUN) as writer:
+        loop.write_samples({"grid": grid}, RUN, 12, writer)
+    with Image.open(io.BytesIO(_object(gcs, f"{RUN}/samples/grid_00000012.png"))) as image:
+        np.testing.assert_array_equal(np.asarray(image), grid)
+    tb = [obj[0] for key, obj in gcs.objects.items() if "/tb/events." in key]
+    assert len(tb) == 1 and b"samples/grid" in tb[0]
+
+
+def test_resume_checks_loader_positions_in_a_bucket(gcs):
+    from etils import epath
+    (epath.Path(RUN) / "checkpoints/4/data_iter/process_0-of-2.json").write_text("{}")
+    (epath.Path(RUN) / "checkpoints/4/data_iter/process_1-of-2.json").write_text("{}")
+    with pytest.raises(loop.TrainConfigError, match=r"step 4 holds loader positions \['process_0-of-2.json', "
+                                                     r"'process_1-of-2.json'\], none for process 0 of 1"):
+        loop._check_data_position(workdir.as_path(RUN), 4, 1)
+    loop._check_data_position(workdir.as_path(RUN), 4, 2)  # the process count that wrote it: fine
+    assert checkpoint.is_workdir(RUN) and not checkpoint.is_workdir("gs://bucket/runs/other")
+
+
+def test_export_from_a_bucket_path_that_is_not_a_workdir_names_the_fix(gcs, tmp_path):
+    with pytest.raises(checkpoint.NoCheckpointError, match=r"gs://bucket/ckpt holds no checkpoints/ folder: a --ckpt "
+                                                           r"in a bucket must be a `mvrag train` --workdir"):
+        checkpoint.export("gs://bucket/ckpt", tmp_path / "out")
+    assert not pathlib.Path(tmp_path / "out").exists()
+
+
+def test_orbax_checkpoints_in_a_bucket_restore_and_skip_uncommitted_steps(gcs_api):
+    import grain
+    import jax
+    import jax.numpy as jnp
+    from configs import train
+    cfg = train.get_config("size=micro")
+    state = {"w": jnp.arange(12.0).reshape(3, 4), "step": jnp.int32(7)}
+    data_iter = iter(grain.MapDataset.range(10).to_iter_dataset())
+    [next(data_iter) for _ in range(3)]
+    manager = checkpoint.open_manager(RUN, save_every=1)
+    assert checkpoint.latest_step(manager) is None
+    checkpoint.save(manager, 1, state, data_iter, cfg)
+    next(data_iter)
+    checkpoint.save(manager, 2, {"w": state["w"] + 1, "step": jnp.int32(8)}, data_iter, cfg)
+    manager.wait_until_finished()
+    manager.close()
+    keys = sorted(gcs_api.objects)
+    assert any(re.fullmatch(r"bucket/runs/r1/checkpoints/1/state/ocdbt\.process_0/d/\w+", k) for k in keys), keys
+    assert "bucket/runs/r1/checkpoints/1/data_iter/process_0-of-1.json" in keys
+    assert "bucket/runs/r1/checkpoints/2/commit_success.txt" in keys  # on GCS a step is committed by this file
+    assert checkpoint.is_workdir(RUN)
+
+    del gcs_api.objects["bucket/runs/r1/checkpoints/2/commit_success.txt"]  # as if killed before its last write
+    manager = checkpoint.open_manager(RUN, save_every=1)
+    assert checkpoint.latest_step(manager) == 1
+    fresh = iter(grain.MapDataset.range(10).to_iter_dataset())
+    restored, config = checkpoint.restore(manager, 1, jax.eval_shape(lambda: state), fresh)
+    manager.close()
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert int(restored["step"]) == 7 and next(fresh) == 3 and config["train"]["steps"] == cfg.train.steps
+    step, plain = checkpoint.restore_state(RUN)  # what `mvrag export --ckpt gs://...` reads
+    assert step == 1 and np.asarray(plain["w"]).sum() == 66.0
+
+
+def test_tpu_requirements_pin_what_bucket_workdirs_need():
+    tpu = (REPO / "requirements-tpu.txt").read_text().splitlines()
+    for package in ("gcsfs", "google-cloud-storage"):  # epath's gs:// backend; orbax's bucket metadata query
+        assert any(re.fullmatch(rf"{package}==[\d.]+", line) for line in tpu), package
+        assert not any(line.startswith(package) for line in (REPO / "requirements.txt").read_text().splitlines())
+
+
+@pytest.mark.slow  # two compiles of the micro step: ~3 min on a busy 2-core machine
+def test_a_training_run_in_a_bucket_then_resume(gcs_api, train_data_dir, tmp_path):
+    from configs import train
+    cfg = train.get_config("size=micro")
+    cfg.train.update(batch_size=2, steps=2, ckpt_every=1, log_every=1)
+    cfg.data.update(batch_size=2, data_dir=str(train_data_dir))
+    first = loop.run(cfg, RUN)
+    assert first["step"] == 2 and first["workdir"] == RUN and first["loss_png"] == f"{RUN}/loss.png"
+    cfg.train.steps = 3
+    resumed = loop.run(cfg, RUN)
+    assert resumed["start_step"] == 2 and resumed["step"] == 3
+    assert [r["step"] for r in metrics.read_metrics(RUN)] == [1, 2, 3]
+    keys = set(gcs_api.objects)
+    assert {f"bucket/runs/r1/checkpoints/{s}/commit_success.txt" for s in (2, 3)} <= keys
+    assert len([k for k in keys if "/tb/events.out.tfevents." in k]) == 2
