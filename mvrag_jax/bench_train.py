@@ -9,7 +9,8 @@ Each mesh gets the real trainer (train/trainer.py: frozen encoders in-graph, opt
 for the config with its weights from cfg.train.init ("random" when unset: no checkpoint needed), a synthetic batch of
 the loader's layout (trainer.host_batch_example: uint8 views and retrievals, half 3D, half 2D objects) made global
 at the one boundary (train/data.py: to_global), the step compiled ahead of time (lower + compile timed apart), then
-`warmup` untimed and `steps` timed calls, each waited for with block_until_ready. Every object is one
+`warmup` untimed and `steps` timed calls, each waited for with block_until_ready (train.encoders="separate": the
+step is two programs, timed together, memory reported per program). Every object is one
 num_views-view sample (2D objects run all views, masked), so objects/s is the four-view samples/s of the paper's
 configs; views/s counts the UNet's image rows. Fake CPU devices must exist before JAX starts: `mvrag bench train`
 asks for as many as the largest mesh needs (jax_num_cpu_devices), in Python set XLA_FLAGS /
@@ -33,7 +34,7 @@ from mvrag_jax.bench import compiled_memory
 from mvrag_jax.models.attention_kernels import resolve_kernel
 from mvrag_jax.train.data import to_global
 from mvrag_jax.train.plan import largest_fitting, parse_mesh
-from mvrag_jax.train.trainer import Trainer, host_batch_example, make_trainer
+from mvrag_jax.train.trainer import Trainer, host_batch_example, make_trainer, step_of
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # every XLA compile, cache hits included
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
@@ -135,7 +136,8 @@ def time_steps(trainer: Trainer, cfg: Any, state: Any, steps: int, warmup: int, 
     `state` is donated: use the returned one. Raises whatever the backend raises (an out-of-memory error included).
     """
     with count_compiles() as counts:
-        compiled, compile_s = trainer.compile()
+        programs = trainer.compile_programs()  # "train", or "encode" + "train" with train.encoders="separate"
+    compiled = step_of(programs)
     batch = to_global(host_batch_example(cfg, seed), trainer.batch_sharding)
     rng = jax.random.key(seed)
     times, loss = [], None
@@ -152,11 +154,12 @@ def time_steps(trainer: Trainer, cfg: Any, state: Any, steps: int, warmup: int, 
     b, views = int(cfg.train.batch_size), int(cfg.data.num_views)
     median = statistics.median(times)
     return state, {
-        "compile_s": compile_s, "compile_cache_hit": counts["cache_hits"] > 0,
+        "compile_s": sum(seconds for _, seconds in programs.values()), "compile_cache_hit": counts["cache_hits"] > 0,
         "step_s": median, "step_min_s": min(times), "step_max_s": max(times),
         "objects_per_s": b / median, "views_per_s": b * views / median,
         "compiles_during_steps": recompiles["compiles"], "final_loss": loss,
-        "memory": compiled_memory(compiled), "peak_bytes": _peak_bytes(trainer.mesh),
+        "memory": {name: compiled_memory(program) for name, (program, _) in programs.items()},
+        "peak_bytes": _peak_bytes(trainer.mesh),
     }
 
 
@@ -182,6 +185,8 @@ def _settings(cfg: Any, platform: str) -> dict[str, Any]:
             "local_devices": jax.local_device_count(), "dtype": str(cfg.runtime.dtype),
             "remat": str(cfg.runtime.remat), "attention": resolve_kernel(str(cfg.runtime.attention), platform),
             "matmul_precision": str(cfg.runtime.matmul_precision), "trainable": str(cfg.train.trainable),
+            "frozen_dtype": str(cfg.train.get("frozen_dtype", "float32")),
+            "encoders": str(cfg.train.get("encoders", "in_step")),
             "num_views": int(cfg.data.num_views), "image_size": int(cfg.data.image_size),
             "num_retrieved": int(cfg.data.num_retrieved), "retrieved_size": int(cfg.data.retrieved_size)}
 

@@ -40,7 +40,7 @@ def test_bench_train_micro_record():
     assert run["views_per_s"] == pytest.approx(4 * run["objects_per_s"])
     assert run["compiles_during_steps"] == 0  # the timed steps reuse the one AOT compile
     assert math.isfinite(run["final_loss"]) and run["final_loss"] > 0
-    assert run["memory"]["temp_size_in_bytes"] > 0
+    assert run["memory"]["train"]["temp_size_in_bytes"] > 0
     json.dumps(record)  # the record is JSON as it is
 
 
@@ -117,11 +117,13 @@ def test_cli_bench_train_errors(capsys):
 
 @pytest.mark.slow
 def test_cli_bench_train_on_two_fake_device_meshes():
-    """`mvrag bench train` makes the fake CPU devices its largest mesh needs (a fresh process: JAX not started)."""
+    """`mvrag bench train` makes the fake CPU devices its largest mesh needs (a fresh process: JAX not started);
+    with train.encoders=separate, the step is two programs."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("XLA_FLAGS", None)
     argv = [sys.executable, "-m", "mvrag_jax", "bench", "train", "--config", "configs/train.py:size=micro",
-            "--config.train.trainable=ip", "--meshes", "data=1 data=2", "--batch", "2", "--steps", "2", *NO_CACHE]
+            "--config.train.trainable=ip", "--config.train.encoders=separate", "--meshes", "data=1 data=2",
+            "--batch", "2", "--steps", "2", *NO_CACHE]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(proc.stdout)
@@ -129,3 +131,4 @@ def test_cli_bench_train_on_two_fake_device_meshes():
                                                                        "data=2,fsdp=1,tensor=1"]
     for run in record["meshes"].values():
         assert run["compiles_during_steps"] == 0 and run["step_s"] > 0 and not run["compile_cache_hit"]
+        assert set(run["memory"]) == {"encode", "train"} and record["encoders"] == "separate"

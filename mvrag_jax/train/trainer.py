@@ -93,10 +93,7 @@ class Trainer:
     def compile(self, abstract_batch: dict | None = None) -> tuple[Any, float]:
         """(compiled step, seconds to lower + compile every program): call `compiled(state, batch, rng)`."""
         programs = self.compile_programs(abstract_batch)
-        seconds = sum(s for _, s in programs.values())
-        if "encode" not in programs:
-            return programs["train"][0], seconds
-        return functools.partial(_two_programs, programs["encode"][0], programs["train"][0]), seconds
+        return step_of(programs), sum(s for _, s in programs.values())
 
     @contextlib.contextmanager
     def _context(self):
@@ -114,6 +111,14 @@ def encoder_params(frozen: dict) -> dict:
 def update_batch(batch: dict) -> dict:
     """The batch fields the update program reads when the encoders run apart (not the pixels or token ids)."""
     return {name: value for name, value in batch.items() if name not in ENCODER_INPUTS}
+
+
+def step_of(programs: dict[str, tuple[Any, float]]) -> Callable:
+    """The step `(state, batch, rng) -> (state, metrics)` of `compile_programs()`' result: the train program, or
+    encode then train."""
+    if "encode" not in programs:
+        return programs["train"][0]
+    return functools.partial(_two_programs, programs["encode"][0], programs["train"][0])
 
 
 def _two_programs(encode: Callable, update: Callable, state: state_lib.TrainState, batch: dict, rng: jax.Array
