@@ -70,11 +70,12 @@ def test_cache_key_depends_on_every_input():
 class _FakeCompiled:
     """What plan reads from a compiled program: memory_analysis() and cost_analysis()."""
 
-    def __init__(self, temp_gib: float):
-        self.temp_gib = temp_gib
+    def __init__(self, temp_gib: float, argument_gib: float = 3):
+        self.temp_gib, self.argument_gib = temp_gib, argument_gib
 
     def memory_analysis(self):
-        return type("Stats", (), {"argument_size_in_bytes": 3 * GIB, "output_size_in_bytes": 2 * GIB,
+        return type("Stats", (), {"argument_size_in_bytes": int(self.argument_gib * GIB),
+                                  "output_size_in_bytes": 2 * GIB,
                                   "alias_size_in_bytes": 2 * GIB, "temp_size_in_bytes": int(self.temp_gib * GIB),
                                   "generated_code_size_in_bytes": GIB // 2})()
 
@@ -82,13 +83,21 @@ class _FakeCompiled:
         return {"flops": 4e12}
 
 
-def _fake_target(monkeypatch, temp_gib: float = 10):
+def _fake_target(monkeypatch, temp_gib: float = 10, encode: _FakeCompiled | None = None):
+    """Fake compiles of every program; with `encode`, "train" compiles as two programs (train.encoders=separate)."""
     mesh = type("Mesh", (), {"shape": {"data": 1, "fsdp": 8, "tensor": 1},
                              "devices": type("D", (), {"flat": [type("Dev", (), {"device_kind": "TPU v5 lite"})]})})
     monkeypatch.setattr(plan, "make_target_mesh", lambda topo, sizes: mesh)
     calls = []
-    monkeypatch.setattr(plan, "_BUILDERS", {name: (lambda cfg, m, b, name=name: calls.append(name) or
-                                                   (_FakeCompiled(temp_gib), 12.5)) for name in plan.PROGRAMS})
+
+    def build(cfg, m, b, name):
+        calls.append(name)
+        programs = {name: (_FakeCompiled(temp_gib), 12.5)}
+        if name == "train" and encode is not None:
+            programs["train_encode"] = (encode, 2.5)
+        return programs
+    monkeypatch.setattr(plan, "_BUILDERS", {name: (lambda cfg, m, b, name=name: build(cfg, m, b, name))
+                                            for name in plan.PROGRAMS})
     return calls
 
 
@@ -101,6 +110,7 @@ def test_report_figures_and_cache(monkeypatch, tmp_path):
     assert report["cached"] is False and calls == ["train", "sample"]
     assert train["memory"]["total_bytes"] == int(13.5 * GIB)  # 3 + 2 - 2 (donated) + 10 + 0.5
     assert train["fits"] is True and train["hbm_fraction"] == pytest.approx(13.5 / 16, abs=1e-4)
+    assert report["train_fits"] is True and report["train_peak_gib"] == 13.5  # one program: its total
     assert train["flops_per_chip"] == 4e12 and train["flops_total"] == 8 * 4e12
     assert train["projected_step_s"] == pytest.approx(4e12 / (0.4 * 197e12))
     assert sample["flops_per_chip"] == 4e12 * plan.SAMPLE_STEPS  # XLA counts the scan body once
@@ -119,12 +129,28 @@ def test_report_does_not_fit_and_bad_batch(monkeypatch):
     cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
     v5e = plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 8, programs=("train",), cache_dir=None)
     assert v5e["programs"]["train"]["fits"] is False and "DOES NOT FIT" in plan.format_report(v5e)
+    assert v5e["train_fits"] is False
     v4 = plan.plan(cfg, "v4:2x2x1", {"data": 1, "fsdp": 8, "tensor": 1}, 8, programs=("train",), cache_dir=None)
     assert v4["programs"]["train"]["fits"] is True  # v4 has 32 GiB per chip
     with pytest.raises(plan.PlanError, match="multiple of 8"):
         plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 12, cache_dir=None)
     with pytest.raises(plan.PlanError, match="unknown programs"):
         plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 8, programs=("eval",), cache_dir=None)
+
+
+def test_separate_encoders_peak_is_the_larger_of_the_two_programs(monkeypatch):
+    cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    # update program: 3 + 2 - 2 + 1 + 0.5 = 4.5 GiB; encode program: 1 + 2 - 2 + 6 + 0.5 = 7.5 GiB, plus the 2 GiB
+    # of state it does not read (update arguments 3 - encode arguments 1) resident beside it: 9.5 GiB.
+    _fake_target(monkeypatch, temp_gib=1, encode=_FakeCompiled(temp_gib=6, argument_gib=1))
+    report = plan.plan(cfg, "v5e:2x4", mesh, 24, programs=("train",), cache_dir=None)
+    assert set(report["programs"]) == {"train", "train_encode"}
+    assert report["programs"]["train"]["memory_gib"] == 4.5 and report["programs"]["train_encode"]["memory_gib"] == 7.5
+    assert report["train_peak_gib"] == 9.5 and report["train_fits"] is True
+    assert "encode + train programs): peak 9.500 GiB per chip: fits" in plan.format_report(report)
+    _fake_target(monkeypatch, temp_gib=1, encode=_FakeCompiled(temp_gib=14, argument_gib=1))  # 17.5 GiB > 16
+    assert plan.plan(cfg, "v5e:2x4", mesh, 24, programs=("train",), cache_dir=None)["train_fits"] is False
 
 
 def test_find_max_batch_doubles_then_bisects(monkeypatch):
@@ -135,7 +161,7 @@ def test_find_max_batch_doubles_then_bisects(monkeypatch):
         seen.append(batch)
         fits = batch <= 88
         return {"cached": False, "programs": {"train": {"fits": fits, "memory_gib": batch / 10, "compile_s": 1.0}},
-                "batch": batch}
+                "train_fits": fits, "train_peak_gib": batch / 10, "batch": batch}
 
     monkeypatch.setattr(plan, "plan", fake_plan)
     monkeypatch.setattr(plan, "make_target_mesh", lambda topo, sizes: type("M", (), {"shape": sizes})())
