@@ -148,3 +148,38 @@ def check_sharded(params: Any, mesh: Mesh, tolerance: float = 0.02) -> None:
         raise ShardingRuleError(
             f"{fraction:.1%} of parameters are replicated (tolerance {tolerance:.1%}); largest: {names}. "
             "Give these params logical axis names or add a rule mapping their names to a mesh axis.")
+
+
+def batch_shards() -> int:
+    """How many ways the active mesh splits BATCH under the active logical rules (1 without a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = nn.logical_to_mesh_axes((BATCH,))[0]
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    return int(np.prod([mesh.shape[a] for a in names])) if names else 1
+
+
+def map_batch_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, max_rows: int) -> Any:
+    """`fn(x)` computed in sequential pieces of at most `max_rows` rows per device (the largest divisor of each
+    device's rows that fits), so a forward-only pass keeps 1/chunks of its activations live. Every piece holds the
+    same number of each device's own rows (no data moves); rows must be independent under `fn` (a per-row model).
+    `max_rows` <= 0 or >= the rows per device: one piece, `fn(x)`."""
+    n, shards = x.shape[0], batch_shards()
+    if n % shards:
+        shards = 1  # rows not split evenly over the devices: pieces of the whole axis
+    per_device = n // shards
+    if max_rows <= 0 or max_rows >= per_device:
+        return fn(x)
+    rows = max(r for r in range(1, max_rows + 1) if per_device % r == 0)
+    chunks, tail = per_device // rows, x.shape[1:]
+    rest = (None,) * len(tail)
+    # row d*per_device + c*rows + j (device d, piece c) -> [c, d*rows + j]: each piece is split over the devices
+    pieces = x.reshape((shards, chunks, rows) + tail).swapaxes(0, 1).reshape((chunks, shards * rows) + tail)
+    pieces = nn.with_logical_constraint(pieces, (None, BATCH) + rest)
+    out = jax.lax.map(lambda piece: fn(nn.with_logical_constraint(piece, (BATCH,) + rest)), pieces)
+
+    def unpiece(y: jax.Array) -> jax.Array:
+        y = y.reshape((chunks, shards, rows) + y.shape[2:]).swapaxes(0, 1).reshape((n,) + y.shape[2:])
+        return nn.with_logical_constraint(y, (BATCH,) + (None,) * (y.ndim - 1))
+    return jax.tree.map(unpiece, out)

@@ -92,3 +92,49 @@ def test_params_are_born_sharded(sharded_runs, mesh):
     assert run["to_k_ip_spec"] == ["fsdp", "tensor"]
     assert run["to_k_ip_shard_fraction"] == pytest.approx(1 / 8 if mesh == "fsdp8" else 1 / 4)
     assert run["conv_spec"] == ["None", "None", "fsdp", "tensor"]  # HWIO: conv_in -> fsdp, conv_out -> tensor
+
+
+CHUNKS_SCRIPT = textwrap.dedent("""
+    import flax.linen as nn
+    import jax, jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+    from mvrag_jax import sharding
+
+    mesh = sharding.make_mesh(data=2, fsdp=4, tensor=1)
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    x = jax.device_put(np.arange(48 * 5, dtype=np.float32).reshape(48, 5), rows)  # 6 rows per device
+    fn = lambda t: {"double": 2 * t, "sum": jnp.sum(t * t, axis=1)}            # independent rows
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        chunked = jax.jit(lambda t: sharding.map_batch_chunks(fn, t, 4))      # pieces of 3 rows per device
+        out = chunked(x)
+        hlo = chunked.lower(x).compile().as_text()
+    expected = fn(np.asarray(x))
+    for name in expected:
+        np.testing.assert_array_equal(np.asarray(out[name]), expected[name])
+        assert out[name].sharding.spec[0] == ("data", "fsdp"), out[name].sharding
+    moves = [op for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce") if op in hlo]
+    print("OK", "while" in hlo, moves)
+""")
+
+
+def test_map_batch_chunks_runs_each_device_rows_in_pieces_without_moving_data():
+    proc = subprocess.run([sys.executable, "-c", CHUNKS_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                                            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "OK True []"  # a loop over pieces, and no collective at all
+
+
+def test_map_batch_chunks_without_a_mesh_picks_the_largest_fitting_divisor():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from mvrag_jax import sharding
+    x = jnp.arange(16.0).reshape(8, 2)
+    fn = lambda t: t * 3 + 1
+    for max_rows in (0, 1, 3, 8, 100):  # 3 -> pieces of 2 rows (2 divides 8); 0, 8 and 100 -> one piece
+        np.testing.assert_array_equal(sharding.map_batch_chunks(fn, x, max_rows), fn(x))
+    looped = str(jax.make_jaxpr(lambda t: sharding.map_batch_chunks(fn, t, 3))(x))
+    assert "scan" in looped and "length=4" in looped
+    assert "scan" not in str(jax.make_jaxpr(lambda t: sharding.map_batch_chunks(fn, t, 8))(x))

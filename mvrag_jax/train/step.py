@@ -21,6 +21,8 @@ the F views. 2D objects (mode 1, the held-out-view objective): one target view (
     with num_frames=1, and (c) weight the loss by view_mask, so the padding views 1..F-1 get no loss. GroupNorm and
     every other layer act per row, so padding never reaches view 0. (The padding views still cost compute.)
 
+The VAE and CLIP vision encoders run over at most train.encode_chunk_rows rows per device at a time (0: all at
+once): forward-only, so pieces in sequence bound their activations without changing a number.
 Step 1 runs in the same XLA program as the rest (train.encoders="in_step") or as its own program before it
 ("separate": `encode_step`, then `train_step(..., encoded)`): the same maths and keys, but the update program holds
 only the UNet and resampler, so it compiles faster and its temporaries never include encoder activations.
@@ -40,6 +42,7 @@ import optax
 
 from mvrag_jax.models import clip, resampler, vae
 from mvrag_jax.models.unet import MultiViewUNet
+from mvrag_jax.sharding import map_batch_chunks
 from mvrag_jax.train.state import ModelConfigs, TrainState
 from mvrag_jax.train.trainable import merge_params
 
@@ -57,6 +60,7 @@ class StepOptions:
     cfg_drop_image: float = 0.05
     cfg_drop_both: float = 0.05
     ip_scale: float = 1.0
+    encode_chunk_rows: int = 0          # VAE / CLIP vision rows per device at a time (sharding.map_batch_chunks)
 
 
 def images_to_unit_range(images: jax.Array) -> jax.Array:
@@ -93,7 +97,8 @@ def encode_frozen(models: ModelConfigs, params: dict, batch: dict, rng: jax.Arra
     images = batch["images"]  # [B, F, H, W, 3]
     b, f = images.shape[:2]
     pixels = images_to_unit_range(images).reshape((b * f,) + images.shape[2:])  # [B*F, H, W, 3]
-    mean, logvar = vae.encode(models.vae, params["vae"], pixels)
+    mean, logvar = map_batch_chunks(lambda p: vae.encode(models.vae, params["vae"], p), pixels,
+                                    options.encode_chunk_rows)
     latents = vae.sample_posterior(mean, logvar, rng) * models.vae.scaling_factor  # [B*F, h, w, c]
 
     empty = jnp.asarray(options.empty_input_ids, jnp.int32)[None]
@@ -105,7 +110,8 @@ def encode_frozen(models: ModelConfigs, params: dict, batch: dict, rng: jax.Arra
     flat = retrieved.reshape((b * k,) + retrieved.shape[2:])
     pixel_values = retrieved_pixel_values(flat, models.clip_vision.image_size, options.clip_mean, options.clip_std)
     pixel_values = jnp.where(jnp.repeat(drop_image, k)[:, None, None, None], 0.0, pixel_values)
-    features = clip.image_features(models.clip_vision, params["clip_vision"], pixel_values)  # [B*k, T, emb]
+    features = map_batch_chunks(lambda p: clip.image_features(models.clip_vision, params["clip_vision"], p),
+                                pixel_values, options.encode_chunk_rows)  # [B*k, T, emb]
     return jax.lax.stop_gradient((latents, context, features))
 
 

@@ -224,7 +224,7 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
         empty_input_ids=empty_prompt_ids(cfg), alphas_cumprod=alphas_cumprod_tuple(alphas_cumprod(schedule_of(cfg))),
         clip_mean=mean, clip_std=std, cfg_drop_text=float(cfg.train.cfg_drop_text),
         cfg_drop_image=float(cfg.train.cfg_drop_image), cfg_drop_both=float(cfg.train.cfg_drop_both),
-        ip_scale=float(cfg.train.ip_scale))
+        ip_scale=float(cfg.train.ip_scale), encode_chunk_rows=int(cfg.train.get("encode_chunk_rows", 0)))
     if options.cfg_drop_text + options.cfg_drop_image + options.cfg_drop_both > 1:
         raise TrainConfigError("cfg_drop_text + cfg_drop_image + cfg_drop_both > 1; they are exclusive events")
     encoders = str(cfg.train.get("encoders", "in_step"))

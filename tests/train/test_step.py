@@ -181,15 +181,19 @@ def test_full_size_trainer_is_consistent_without_allocating():
 
 def test_separate_encoders_give_the_in_step_losses_and_params():
     """train.encoders="separate": the encode program then the update program, the same maths and keys as one
-    program. Three steps from the same init agree to float32 rounding, in metrics and in the updated params."""
+    program; there also the encoders run one row at a time (encode_chunk_rows=1: a lax.map over pieces). Three steps
+    from the same init agree to float32 rounding, in metrics and in the updated params."""
     results = {}
     for encoders in ("in_step", "separate"):
-        cfg = micro_config(encoders=encoders, cfg_drop_text=0.3, cfg_drop_image=0.3)  # drops exercise both halves
+        cfg = micro_config(encoders=encoders, cfg_drop_text=0.3, cfg_drop_image=0.3,  # drops exercise both halves
+                           encode_chunk_rows=1 if encoders == "separate" else 0)
         trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
         assert (trainer.jitted_encode is None) == (encoders == "in_step")
         programs = trainer.compile_programs()
         assert set(programs) == ({"train"} if encoders == "in_step" else {"encode", "train"})
         compiled, _ = trainer.compile()
+        if encoders == "separate":  # the pieces really are a loop
+            assert "while" in programs["encode"][0].as_text()
         state = trainer.init(jax.random.key(0))
         batch = to_global(host_batch_example(cfg), trainer.batch_sharding)
         metrics = []
