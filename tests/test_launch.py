@@ -46,7 +46,8 @@ def test_dry_run_prints_the_whole_launch(tmp_path):
     assert "/mnt/gcs/bucket" in mount and "--implicit-dirs" in mount
     train = next(line for line in ssh if "mvrag train" in line)
     for piece in ("--config configs/train.py:size=full", "--workdir gs://bucket/runs/r1", "--multihost",
-                  "--config.data.data_dir=/mnt/gcs/bucket/data/mv", "--config.train.batch_size=24", "nohup"):
+                  "--config.data.data_dir=/mnt/gcs/bucket/data/mv", "--config.train.batch_size=24", "nohup",
+                  "--compile_cache_dir gs://bucket/runs/r1/xla_cache"):  # restarts reuse the compiled step
         assert piece in train
 
 

@@ -191,6 +191,25 @@ def _drop_ip(unet_params: dict) -> dict:
 
 
 FROZEN_DTYPES = ("float32", "bfloat16")
+FROZEN_SHARDINGS = ("rules", "replicate_unet")
+
+
+def frozen_sharding_of(cfg: Any) -> str:
+    mode = str(cfg.train.get("frozen_sharding", "rules"))
+    if mode not in FROZEN_SHARDINGS:
+        raise InitError(f"train.frozen_sharding={mode!r}; set --config.train.frozen_sharding to one of "
+                        f"{', '.join(FROZEN_SHARDINGS)}")
+    return mode
+
+
+def place_frozen(frozen_shardings: dict, mode: str, mesh: Mesh) -> dict:
+    """Shardings of the frozen params: the logical rules' ("rules": fsdp-sharded like everything else), or with the
+    frozen UNet replicated ("replicate_unet": no weight all-gathers in the UNet's forward and backward, which
+    roughly halves the step's compile time, for a full bf16 UNet copy, 1.6 GiB, per chip)."""
+    if mode == "rules" or "unet" not in frozen_shardings:
+        return frozen_shardings
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return {**frozen_shardings, "unet": jax.tree.map(lambda _: replicated, frozen_shardings["unet"])}
 
 
 def frozen_dtype_of(cfg: Any) -> str:
@@ -222,9 +241,10 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
         params["resampler"] = sharding.init_sharded(models.init_fns()["resampler"], mesh, rules, rng)
     train_params, frozen = split_trainable(params, trainable)
     train_shardings, frozen_shardings = split_trainable(shardings, trainable)
-    if frozen_dtype_of(cfg) != "float32":  # on device, in place of the float32 copy (donated)
+    placed = place_frozen(frozen_shardings, frozen_sharding_of(cfg), mesh)
+    if frozen_dtype_of(cfg) != "float32" or placed is not frozen_shardings:  # on device, replacing the copy
         frozen = jax.jit(functools.partial(_as_frozen_dtype, dtype=frozen_dtype_of(cfg)),
-                         out_shardings=frozen_shardings, donate_argnums=0)(frozen)
+                         out_shardings=placed, donate_argnums=0)(frozen)
     abstract_opt = jax.eval_shape(tx.init, train_params)
     opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(abstract_opt, train_shardings, mesh))(train_params)
     scalar = NamedSharding(mesh, PartitionSpec())
@@ -233,12 +253,14 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
 
 
 def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransformation, mesh: Mesh,
-                         trainable: str = "ip", frozen_dtype: str = "float32") -> tuple[TrainState, TrainState]:
+                         trainable: str = "ip", frozen_dtype: str = "float32", frozen_sharding: str = "rules"
+                         ) -> tuple[TrainState, TrainState]:
     """(abstract TrainState of ShapeDtypeStructs carrying their shardings, TrainState of NamedShardings) from
     `abstract_params(models, mesh, rules)`."""
     train_shapes, frozen_shapes = split_trainable(shapes, trainable)
     frozen_shapes = _as_frozen_dtype(frozen_shapes, frozen_dtype)
     train_shardings, frozen_shardings = split_trainable(shardings, trainable)
+    frozen_shardings = place_frozen(frozen_shardings, frozen_sharding, mesh)
     abstract_opt = jax.eval_shape(tx.init, train_shapes)
     scalar = NamedSharding(mesh, PartitionSpec())
     state_shardings = TrainState(step=scalar, trainable=train_shardings, frozen=frozen_shardings,

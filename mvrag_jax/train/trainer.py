@@ -216,7 +216,8 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
         shapes, param_shardings = state_lib.abstract_params(models, mesh, rules)
     paths = tuple(trainable_paths(shapes, trainable))  # raises for an unknown trainable set
     abstract, state_shardings = state_lib.abstract_train_state(shapes, param_shardings, tx, mesh, trainable,
-                                                                   state_lib.frozen_dtype_of(cfg))
+                                                                   state_lib.frozen_dtype_of(cfg),
+                                                                   state_lib.frozen_sharding_of(cfg))
     batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
     replicated = NamedSharding(mesh, PartitionSpec())
     mean, std = clip_statistics(cfg)

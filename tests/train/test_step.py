@@ -216,3 +216,20 @@ def test_unknown_encoders_mode_names_the_choices():
     cfg = micro_config(encoders="offline")
     with pytest.raises(TrainConfigError, match=r"train\.encoders='offline'.*in_step, separate"):
         make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+def test_frozen_unet_replicated_or_by_the_rules():
+    from jax.sharding import PartitionSpec
+    specs = {}
+    for mode in ("rules", "replicate_unet"):
+        cfg = micro_config(frozen_sharding=mode, frozen_dtype="bfloat16")
+        trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+        frozen = trainer.state_shardings.frozen
+        specs[mode] = {name: {s.spec for s in jax.tree.leaves(frozen[name])} for name in frozen}
+        assert {a.dtype.name for a in jax.tree.leaves(trainer.abstract_state.frozen)} == {"bfloat16"}
+    assert specs["replicate_unet"]["unet"] == {PartitionSpec()}
+    assert specs["rules"]["unet"] != {PartitionSpec()}  # the rules shard UNet kernels over fsdp
+    assert specs["replicate_unet"]["vae"] == specs["rules"]["vae"]  # only the UNet moves
+    cfg = micro_config(frozen_sharding="everywhere")
+    with pytest.raises(state_lib.InitError, match="frozen_sharding='everywhere'.*rules, replicate_unet"):
+        make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
