@@ -46,7 +46,7 @@ def test_kernel_the_platform_cannot_run_is_an_error_with_the_fix(kernel, platfor
 
 def test_auto_is_chunked_on_cpu_and_xla_on_accelerators():
     assert kernels.resolve_kernel("auto", "cpu") == "chunked"
-    assert kernels.resolve_kernel("auto", "tpu") == "xla"
+    assert kernels.resolve_kernel("auto", "tpu") == "pallas_tpu"
     assert kernels.resolve_kernel("auto", "gpu") == "xla"
 
 
@@ -129,6 +129,17 @@ def test_pallas_tpu_matches_xla_with_padded_lengths():
         out = kernels.dot_product_attention(q, k, v, kernel="pallas_tpu")
         expected = jax.nn.dot_product_attention(q, k, v, implementation="xla")
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_libtpu
+def test_auto_on_tpu_is_flash_attention_except_under_a_dense_mask():
+    mesh = _topology_mesh()
+    q = jax.ShapeDtypeStruct((4, 256, 2, 64), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
+    causal = jnp.tril(jnp.ones((256, 256), bool))[None, None]  # CLIP text's mask
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        flash = jax.jit(lambda q: kernels.dot_product_attention(q, q, q)).lower(q).as_text()
+        masked = jax.jit(lambda q: kernels.dot_product_attention(q, q, q, mask=causal)).lower(q).as_text()
+    assert "tpu_custom_call" in flash and "tpu_custom_call" not in masked
 
 
 @needs_libtpu
