@@ -14,8 +14,9 @@
 
 Variants (arg string):
 - `size=full` (default): the released SD2.1 multiview UNet + ViT-H/14 at the paper's data sizes, bf16 compute with
-  fp32 master params, remat per UNet block, init from a converted checkpoint (`mvrag convert` output), which must be
-  set with --config.train.init.
+  fp32 master params of what trains and bf16 frozen weights, full remat per UNet block, the frozen encoders as their
+  own program in pieces of 4 rows per device, init from a converted checkpoint (`mvrag convert` output), which must
+  be set with --config.train.init. (`mvrag plan` figures for these settings: README, "Plans".)
 - `size=medium`: configs/tiny.py:size=medium (full depth, 1/4 width) on tiny data: a CPU-sized benchmark.
 - `size=tiny`: configs/tiny.py with tiny data (32 px, k=2): tests and the laptop demo. fp32, random init, whole-UNet
   training (`trainable=unet`), since random weights have nothing to fine-tune from.
@@ -101,7 +102,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     args = common.parse_arg(arg, size="full")
     if args.size == "full":
         c, d = mvrag_sd21.get_config(), data.get_config("size=paper")
-        c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="dots_saveable")
+        # remat=full: the saved dots of dots_saveable took 9.95 GiB per chip of temporaries at batch 24 on v5e:2x4
+        c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="full")
     elif args.size in ("tiny", "medium", "micro", "demo"):
         c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
     else:
@@ -115,7 +117,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.data_dir = ""  # "" = WORKDIR/data (built there on first use); set a folder to share datasets across runs
     if args.size == "full":
         c.train.init = ""  # must be set: --config.train.init /path/to/converted/ckpt
-        c.train.update(frozen_dtype="bfloat16", encode_chunk_rows=4)
+        c.train.update(frozen_dtype="bfloat16", encoders="separate", encode_chunk_rows=4)
         c.mesh.update(data=1, fsdp=-1, tensor=1)
     else:
         c.train.update(batch_size=8, steps=200, trainable="unet", log_every=10, ckpt_every=100, sample_every=100,
