@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import tempfile
 import time
 from typing import Any, Callable, Sequence
@@ -35,7 +36,7 @@ from mvrag_jax.diffusion.ddim import DDIMSchedule
 from mvrag_jax.diffusion.sample import sample_jitted
 from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
 from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
-from mvrag_jax.train.trainer import make_trainer, schedule_of
+from mvrag_jax.train.trainer import ProgramDoesNotFit, make_trainer, schedule_of
 
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
@@ -106,7 +107,11 @@ def _train_programs(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> dict[str, 
     if not str(cfg.train.init):
         cfg.train.init = "random"  # where weights come from does not change the compiled step; plans load none
     programs = make_trainer(cfg, mesh).compile_programs()
-    return {("train" if name == "train" else f"train_{name}"): program for name, program in programs.items()}
+    return {_train_program_name(name): program for name, program in programs.items()}
+
+
+def _train_program_name(trainer_name: str) -> str:
+    return "train" if trainer_name == "train" else f"train_{trainer_name}"
 
 
 def _sample_program(cfg: Any, mesh: jax.sharding.Mesh, batch: int) -> dict[str, tuple[Any, float]]:
@@ -174,6 +179,13 @@ def program_figures(compiled: Any, seconds: float, topology: Topology, loop_step
         "projected_step_s": None if peak is None else flops / (MFU * peak),
         "compile_s": round(seconds, 2),
     }
+
+
+def _required_gib(message: str) -> float | None:
+    """XLA's "... required for HLO temporaries (16.11G) exceeds available HBM ..." -> 16.11 (a lower bound of the
+    program's need: temporaries only), else None."""
+    found = re.search(r"\(([\d.]+)G\) exceeds", message)
+    return float(found.group(1)) if found else None
 
 
 def _step_peak(programs: dict[str, Any]) -> int:
@@ -273,9 +285,19 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "programs": {},
     }
     for name in programs:
-        for program, (compiled, seconds) in _BUILDERS[name](cfg, mesh, batch).items():
+        try:
+            built = _BUILDERS[name](cfg, mesh, batch)
+        except ProgramDoesNotFit as e:  # XLA refuses programs over the chip's HBM: a plan answer, not a crash
+            program = _train_program_name(e.program)
+            report["programs"][program] = {"fits": False, "out_of_memory": e.message, "compile_s": round(e.seconds, 2),
+                                           "memory_gib": _required_gib(e.message)}
+            continue
+        for program, (compiled, seconds) in built.items():
             report["programs"][program] = program_figures(compiled, seconds, topology, _LOOP_STEPS.get(program, 1))
-    if "train" in report["programs"]:  # the step's peak over its programs, and whether that fits the chip
+    failed = [p for p in report["programs"].values() if "out_of_memory" in p]
+    if failed:
+        report["train_peak_gib"], report["train_fits"] = failed[0]["memory_gib"], False
+    elif "train" in report["programs"]:  # the step's peak over its programs, and whether that fits the chip
         peak = _step_peak(report["programs"])
         report["train_peak_gib"] = round(peak / GIB, 3)
         report["train_fits"] = None if topology.hbm_bytes is None else peak <= topology.hbm_bytes
@@ -344,6 +366,9 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['dtype']}, remat={report['remat']}, attention={report.get('attention')}"
              + ("  [cached]" if report.get("cached") else "")]
     for name, p in report["programs"].items():
+        if "out_of_memory" in p:
+            lines.append(f"  {name}: DOES NOT FIT: {p['out_of_memory']} (compile {p['compile_s']} s)")
+            continue
         m = {k: v / GIB for k, v in p["memory"].items()}
         budget = "" if hbm is None else (f" of {hbm / GIB:.0f} GiB HBM ({100 * p['hbm_fraction']:.1f} %): "
                                          f"{'fits' if p['fits'] else 'DOES NOT FIT'}")
@@ -355,7 +380,7 @@ def format_report(report: dict[str, Any]) -> str:
                   f"code {m['generated_code_bytes']:.3f} GiB",
                   f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per call{step}; lower + compile "
                   f"{p['compile_s']} s"]
-    if "train_encode" in report["programs"]:
+    if "train_encode" in report["programs"] and report["train_fits"] is not False:
         lines.append(f"  train step (encode + train programs): peak {report['train_peak_gib']:.3f} GiB per chip"
                      + ("" if report["train_fits"] is None else (": fits" if report["train_fits"] else
                                                                  ": DOES NOT FIT")))

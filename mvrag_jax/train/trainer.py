@@ -44,6 +44,15 @@ class TrainConfigError(ValueError):
     """The train config is inconsistent (batch vs mesh, data sizes vs model sizes)."""
 
 
+class ProgramDoesNotFit(ValueError):
+    """XLA refused to compile a program of the step: it needs more device memory than the chip has."""
+
+    def __init__(self, program: str, message: str, seconds: float):
+        super().__init__(f"the {program} program does not fit in device memory: {message}; lower "
+                         "--config.train.batch_size or remat more (--config.runtime.remat=full)")
+        self.program, self.message, self.seconds = program, message, seconds
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
     mesh: Mesh
@@ -86,7 +95,12 @@ class Trainer:
             programs = {}
             for name, lower in lowered.items():
                 start = time.perf_counter()
-                compiled = lower().compile()
+                try:
+                    compiled = lower().compile()
+                except jax.errors.JaxRuntimeError as e:
+                    if "RESOURCE_EXHAUSTED" not in str(e):
+                        raise
+                    raise ProgramDoesNotFit(name, str(e).strip().splitlines()[0], time.perf_counter() - start) from e
                 programs[name] = compiled, time.perf_counter() - start
         return programs
 

@@ -153,6 +153,24 @@ def test_separate_encoders_peak_is_the_larger_of_the_two_programs(monkeypatch):
     assert plan.plan(cfg, "v5e:2x4", mesh, 24, programs=("train",), cache_dir=None)["train_fits"] is False
 
 
+def test_a_program_xla_refuses_for_memory_is_a_plan_answer_not_a_crash(monkeypatch):
+    from mvrag_jax.train.trainer import ProgramDoesNotFit
+    _fake_target(monkeypatch)
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (16.11G) "
+               "exceeds available HBM (15.75G).")
+
+    def refuse(cfg, m, b):
+        raise ProgramDoesNotFit("encode", message, 285.9)
+    monkeypatch.setitem(plan._BUILDERS, "train", refuse)
+    cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
+    report = plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 256, cache_dir=None)
+    assert report["train_fits"] is False and report["train_peak_gib"] == 16.11
+    assert report["programs"]["train_encode"] == {"fits": False, "out_of_memory": message, "compile_s": 285.9,
+                                                  "memory_gib": 16.11}
+    assert report["programs"]["sample"]["fits"] is True  # the other programs are still planned
+    assert "train_encode: DOES NOT FIT: RESOURCE_EXHAUSTED" in plan.format_report(report)
+
+
 def test_find_max_batch_doubles_then_bisects(monkeypatch):
     """Fits up to 88 objects on 8 shards: doubling 8..64, miss at 128, bisection to 88 (multiples of 8 only)."""
     seen = []
