@@ -95,8 +95,23 @@ class MetricWriter:
         self._last_sync = time.monotonic()
         if self._mirror is not None:
             self._jsonl.flush()
-            self._tb.flush()
+            self._drain_tensorboard()
             self._mirror.sync()
+
+    def _drain_tensorboard(self, timeout_s: float = 10.0) -> None:
+        """tensorboardX writes events from a background thread and its flush() does not wait for that thread's
+        queue: wait until the queue is empty and the event file stops changing, so a sync uploads every event
+        written so far (and the next sync has nothing left over to upload)."""
+        queue = getattr(self._tb.file_writer.event_writer, "_event_queue", None)
+        files = lambda: sorted((p.name, p.stat().st_size) for p in (self._mirror.local / TB_DIR).glob("*"))
+        deadline, before = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            self._tb.flush()
+            now = files()
+            if (queue is None or queue.empty()) and now == before:
+                return
+            before = now
+            time.sleep(0.02)
 
     def close(self) -> None:
         if self.enabled:
