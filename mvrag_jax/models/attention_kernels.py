@@ -3,9 +3,10 @@
     out = dot_product_attention(q, k, v, kernel="chunked", scale=None)     # q [b, lq, heads, dh], k/v [b, lk, ...]
 
 Kernels, all exact softmax(q k^T * scale) v with float32 logits and softmax:
-  * "auto": "chunked" on CPU, "pallas_tpu" on TPU, "xla" elsewhere (the default of every config). On TPU the
-    UNet's cross-view self-attention (4 views x 1024 tokens at 256 px) needs flash attention: XLA's logits for one
-    such layer's forward + backward take 1.41 GiB where Pallas takes 0.18 GiB.
+  * "auto": "chunked" on CPU, "pallas_tpu" on TPU for PALLAS_MIN_KEYS keys or more (else "xla"), "xla" elsewhere
+    (the default of every config). On TPU the UNet's cross-view self-attention (4 views x 1024 tokens at 256 px)
+    needs flash attention: XLA's logits for one such layer's forward + backward take 1.41 GiB where Pallas takes
+    0.18 GiB.
   * "xla": `jax.nn.dot_product_attention(implementation="xla")`, logits [b, heads, lq, lk] in one piece.
   * "chunked": the same maths over blocks of query rows (`lax.map`), each block's logits [b, heads, block, lk] small
     enough to stay in cache. Rows are independent, so the result equals "xla"'s to rounding. On CPU it is ~2x faster
@@ -27,6 +28,7 @@ _PLATFORMS = {"cudnn": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
 CHUNK_LOGITS = 1 << 20
 MIN_CHUNK_ROWS = 16  # below this, per-block overhead beats the cache win: compute in one piece
 PALLAS_TILE = 128    # query/key tile of the Pallas TPU kernel
+PALLAS_MIN_KEYS = 512  # "auto" on TPU: flash attention from this many keys on (the cross-view self-attention)
 
 
 class AttentionKernelError(ValueError):
@@ -69,8 +71,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kernel: s
     key.
     """
     requested, kernel = kernel, resolve_kernel(kernel, _platform())
-    if requested == "auto" and kernel == "pallas_tpu" and mask is not None:
-        kernel = "xla"  # a dense mask (CLIP text's causal one): flash attention takes segment ids only
+    if requested == "auto" and kernel == "pallas_tpu" and (mask is not None or k.shape[1] < PALLAS_MIN_KEYS):
+        # A dense mask (CLIP text's causal one): flash attention takes segment ids only. Short keys (text and image
+        # tokens of the cross-attention): XLA's logits are small, while the flash kernel pads the keys to 128 and
+        # keeps float32 row statistics 128 lanes wide for its backward: [b, heads, lq, 128] x 2 per call.
+        kernel = "xla"
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if kernel == "pallas_tpu":
         return _pallas_tpu(q, k, v, scale, mask, segment_ids)

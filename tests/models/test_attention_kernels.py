@@ -132,14 +132,19 @@ def test_pallas_tpu_matches_xla_with_padded_lengths():
 
 
 @needs_libtpu
-def test_auto_on_tpu_is_flash_attention_except_under_a_dense_mask():
+def test_auto_on_tpu_is_flash_attention_for_long_keys_without_a_dense_mask():
     mesh = _topology_mesh()
-    q = jax.ShapeDtypeStruct((4, 256, 2, 64), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
-    causal = jnp.tril(jnp.ones((256, 256), bool))[None, None]  # CLIP text's mask
+    abstract = lambda length: jax.ShapeDtypeStruct((4, length, 2, 64), jnp.float32,
+                                                   sharding=NamedSharding(mesh, PartitionSpec()))
+    q, short = abstract(kernels.PALLAS_MIN_KEYS), abstract(77)  # cross-view self-attention; text keys
+    causal = jnp.tril(jnp.ones((q.shape[1],) * 2, bool))[None, None]  # CLIP text's kind of mask
+    lowered = lambda fn, *args: jax.jit(fn).lower(*args).as_text()
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        flash = jax.jit(lambda q: kernels.dot_product_attention(q, q, q)).lower(q).as_text()
-        masked = jax.jit(lambda q: kernels.dot_product_attention(q, q, q, mask=causal)).lower(q).as_text()
-    assert "tpu_custom_call" in flash and "tpu_custom_call" not in masked
+        flash = lowered(lambda q: kernels.dot_product_attention(q, q, q), q)
+        masked = lowered(lambda q: kernels.dot_product_attention(q, q, q, mask=causal), q)
+        cross = lowered(lambda q, k: kernels.dot_product_attention(q, k, k), q, short)
+    assert "tpu_custom_call" in flash
+    assert "tpu_custom_call" not in masked and "tpu_custom_call" not in cross
 
 
 @needs_libtpu
