@@ -19,7 +19,7 @@ def runtime() -> mlc.ConfigDict:
     return mlc.ConfigDict({
         "dtype": "float32",              # activations: float32 | bfloat16 (params are always float32)
         "matmul_precision": "highest",   # highest | high | default; parity needs highest
-        "remat": "none",                 # none | full | dots_saveable: nn.remat policy per UNet block
+        "remat": "none",                 # none | full | ordered | dots_saveable: remat per UNet block (models/remat.py)
         "attention": "auto",             # auto | xla | chunked | cudnn (GPU) | pallas_tpu (TPU): attention kernel
         "compile_cache_dir": "~/.cache/mvrag_jax/xla",
     })

@@ -5,8 +5,8 @@
     eps = MultiViewUNet(config).apply({"params": params}, x, timesteps, context, camera, image_tokens, scale)
 
 Rows of every batched input are [object * views]: row = b * num_frames + view. Blocks are grouped exactly as the
-release (`input_blocks_N_M`, `middle_block_N`, `output_blocks_N_M`), and each block is one `nn.remat` unit when
-`config.remat` asks for it.
+release (`input_blocks_N_M`, `middle_block_N`, `output_blocks_N_M`), and each block is one remat unit when
+`config.remat` asks for it (`nn.remat`, or models/remat.py's `ordered_remat` for "ordered").
 """
 
 import dataclasses
@@ -20,6 +20,7 @@ from mvrag_jax.models import layers
 from mvrag_jax.models.attention import NORM_GROUPS, SpatialTransformer3D
 from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.models.embeddings import timestep_embedding
+from mvrag_jax.models.remat import ordered_remat
 from mvrag_jax.sharding import ACT_EMBED, BATCH, CONV_OUT, EMBED, MLP
 from mvrag_jax.release import Release
 
@@ -29,7 +30,8 @@ Dtype = Any
 RESBLOCK_NORM_EPS = 1e-5   # nn.GroupNorm(32, C) default, ResBlock norms and the final `out_0`
 CONTEXT_LENGTH = 77        # CLIP text tokens; only used to build dummy inputs (param shapes do not depend on it)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-REMAT_POLICIES = {"none": None, "full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+# "ordered": like "full", but a block is recomputed only once its output gradient exists (models/remat.py).
+REMAT_POLICIES = {"none": None, "full": None, "ordered": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
 ACT_NHWC = (BATCH, None, None, ACT_EMBED)  # block-boundary activations [b * views, h, w, c]
 
 # Official constructor options we implement only at their default; any other value in a release config is an error.
@@ -60,7 +62,7 @@ class UNetConfig:
     transformer_depth: int = 1
     num_frames: int = 4                  # views per object (not in the release config)
     dtype: str = "float32"               # compute dtype of activations; params stay float32
-    remat: str = "none"                  # none | full | dots_saveable (nn.remat policy per UNet block)
+    remat: str = "none"                  # none | full | ordered | dots_saveable (remat per UNet block)
     num_heads: int = -1                  # heads per attention layer when num_head_channels is -1
     image_branch: bool = True            # attn2 has to_k_ip/to_v_ip (MV-RAG); False: an MVDream-style text-only base
     attention: str = "auto"              # runtime.attention kernel (models/attention_kernels.py KERNELS)
@@ -284,8 +286,10 @@ class MultiViewUNet(nn.Module):
         emb = nn.with_logical_constraint(emb, (BATCH, ACT_EMBED))
 
         run = type(self)._run_block
-        if c.remat != "none":
-            # Static args counted with the module as argument 0: (group, index).
+        # Static args counted with the module as argument 0: (group, index).
+        if c.remat == "ordered":
+            run = ordered_remat(run, static_argnums=(1, 2))
+        elif c.remat != "none":
             run = nn.remat(run, static_argnums=(1, 2), policy=REMAT_POLICIES[c.remat])
         h, skips = nn.with_logical_constraint(x, ACT_NHWC), []
         for index in range(len(self.input_blocks)):

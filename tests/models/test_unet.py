@@ -185,7 +185,7 @@ def test_remat_policies_give_identical_outputs_and_gradients():
     inputs = _nano_inputs()
     with jax.default_matmul_precision("highest"):
         eps, grads = _value_and_grads(NANO, params, inputs)
-        for remat in ("full", "dots_saveable"):
+        for remat in ("full", "ordered", "dots_saveable"):
             remat_eps, remat_grads = _value_and_grads(dataclasses.replace(NANO, remat=remat), params, inputs)
             np.testing.assert_allclose(remat_eps, eps, atol=1e-6, rtol=1e-6, err_msg=remat)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5, err_msg=remat),
@@ -198,7 +198,9 @@ def _checkpoint_count(config: UNetConfig) -> int:
     params = nn.unbox(jax.eval_shape(init_params, config, jax.random.key(0)))
     inputs = _nano_inputs()
     jaxpr = jax.make_jaxpr(lambda p: MultiViewUNet(config).apply({"params": p}, **inputs))(params)
-    return sum(eqn.primitive.name in ("checkpoint", "remat2") for eqn in jaxpr.jaxpr.eqns)  # name varies by jax
+    # checkpoint/remat2: jax.checkpoint (name varies by jax); custom_vjp_call: remat="ordered" (models/remat.py)
+    return sum(eqn.primitive.name in ("checkpoint", "remat2", "custom_vjp_call", "custom_vjp_call_jaxpr")
+               for eqn in jaxpr.jaxpr.eqns)
 
 
 def test_remat_wraps_each_unet_block_once():
@@ -206,6 +208,7 @@ def test_remat_wraps_each_unet_block_once():
     assert _checkpoint_count(NANO) == 0
     assert _checkpoint_count(dataclasses.replace(NANO, remat="full")) == blocks
     assert _checkpoint_count(dataclasses.replace(NANO, remat="dots_saveable")) == blocks
+    assert _checkpoint_count(dataclasses.replace(NANO, remat="ordered")) == blocks
 
 
 def test_2d_objects_attend_within_their_view_and_skip_the_camera():

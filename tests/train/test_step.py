@@ -176,7 +176,7 @@ def test_full_size_trainer_is_consistent_without_allocating():
     assert sum(int(np.prod(m.shape)) for m in moments) == 2 * size(trainer.abstract_state.trainable)  # AdamW mu, nu
     assert trainer.abstract_batch["images"].shape == (64, 4, 256, 256, 3)
     assert trainer.abstract_batch["retrieved"].shape == (64, 4, 224, 224, 3)
-    assert trainer.models.unet.dtype == "bfloat16" and trainer.models.unet.remat == "full"
+    assert trainer.models.unet.dtype == "bfloat16" and trainer.models.unet.remat == "ordered"
     assert trainer.jitted_encode is not None  # the encoders run as their own program
     assert {leaf.dtype.name for leaf in jax.tree.leaves(trainer.abstract_state.frozen)} == {"bfloat16"}
     assert {leaf.dtype.name for leaf in jax.tree.leaves(trainer.abstract_state.trainable)} == {"float32"}
