@@ -236,3 +236,30 @@ def test_frozen_unet_replicated_or_by_the_rules():
     cfg = micro_config(frozen_sharding="everywhere")
     with pytest.raises(state_lib.InitError, match="frozen_sharding='everywhere'.*rules, replicate_unet"):
         make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+def test_ordered_remat_step_equals_the_step_without_remat():
+    """runtime.remat="ordered" (the full-size default, models/remat.py) inside the real train step, whose batch
+    has a 3D and a 2D object (the 2D one passes the single_view mask through every rematted block): two steps give
+    the metrics and updated params of runtime.remat="none"."""
+    results = {}
+    for remat in ("none", "ordered"):
+        cfg = micro_config()
+        cfg.runtime.remat = remat
+        trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+        assert trainer.models.unet.remat == remat
+        state = trainer.init(jax.random.key(0))
+        batch = to_global(host_batch_example(cfg), trainer.batch_sharding)
+        assert not np.all(np.asarray(batch["camera_mask"]))  # a 2D object is there
+        metrics = []
+        for _ in range(2):
+            state, m = trainer.step(state, batch, jax.random.key(1))
+            metrics.append(jax.device_get(m))
+        results[remat] = metrics, host_tree(state.trainable)
+    (plain, plain_params), (ordered, ordered_params) = results["none"], results["ordered"]
+    for a, b in zip(plain, ordered):
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+    assert plain[0]["grad_norm"] > 0
+    for key, value in plain_params.items():
+        np.testing.assert_allclose(ordered_params[key], value, rtol=1e-5, atol=2e-5, err_msg=key)
