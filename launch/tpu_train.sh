@@ -128,7 +128,7 @@ hbm = report["hbm_per_chip_bytes"] / gib
 line = "plan: %s, batch %d: %.2f GiB per chip of %.0f GiB HBM" % (report["topology"], report["batch"], used, hbm)
 if not report.get("train_fits", train["fits"]):
     sys.exit("tpu_train.sh: error: the train step does not fit: " + line + "; lower --config.train.batch_size, "
-             "remat more (--config.runtime.remat=full) or use a larger slice (`mvrag plan --find_max_batch` finds "
+             "remat more (--config.runtime.remat=ordered) or use a larger slice (`mvrag plan --find_max_batch` finds "
              "the largest batch)")
 print(line + ": fits")
 ' || exit 3

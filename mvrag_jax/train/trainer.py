@@ -49,7 +49,7 @@ class ProgramDoesNotFit(ValueError):
 
     def __init__(self, program: str, message: str, seconds: float):
         super().__init__(f"the {program} program does not fit in device memory: {message}; lower "
-                         "--config.train.batch_size or remat more (--config.runtime.remat=full)")
+                         "--config.train.batch_size or remat more (--config.runtime.remat=ordered)")
         self.program, self.message, self.seconds = program, message, seconds
 
 
