@@ -2,9 +2,9 @@
 
 `jax.checkpoint` saves a block's inputs and recomputes the block in the backward pass, but nothing ties that
 recomputation to the arrival of the block's output cotangent: the recomputed values only depend on saved inputs, so
-XLA's scheduler may run the recomputation of many blocks early and keep all their internals alive at once. Measured
-on the UNet's backward for v5e (XLA memory report at the peak): the recomputed attention state of all five 32x32
-blocks was live together.
+XLA's scheduler (which works at saving memory only near the chip's limit) may run the recomputation of several blocks
+early and keep their internals alive at once. Measured (`mvrag plan`, full-size update program, batch 24, v5e:2x4):
+temporaries 2.07 GiB with jax.checkpoint, 1.48 GiB with this.
 
 `ordered_checkpoint(fn)` has the same maths and saves the same residuals (the inputs), but its backward first
 passes the saved inputs and the output cotangent through one `optimization_barrier`, so recomputation cannot start
