@@ -14,9 +14,9 @@
 
 Variants (arg string):
 - `size=full` (default): the released SD2.1 multiview UNet + ViT-H/14 at the paper's data sizes, bf16 compute with
-  fp32 master params of what trains and bf16 frozen weights, ordered full remat per UNet block, the frozen encoders as their
-  own program in pieces of 4 rows per device, init from a converted checkpoint (`mvrag convert` output), which must
-  be set with --config.train.init. (`mvrag plan` figures for these settings: README, "Plans".)
+  fp32 master params of what trains and bf16 frozen weights, ordered full remat per UNet block, the frozen encoders
+  as their own program in pieces of 4 rows per device, init from a converted checkpoint (`mvrag convert` output),
+  which must be set with --config.train.init. (`mvrag plan` figures for these settings: README, "Plans".)
 - `size=medium`: configs/tiny.py:size=medium (full depth, 1/4 width) on tiny data: a CPU-sized benchmark.
 - `size=tiny`: configs/tiny.py with tiny data (32 px, k=2): tests and the laptop demo. fp32, random init, whole-UNet
   training (`trainable=unet`), since random weights have nothing to fine-tune from.

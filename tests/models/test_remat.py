@@ -1,4 +1,4 @@
-"""mvrag_jax/models/remat.py: ordered rematerialisation (same maths as jax.checkpoint, recompute after the cotangent)."""
+"""mvrag_jax/models/remat.py: ordered remat (same maths as jax.checkpoint, recomputed after the cotangent)."""
 
 import flax.linen as nn
 import jax
