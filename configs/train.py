@@ -41,6 +41,15 @@ from configs import common, data, mvrag_sd21, tiny
 def train_block() -> mlc.ConfigDict:
     return mlc.ConfigDict({
         "batch_size": 64,            # GLOBAL objects per step (each F views, or one target view in 2D mode)
+        # Gradient accumulation: the UNet runs over the step's batch in this many sequential pieces (each device's
+        # objects must split evenly) and one optimizer update follows; the same loss and gradient, ~1/N of the
+        # activation memory. For global batches whose activations do not fit at once.
+        "microbatches": 1,
+        # XLA's exec_time_optimization_effort for the step's programs (-1..1, 0 = XLA's default). On TPU -1 skips
+        # the latency-hiding schedule and the async collective fusions that overlap the fsdp weight all-gathers with
+        # compute: full size on v5e:2x4 compiles ~3-10x faster with ~half the temporaries, but the gathers may run
+        # exposed (README "Memory and compile settings" has the figures and the bound).
+        "compile_effort": 0.0,
         "steps": 100_000,
         "seed": 0,
         # What trains (mvrag_jax/train/trainable.py): "ip" = resampler + every to_k_ip/to_v_ip (the paper);

@@ -34,7 +34,7 @@ from mvrag_jax.bench import compiled_memory
 from mvrag_jax.models.attention_kernels import resolve_kernel
 from mvrag_jax.train.data import to_global
 from mvrag_jax.train.plan import largest_fitting, parse_mesh
-from mvrag_jax.train.trainer import Trainer, host_batch_example, make_trainer, step_of
+from mvrag_jax.train.trainer import Trainer, host_batch_example, make_trainer, microbatches_of, step_of
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # every XLA compile, cache hits included
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
@@ -91,10 +91,10 @@ def _check_train_config(cfg: Any) -> None:
 def _config(cfg: Any, mesh: Mesh, batch: int) -> Any:
     """`cfg` for one run: this mesh, `batch` objects per step fed by this one process, weights from somewhere."""
     _check_train_config(cfg)
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = mesh.shape["data"] * mesh.shape["fsdp"] * microbatches_of(cfg)
     if batch < 1 or batch % shards:
-        raise BenchTrainError(f"batch {batch} is not a positive multiple of data*fsdp={shards} of mesh "
-                              f"{mesh_label(mesh)}; pass --batch as a multiple of {shards}")
+        raise BenchTrainError(f"batch {batch} is not a positive multiple of data*fsdp*train.microbatches={shards} "
+                              f"of mesh {mesh_label(mesh)}; pass --batch as a multiple of {shards}")
     cfg = copy.deepcopy(cfg)
     cfg.mesh.update(**dict(mesh.shape))
     cfg.train.batch_size = cfg.data.batch_size = batch
@@ -249,7 +249,7 @@ def find_max_batch(cfg: Any, meshes: Sequence[str] | None = None, max_batch: int
         raise BenchTrainError("--find_max_batch needs a GPU or TPU (CPU memory has no limit to find); for a TPU "
                               "slice you do not have, use `mvrag plan --find_max_batch`")
     mesh_ = _mesh(_meshes(cfg, meshes)[0])
-    shards = mesh_.shape["data"] * mesh_.shape["fsdp"]
+    shards = mesh_.shape["data"] * mesh_.shape["fsdp"] * microbatches_of(cfg)
     held = {}
 
     def try_batch(batch: int) -> dict:

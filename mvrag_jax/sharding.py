@@ -160,11 +160,35 @@ def batch_shards() -> int:
     return int(np.prod([mesh.shape[a] for a in names])) if names else 1
 
 
+def batch_pieces(x: jax.Array, pieces: int) -> jax.Array:
+    """[n, ...] -> [pieces, n / pieces, ...] where every piece holds the same number of each device's own rows (no
+    data moves): row d*per_device + c*rows + j (device d, piece c) -> [c, d*rows + j]. Each device's rows must split
+    into `pieces` (per-device rows divisible by it); rows not split evenly over the devices count as one device."""
+    n, shards = x.shape[0], batch_shards()
+    if n % shards:
+        shards = 1
+    if (n // shards) % pieces:
+        raise ValueError(f"{n // shards} rows per device do not split into {pieces} pieces")
+    rows, tail = n // shards // pieces, x.shape[1:]
+    out = x.reshape((shards, pieces, rows) + tail).swapaxes(0, 1).reshape((pieces, shards * rows) + tail)
+    return nn.with_logical_constraint(out, (None, BATCH) + (None,) * len(tail))
+
+
+def unbatch_pieces(y: jax.Array) -> jax.Array:
+    """The inverse of `batch_pieces`: [pieces, m, ...] -> [pieces * m, ...] in the original row order."""
+    pieces, m, tail = y.shape[0], y.shape[1], y.shape[2:]
+    shards = batch_shards()
+    if (pieces * m) % shards or m % shards:
+        shards = 1
+    y = y.reshape((pieces, shards, m // shards) + tail).swapaxes(0, 1).reshape((pieces * m,) + tail)
+    return nn.with_logical_constraint(y, (BATCH,) + (None,) * len(tail))
+
+
 def map_batch_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, max_rows: int) -> Any:
     """`fn(x)` computed in sequential pieces of at most `max_rows` rows per device (the largest divisor of each
     device's rows that fits), so a forward-only pass keeps 1/chunks of its activations live. Every piece holds the
-    same number of each device's own rows (no data moves); rows must be independent under `fn` (a per-row model).
-    `max_rows` <= 0 or >= the rows per device: one piece, `fn(x)`."""
+    same number of each device's own rows (`batch_pieces`: no data moves); rows must be independent under `fn` (a
+    per-row model). `max_rows` <= 0 or >= the rows per device: one piece, `fn(x)`."""
     n, shards = x.shape[0], batch_shards()
     if n % shards:
         shards = 1  # rows not split evenly over the devices: pieces of the whole axis
@@ -172,14 +196,7 @@ def map_batch_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, max_rows: int
     if max_rows <= 0 or max_rows >= per_device:
         return fn(x)
     rows = max(r for r in range(1, max_rows + 1) if per_device % r == 0)
-    chunks, tail = per_device // rows, x.shape[1:]
-    rest = (None,) * len(tail)
-    # row d*per_device + c*rows + j (device d, piece c) -> [c, d*rows + j]: each piece is split over the devices
-    pieces = x.reshape((shards, chunks, rows) + tail).swapaxes(0, 1).reshape((chunks, shards * rows) + tail)
-    pieces = nn.with_logical_constraint(pieces, (None, BATCH) + rest)
-    out = jax.lax.map(lambda piece: fn(nn.with_logical_constraint(piece, (BATCH,) + rest)), pieces)
-
-    def unpiece(y: jax.Array) -> jax.Array:
-        y = y.reshape((chunks, shards, rows) + y.shape[2:]).swapaxes(0, 1).reshape((n,) + y.shape[2:])
-        return nn.with_logical_constraint(y, (BATCH,) + (None,) * (y.ndim - 1))
-    return jax.tree.map(unpiece, out)
+    rest = (None,) * (x.ndim - 1)
+    out = jax.lax.map(lambda piece: fn(nn.with_logical_constraint(piece, (BATCH,) + rest)),
+                      batch_pieces(x, per_device // rows))
+    return jax.tree.map(unbatch_pieces, out)

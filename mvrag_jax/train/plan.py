@@ -36,7 +36,7 @@ from mvrag_jax.diffusion.ddim import DDIMSchedule
 from mvrag_jax.diffusion.sample import sample_jitted
 from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
 from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
-from mvrag_jax.train.trainer import ProgramDoesNotFit, make_trainer, schedule_of
+from mvrag_jax.train.trainer import ProgramDoesNotFit, make_trainer, microbatches_of, schedule_of
 
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
@@ -71,15 +71,17 @@ def make_target_mesh(topology: Topology, mesh_sizes: dict[str, int]) -> jax.shar
     return sharding.make_mesh(**mesh_sizes, devices=topology_devices(topology))
 
 
-def _batch_shards(mesh: jax.sharding.Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]  # the batch axis is split over data x fsdp (sharding.BATCH)
+def _batch_multiple(mesh: jax.sharding.Mesh, cfg: Any) -> int:
+    """The step's global batch must be a multiple of this: data x fsdp (the batch axis, sharding.BATCH) x
+    train.microbatches (each device's objects split into that many pieces)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"] * (microbatches_of(cfg) if "train" in cfg else 1)
 
 
-def _check_batch(batch: int, mesh: jax.sharding.Mesh) -> None:
-    shards = _batch_shards(mesh)
-    if batch < 1 or batch % shards:
-        raise PlanError(f"batch {batch} is not a positive multiple of data*fsdp={shards}; pass --batch as a "
-                        f"multiple of {shards}")
+def _check_batch(batch: int, mesh: jax.sharding.Mesh, cfg: Any) -> None:
+    multiple = _batch_multiple(mesh, cfg)
+    if batch < 1 or batch % multiple:
+        raise PlanError(f"batch {batch} is not a positive multiple of data*fsdp*train.microbatches={multiple}; pass "
+                        f"--batch as a multiple of {multiple}")
 
 
 def _rules(cfg: Any) -> tuple:
@@ -140,7 +142,12 @@ _BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], dict[str, tuple[Any
     "train": _train_programs,
     "sample": _sample_program,
 }
-_LOOP_STEPS = {"sample": SAMPLE_STEPS}  # programs that are one lax.scan: XLA counts the body's FLOPs once
+def _loop_steps(program: str, cfg: Any) -> int:
+    """Trips of the loop that holds (nearly) all of a program's work: XLA counts a loop body's FLOPs once. The
+    sampler is one lax.scan over its steps; the update program with train.microbatches > 1 one over the pieces."""
+    if program == "sample":
+        return SAMPLE_STEPS
+    return microbatches_of(cfg) if program == "train" and "train" in cfg else 1
 
 
 # ---- compile and measure -------------------------------------------------------------------------------------------
@@ -267,7 +274,7 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
     if cached is not None:
         return {**cached, "cached": True}
     mesh = make_target_mesh(topology, mesh_sizes)
-    _check_batch(batch, mesh)
+    _check_batch(batch, mesh, cfg)
     report = {
         "topology": topology.name,
         "accelerator_type": topology.accelerator_type,
@@ -277,6 +284,8 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "batch": batch,
         "dtype": cfg.runtime.dtype,
         "remat": cfg.runtime.remat,
+        "microbatches": microbatches_of(cfg) if "train" in cfg else 1,
+        "compile_effort": float(cfg.train.get("compile_effort", 0.0)) if "train" in cfg else 0.0,
         "attention": cfg.runtime.get("attention"),
         "hbm_per_chip_bytes": topology.hbm_bytes,
         "peak_flops_per_chip": topology.peak_flops,
@@ -293,7 +302,7 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
                                            "memory_gib": _required_gib(e.message)}
             continue
         for program, (compiled, seconds) in built.items():
-            report["programs"][program] = program_figures(compiled, seconds, topology, _LOOP_STEPS.get(program, 1))
+            report["programs"][program] = program_figures(compiled, seconds, topology, _loop_steps(program, cfg))
     failed = [p for p in report["programs"].values() if "out_of_memory" in p]
     if failed:
         report["train_peak_gib"], report["train_fits"] = failed[0]["memory_gib"], False
@@ -327,7 +336,8 @@ def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
 def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], max_batch: int = 4096,
                    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
                    on_probe: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Largest global batch (a multiple of data*fsdp, <= max_batch) whose train step fits the chip's HBM.
+    """Largest global batch (a multiple of data*fsdp*microbatches, <= max_batch) whose train step fits the chip's
+    HBM.
 
     Doubles from one object per data-parallel shard until a compile does not fit, then bisects between the last fit
     and the first miss. Each probe is a full `plan` of the train program (cached like one); `on_probe` sees each
@@ -336,10 +346,10 @@ def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     if topology.hbm_bytes is None:
         raise PlanError(f"{topology.name} has no HBM size to fit against; search on a TPU topology (e.g. v5e:2x4)")
-    shards = _batch_shards(make_target_mesh(topology, mesh_sizes))
+    shards = _batch_multiple(make_target_mesh(topology, mesh_sizes), cfg)
     limit = max_batch // shards
     if limit < 1:
-        raise PlanError(f"max_batch {max_batch} is below data*fsdp={shards}; raise --max_batch")
+        raise PlanError(f"max_batch {max_batch} is below data*fsdp*microbatches={shards}; raise --max_batch")
     probes, reports = [], {}
 
     def fits(units: int) -> bool:
@@ -364,6 +374,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"plan: {report['topology']} ({report['devices']} x {report['device_kind']}), mesh "
              f"{','.join(f'{k}={v}' for k, v in report['mesh'].items())}, global batch {report['batch']}, "
              f"{report['dtype']}, remat={report['remat']}, attention={report.get('attention')}"
+             + (f", {report['microbatches']} microbatches" if report.get("microbatches", 1) > 1 else "")
+             + (f", compile effort {report['compile_effort']:g}" if report.get("compile_effort") else "")
              + ("  [cached]" if report.get("cached") else "")]
     for name, p in report["programs"].items():
         if "out_of_memory" in p:

@@ -11,7 +11,9 @@ Inside, for B objects of F views (batch layout: configs/data.py):
 2. Trainable: resampler -> image tokens [B, k*Q, ctx] (the pipeline's "(b n) q c -> b (n q) c"), repeated per view.
 3. DDPM forward process with the release scheduler's alphas_cumprod: one timestep per object (uniform over
    [0, num_train_timesteps)), shared by its views as at sampling time; independent noise per view.
-4. UNet eps-prediction, MSE in float32 over the valid views only (view_mask).
+4. UNet eps-prediction, MSE in float32 over the valid views only (view_mask); with train.microbatches > 1 the
+   UNet part runs over that many pieces of the batch in sequence and their gradients add up (gradient
+   accumulation: the same loss and gradient as one piece, a fraction of the activations).
 
 3D / 2D rows in one static-shape batch. 3D objects (mode 0): F views with cameras, cross-view self-attention across
 the F views. 2D objects (mode 1, the held-out-view objective): one target view (view 0), no camera. MVDream trains
@@ -33,6 +35,7 @@ Optimisation: grads of the trainable subtree only; non-finite loss or grad norm 
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -42,11 +45,12 @@ import optax
 
 from mvrag_jax.models import clip, resampler, vae
 from mvrag_jax.models.unet import MultiViewUNet
-from mvrag_jax.sharding import map_batch_chunks
+from mvrag_jax.sharding import batch_pieces, map_batch_chunks
 from mvrag_jax.train.state import ModelConfigs, TrainState
 from mvrag_jax.train.trainable import merge_params
 
 MODE_3D = 0  # = data_pipelines.transforms.MODE_3D (the batch's `mode` field); 1 is 2D
+LOSS_INPUTS = ("mode", "camera", "camera_mask", "view_mask")  # the batch fields `diffusion_loss` reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,20 +120,19 @@ def encode_frozen(models: ModelConfigs, params: dict, batch: dict, rng: jax.Arra
 
 
 def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Array, context: jax.Array,
-                   features: jax.Array, rng: jax.Array, *, models: ModelConfigs, options: StepOptions
-                   ) -> tuple[jax.Array, dict]:
-    """Masked eps-prediction MSE (float32) and per-mode sums; grads flow into `trainable` only."""
+                   features: jax.Array, t: jax.Array, noise: jax.Array, views_total: jax.Array, *,
+                   models: ModelConfigs, options: StepOptions) -> tuple[jax.Array, dict]:
+    """Masked eps-prediction squared error (float32) summed over these objects' valid views / `views_total` (the
+    whole step's valid views: microbatches' losses then add up to the step's mean), and per-mode sums; grads flow
+    into `trainable` only. t [B] timesteps, noise [B*F, h, w, c]."""
     params = merge_params(trainable, frozen)
     b = batch["mode"].shape[0]
     f, k = latents.shape[0] // b, features.shape[0] // b  # views and retrieved images per object
     tokens = resampler.Resampler(models.resampler).apply({"params": params["resampler"]}, features)  # [B*k, Q, ctx]
     tokens = tokens.reshape(b, k * tokens.shape[1], tokens.shape[2])  # [B, k*Q, ctx]
 
-    t_key, noise_key = jax.random.split(rng)
     alphas = jnp.asarray(options.alphas_cumprod, jnp.float32)
-    t = jax.random.randint(t_key, (b,), 0, alphas.shape[0])  # one timestep per object
-    t_rows = jnp.repeat(t, f)  # [B*F]
-    noise = jax.random.normal(noise_key, latents.shape, jnp.float32)
+    t_rows = jnp.repeat(t, f)  # [B*F]: one timestep per object, shared by its views
     a = alphas[t_rows][:, None, None, None]
     noisy = jnp.sqrt(a) * latents + jnp.sqrt(1.0 - a) * noise  # [B*F, h, w, c]
 
@@ -147,7 +150,49 @@ def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
     weight_3d = weight * jnp.repeat(is_3d, f)
     sums = {"views": weight.sum(), "views_3d": weight_3d.sum(), "loss_sum": (per_view * weight).sum(),
             "loss_3d_sum": (per_view * weight_3d).sum()}
-    return sums["loss_sum"] / jnp.maximum(sums["views"], 1.0), sums
+    return sums["loss_sum"] / jnp.maximum(views_total, 1.0), sums
+
+
+def loss_and_grads(trainable: dict, frozen: dict, batch: dict, latents: jax.Array, context: jax.Array,
+                   features: jax.Array, rng: jax.Array, *, models: ModelConfigs, options: StepOptions,
+                   microbatches: int = 1, grad_shardings: Any = None) -> tuple[jax.Array, dict, dict]:
+    """(mean loss, per-mode sums, grads of the trainable params) of the whole batch, computed in `microbatches`
+    sequential pieces (a lax.scan accumulating float32 grads: activations of one piece live at a time, the same
+    maths as one piece). Timesteps and noise are drawn for the whole batch first, so the pieces change no random
+    number. Every piece holds the same number of each device's own objects (sharding.batch_pieces: no data moves);
+    `grad_shardings` (the trainable params' shardings) pins the accumulator's layout."""
+    b = batch["mode"].shape[0]
+    t_key, noise_key = jax.random.split(rng)
+    t = jax.random.randint(t_key, (b,), 0, len(options.alphas_cumprod))
+    noise = jax.random.normal(noise_key, latents.shape, jnp.float32)
+    views_total = batch["view_mask"].astype(jnp.float32).sum()
+    grad_fn = jax.value_and_grad(diffusion_loss, has_aux=True)
+    bind = functools.partial(grad_fn, models=models, options=options)
+    if microbatches == 1:  # no loop: the default program stays one straight-line graph
+        (loss, sums), grads = bind(trainable, frozen, batch, latents, context, features, t, noise, views_total)
+        return loss, sums, grads
+
+    # per object, so a piece takes whole objects: rows [B*F] / [B*k] -> [B, F] / [B, k]
+    per_object = {"batch": {name: batch[name] for name in LOSS_INPUTS if name in batch},
+                  "latents": latents.reshape((b, -1) + latents.shape[1:]), "context": context,
+                  "features": features.reshape((b, -1) + features.shape[1:]), "t": t,
+                  "noise": noise.reshape((b, -1) + noise.shape[1:])}
+    pieces = jax.tree.map(lambda x: batch_pieces(x, microbatches), per_object)
+    rows = lambda x: x.reshape((-1,) + x.shape[2:])  # [objects, F, ...] -> [objects*F, ...]
+    pin = (lambda g: g) if grad_shardings is None else (
+        lambda g: jax.tree.map(jax.lax.with_sharding_constraint, g, grad_shardings))
+
+    def accumulate(carry, piece):
+        grads_sum, sums_sum = carry
+        (_, sums), grads = bind(trainable, frozen, piece["batch"], rows(piece["latents"]), piece["context"],
+                                rows(piece["features"]), piece["t"], rows(piece["noise"]), views_total)
+        return (pin(jax.tree.map(jnp.add, grads_sum, grads)), jax.tree.map(jnp.add, sums_sum, sums)), None
+
+    zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable))
+    zero_sums = {name: jnp.zeros((), jnp.float32) for name in ("views", "views_3d", "loss_sum", "loss_3d_sum")}
+    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), pieces)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    return sums["loss_sum"] / jnp.maximum(views_total, 1.0), sums, grads
 
 
 ENCODERS = ("vae", "clip_text", "clip_vision")    # the frozen encoders' param components
@@ -173,9 +218,11 @@ def encode_step(encoder_params: dict, batch: dict, rng: jax.Array, step: jax.Arr
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, encoded: dict | None = None, *,
                models: ModelConfigs, tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
-               options: StepOptions) -> tuple[TrainState, dict]:
+               options: StepOptions, microbatches: int = 1, grad_shardings: Any = None
+               ) -> tuple[TrainState, dict]:
     """One optimizer step. `rng` is the run's key (the same every step): the step key is fold_in(rng, state.step).
-    `encoded` (from `encode_step`) replaces the in-graph encoders; the batch may then lack ENCODER_INPUTS."""
+    `encoded` (from `encode_step`) replaces the in-graph encoders; the batch may then lack ENCODER_INPUTS.
+    `microbatches` > 1 accumulates the gradient over that many pieces of the batch (`loss_and_grads`)."""
     drop_key, latent_key, loss_key = step_keys(rng, state.step)
     drop_text, drop_image = cfg_drops(drop_key, batch["mode"].shape[0], options)
     if encoded is None:
@@ -185,9 +232,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, encoded: dict | N
     else:
         latents, context, features = encoded["latents"], encoded["context"], encoded["features"]
 
-    grad_fn = jax.value_and_grad(diffusion_loss, has_aux=True)
-    (loss, sums), grads = grad_fn(state.trainable, state.frozen, batch, latents, context, features, loss_key,
-                                  models=models, options=options)
+    loss, sums, grads = loss_and_grads(state.trainable, state.frozen, batch, latents, context, features, loss_key,
+                                       models=models, options=options, microbatches=microbatches,
+                                       grad_shardings=grad_shardings)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)

@@ -195,11 +195,15 @@ def abstract_batch(cfg: Any, models: state_lib.ModelConfigs, batch_sharding: Nam
 
 def check_config(cfg: Any, models: state_lib.ModelConfigs, mesh: Mesh) -> None:
     """Batch divisible over the mesh, per-host batch = global / hosts, data sizes the model can take."""
-    b = int(cfg.train.batch_size)
+    b, pieces = int(cfg.train.batch_size), microbatches_of(cfg)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if b % shards:
         raise TrainConfigError(f"train.batch_size {b} is not divisible by data*fsdp={shards}; set "
                                f"--config.train.batch_size to a multiple of {shards}")
+    if pieces < 1 or (b // shards) % pieces:
+        raise TrainConfigError(f"train.microbatches {pieces}: each device's {b // shards} objects must split into "
+                               f"that many pieces; set --config.train.microbatches to a divisor of {b // shards} "
+                               f"(or --config.train.batch_size to a multiple of {shards * max(pieces, 1)})")
     if int(cfg.data.batch_size) * jax.process_count() != b:
         raise TrainConfigError(f"data.batch_size {cfg.data.batch_size} (per host) x {jax.process_count()} hosts != "
                                f"train.batch_size {b}; set --config.data.batch_size={b // jax.process_count()}")
@@ -216,6 +220,21 @@ def check_config(cfg: Any, models: state_lib.ModelConfigs, mesh: Mesh) -> None:
     if int(cfg.data.image_size) % factor:
         raise TrainConfigError(f"data.image_size {cfg.data.image_size} is not a multiple of {factor} (VAE x UNet "
                                "downsampling); choose e.g. 256 for the release")
+
+
+def compiler_options_of(cfg: Any) -> dict[str, float] | None:
+    """XLA compile options of the step's programs: train.compile_effort (XLA's exec_time_optimization_effort,
+    -1..1; 0 = XLA's default, then no option is passed at all)."""
+    effort = float(cfg.train.get("compile_effort", 0.0))
+    if not -1.0 <= effort <= 1.0:
+        raise TrainConfigError(f"train.compile_effort={effort} is outside [-1, 1]; set --config.train.compile_effort "
+                               "to 0 (XLA's default) or -1 (fastest compile, see README 'Memory and compile settings')")
+    return {"exec_time_optimization_effort": effort} if effort else None
+
+
+def microbatches_of(cfg: Any) -> int:
+    """cfg.train.microbatches (1 when the config predates it): gradient accumulation pieces per step."""
+    return int(cfg.train.get("microbatches", 1))
 
 
 def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
@@ -246,17 +265,22 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
     if encoders not in ENCODER_MODES:
         raise TrainConfigError(f"train.encoders={encoders!r}; set --config.train.encoders to one of "
                                f"{', '.join(ENCODER_MODES)}")
-    step_fn = functools.partial(train_step, models=models, tx=tx, schedule=schedule, options=options)
+    options_xla = compiler_options_of(cfg)
+    step_fn = functools.partial(train_step, models=models, tx=tx, schedule=schedule, options=options,
+                                microbatches=microbatches_of(cfg), grad_shardings=state_shardings.trainable)
     jitted_encode = None
     if encoders == "in_step":
         jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, replicated),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+                         out_shardings=(state_shardings, replicated), donate_argnums=0,
+                         compiler_options=options_xla)
     else:  # shardings of the encoded arrays follow the batch (their axis 0 is objects or object-major rows)
         jitted_encode = jax.jit(functools.partial(encode_step, models=models, options=options),
                                 in_shardings=(encoder_params(state_shardings.frozen), batch_sharding, replicated,
-                                              replicated), out_shardings=batch_sharding)
+                                              replicated), out_shardings=batch_sharding,
+                                compiler_options=options_xla)
         jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding, replicated, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+                         out_shardings=(state_shardings, replicated), donate_argnums=0,
+                         compiler_options=options_xla)
 
     def init(rng: jax.Array) -> state_lib.TrainState:
         with jax.set_mesh(mesh):

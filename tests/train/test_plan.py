@@ -124,6 +124,21 @@ def test_report_figures_and_cache(monkeypatch, tmp_path):
     assert len(calls) == 6  # cache off
 
 
+def test_microbatches_scale_the_train_flops_and_the_batch_multiple(monkeypatch):
+    """XLA counts the accumulation loop's body once: the train program's FLOPs are x microbatches; the batch must
+    split into data*fsdp*microbatches; the report names the pieces and the compile effort."""
+    _fake_target(monkeypatch)
+    cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"},
+                          "train": {"microbatches": 2, "compile_effort": -1.0}})
+    report = plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 32, cache_dir=None)
+    assert report["programs"]["train"]["flops_per_chip"] == 2 * 4e12
+    assert report["programs"]["sample"]["flops_per_chip"] == 4e12 * plan.SAMPLE_STEPS  # not a train program
+    assert report["microbatches"] == 2 and report["compile_effort"] == -1.0
+    assert "2 microbatches, compile effort -1" in plan.format_report(report)
+    with pytest.raises(plan.PlanError, match=r"multiple of data\*fsdp\*train\.microbatches=16"):
+        plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 24, cache_dir=None)
+
+
 def test_report_does_not_fit_and_bad_batch(monkeypatch):
     _fake_target(monkeypatch, temp_gib=20)  # 23.5 GiB per chip
     cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
@@ -183,14 +198,19 @@ def test_find_max_batch_doubles_then_bisects(monkeypatch):
 
     monkeypatch.setattr(plan, "plan", fake_plan)
     monkeypatch.setattr(plan, "make_target_mesh", lambda topo, sizes: type("M", (), {"shape": sizes})())
-    result = plan.find_max_batch(None, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, max_batch=4096)
+    cfg = mlc.ConfigDict({"train": {"microbatches": 1}})
+    result = plan.find_max_batch(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, max_batch=4096)
     assert result["max_batch"] == 88 and result["plan"]["batch"] == 88
     assert seen == [8, 16, 32, 64, 128, 96, 80, 88]
     assert all(b % 8 == 0 for b in seen)
     assert [p["fits"] for p in result["probes"]] == [b <= 88 for b in seen]
     seen.clear()
-    capped = plan.find_max_batch(None, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, max_batch=40)
+    capped = plan.find_max_batch(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, max_batch=40)
     assert capped["max_batch"] == 40 and capped["limit_reached"] and seen == [8, 16, 32, 40]
+    seen.clear()  # two microbatches: each device's objects split in two, so batches step by 16
+    cfg.train.microbatches = 2
+    pieces = plan.find_max_batch(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, max_batch=4096)
+    assert pieces["max_batch"] == 80 and pieces["batch_multiple"] == 16 and seen == [16, 32, 64, 128, 96, 80]
 
 
 def test_find_max_batch_needs_hbm():
@@ -265,6 +285,22 @@ def test_plan_micro_on_a_tpu_slice_without_a_tpu(tmp_path):
         _check_program(p, 4)
         assert p["fits"] is True and 0 < p["hbm_fraction"] < 1
         assert p["projected_step_s"] == pytest.approx(p["flops_per_chip"] / (0.4 * 197e12))
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
+def test_compile_effort_reaches_the_tpu_compiler(tmp_path):
+    """train.compile_effort=-1 is passed to XLA with the step's programs: on TPU it drops the async collective
+    fusions, so the micro step's generated code shrinks (0.072 -> 0.042 GiB measured on v5e:2x4)."""
+    code = {}
+    for effort in ("0", "-1"):
+        proc = _mvrag("plan", "--config", "configs/train.py:size=micro", f"--config.train.compile_effort={effort}",
+                      "--topology", "v5e:2x2", "--mesh", "data=1,fsdp=4", "--batch", "4", "--programs", "train",
+                      "--json", "--plan_cache_dir", str(tmp_path), timeout=3000)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["compile_effort"] == float(effort)
+        code[effort] = report["programs"]["train"]["memory"]["generated_code_bytes"]
+    assert code["-1"] < code["0"], code
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")

@@ -263,3 +263,45 @@ def test_ordered_remat_step_equals_the_step_without_remat():
     assert plain[0]["grad_norm"] > 0
     for key, value in plain_params.items():
         np.testing.assert_allclose(ordered_params[key], value, rtol=1e-5, atol=2e-5, err_msg=key)
+
+
+def test_microbatches_give_the_one_piece_losses_and_params():
+    """train.microbatches=2 (gradient accumulation over a lax.scan of two pieces, here one 3D and one 2D object):
+    three steps give the metrics and updated params of one piece, with the encoders in the step or apart."""
+    results, loops = {}, {}  # loops: while loops in the update program (the CPU attention kernel has its own)
+    for name, train in {"one": {}, "two": {"microbatches": 2},
+                        "two_separate": {"microbatches": 2, "encoders": "separate"}}.items():
+        cfg = micro_config(cfg_drop_text=0.3, cfg_drop_image=0.3, **train)
+        trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+        loops[name] = trainer.compile_programs()["train"][0].as_text().count("condition=")
+        compiled, _ = trainer.compile()
+        state = trainer.init(jax.random.key(0))
+        batch = to_global(host_batch_example(cfg), trainer.batch_sharding)
+        metrics = []
+        for _ in range(3):
+            state, m = compiled(state, batch, jax.random.key(1))
+            metrics.append(jax.device_get(m))
+        results[name] = metrics, host_tree(state.trainable)
+    assert loops["two"] == loops["one"] + 1, loops  # the pieces really are a loop
+    one, one_params = results["one"]
+    assert one[0]["loss"] != one[2]["loss"] and one[0]["views_3d"] > 0 and one[0]["views_2d"] > 0
+    for name in ("two", "two_separate"):
+        metrics, params = results[name]
+        for a, b in zip(one, metrics):
+            for key in ("loss", "loss_3d", "loss_2d", "grad_norm", "views_3d", "views_2d"):
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"{name} {key}")
+        for key, value in one_params.items():  # tolerance: see test_separate_encoders_give_the_in_step_losses...
+            np.testing.assert_allclose(params[key], value, rtol=1e-5, atol=2e-5, err_msg=f"{name} {key}")
+
+
+def test_microbatches_that_do_not_split_the_batch_name_the_fix():
+    cfg = micro_config(microbatches=3)
+    with pytest.raises(TrainConfigError, match=r"train\.microbatches 3.*2 objects.*--config\.train\.microbatches"):
+        make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+@pytest.mark.parametrize("effort", [-2.0, 1.5])
+def test_compile_effort_outside_its_range_names_the_fix(effort):
+    cfg = micro_config(compile_effort=effort)
+    with pytest.raises(TrainConfigError, match=r"train\.compile_effort=.*outside \[-1, 1\].*--config\.train"):
+        make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))

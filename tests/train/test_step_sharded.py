@@ -1,4 +1,5 @@
-"""The train step gives the same result on every mesh: 8 fake CPU devices, meshes 8x1x1, 2x4x1, 1x8x1, 2x2x2.
+"""The train step gives the same result on every mesh: 8 fake CPU devices, meshes 8x1x1, 2x4x1, 1x8x1, 2x2x2, and
+2x2x2 with train.microbatches=2 (gradient accumulation over pieces of each device's objects).
 
 Fake devices must be configured before jax initialises, so the runs happen in one subprocess with XLA_FLAGS set
 (as tests/test_sharding.py does); it saves each mesh's losses and trained params, which the tests compare.
@@ -18,7 +19,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).parents[2]
-MESHES = {"8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "1x8x1": (1, 8, 1), "2x2x2": (2, 2, 2)}
+MESHES = {"8x1x1": (8, 1, 1, 1), "2x4x1": (2, 4, 1, 1), "1x8x1": (1, 8, 1, 1), "2x2x2": (2, 2, 2, 1),
+          "2x2x2_mb2": (2, 2, 2, 2)}  # (data, fsdp, tensor, microbatches)
 STEPS = 3
 
 SCRIPT = textwrap.dedent("""
@@ -31,9 +33,10 @@ SCRIPT = textwrap.dedent("""
     from mvrag_jax.train.trainer import host_batch_example, make_mesh, make_trainer
 
     meshes, steps, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    for name, (data, fsdp, tensor) in meshes.items():
+    for name, (data, fsdp, tensor, microbatches) in meshes.items():
         cfg = train_config.get_config("size=micro")
-        cfg.train.update(batch_size=8, trainable="ip")  # CFG dropout stays on: its draws must not depend on the mesh
+        # CFG dropout stays on: its draws must not depend on the mesh (nor on the microbatches)
+        cfg.train.update(batch_size=8, trainable="ip", microbatches=microbatches)
         cfg.data.batch_size = 8
         cfg.train.optimizer.update(learning_rate=1e-3, warmup_steps=0)
         cfg.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
@@ -83,3 +86,4 @@ def test_frozen_params_are_sharded_where_the_mesh_has_model_axes(runs):
     assert share["8x1x1"] == 1.0  # pure data parallel: replicated weights
     # fsdp/tensor split the weights (the micro model's small dims, e.g. 4 latent channels, stay replicated).
     assert share["1x8x1"] < 0.2 and share["2x4x1"] < 0.3 and share["2x2x2"] < 0.3, share
+    assert share["2x2x2_mb2"] == share["2x2x2"]  # accumulation leaves the state's layout alone
