@@ -30,6 +30,17 @@ def host_tree(tree) -> dict:
     return {"/".join(path): np.array(value) for path, value in flatten(jax.device_get(tree)).items()}
 
 
+def run_steps(trainer, compiled, cfg, steps: int) -> tuple[list[dict], dict]:
+    """(metrics of each step, trained params) of `steps` compiled steps from init key 0 on the example batch."""
+    state = trainer.init(jax.random.key(0))
+    batch = to_global(host_batch_example(cfg), trainer.batch_sharding)
+    metrics = []
+    for _ in range(steps):
+        state, m = compiled(state, batch, jax.random.key(1))
+        metrics.append(jax.device_get(m))
+    return metrics, host_tree(state.trainable)
+
+
 @pytest.fixture(scope="module")
 def run():
     """Init, then: one replayable step at step 0, five steps, the replay again, and a non-finite step."""
@@ -197,13 +208,7 @@ def test_separate_encoders_give_the_in_step_losses_and_params():
         compiled, _ = trainer.compile()
         if encoders == "separate":  # the pieces really are a loop
             assert "while" in programs["encode"][0].as_text()
-        state = trainer.init(jax.random.key(0))
-        batch = to_global(host_batch_example(cfg), trainer.batch_sharding)
-        metrics = []
-        for _ in range(3):
-            state, m = compiled(state, batch, jax.random.key(1))
-            metrics.append(jax.device_get(m))
-        results[encoders] = metrics, host_tree(state.trainable)
+        results[encoders] = run_steps(trainer, compiled, cfg, 3)
     (one, one_params), (two, two_params) = results["in_step"], results["separate"]
     for a, b in zip(one, two):
         for key in ("loss", "grad_norm", "drop_text_fraction", "drop_image_fraction"):
@@ -275,13 +280,7 @@ def test_microbatches_give_the_one_piece_losses_and_params():
         trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
         loops[name] = trainer.compile_programs()["train"][0].as_text().count("condition=")
         compiled, _ = trainer.compile()
-        state = trainer.init(jax.random.key(0))
-        batch = to_global(host_batch_example(cfg), trainer.batch_sharding)
-        metrics = []
-        for _ in range(3):
-            state, m = compiled(state, batch, jax.random.key(1))
-            metrics.append(jax.device_get(m))
-        results[name] = metrics, host_tree(state.trainable)
+        results[name] = run_steps(trainer, compiled, cfg, 3)
     assert loops["two"] == loops["one"] + 1, loops  # the pieces really are a loop
     one, one_params = results["one"]
     assert one[0]["loss"] != one[2]["loss"] and one[0]["views_3d"] > 0 and one[0]["views_2d"] > 0
