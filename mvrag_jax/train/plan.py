@@ -36,7 +36,8 @@ from mvrag_jax.diffusion.ddim import DDIMSchedule
 from mvrag_jax.diffusion.sample import sample_jitted
 from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
 from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
-from mvrag_jax.train.trainer import ProgramDoesNotFit, make_trainer, microbatches_of, schedule_of
+from mvrag_jax.train.trainer import (ProgramDoesNotFit, compile_effort_of, make_trainer, microbatches_of,
+                                     schedule_of)
 
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
@@ -74,7 +75,7 @@ def make_target_mesh(topology: Topology, mesh_sizes: dict[str, int]) -> jax.shar
 def _batch_multiple(mesh: jax.sharding.Mesh, cfg: Any) -> int:
     """The step's global batch must be a multiple of this: data x fsdp (the batch axis, sharding.BATCH) x
     train.microbatches (each device's objects split into that many pieces)."""
-    return mesh.shape["data"] * mesh.shape["fsdp"] * (microbatches_of(cfg) if "train" in cfg else 1)
+    return mesh.shape["data"] * mesh.shape["fsdp"] * microbatches_of(cfg)
 
 
 def _check_batch(batch: int, mesh: jax.sharding.Mesh, cfg: Any) -> None:
@@ -142,12 +143,14 @@ _BUILDERS: dict[str, Callable[[Any, jax.sharding.Mesh, int], dict[str, tuple[Any
     "train": _train_programs,
     "sample": _sample_program,
 }
+
+
 def _loop_steps(program: str, cfg: Any) -> int:
     """Trips of the loop that holds (nearly) all of a program's work: XLA counts a loop body's FLOPs once. The
     sampler is one lax.scan over its steps; the update program with train.microbatches > 1 one over the pieces."""
     if program == "sample":
         return SAMPLE_STEPS
-    return microbatches_of(cfg) if program == "train" and "train" in cfg else 1
+    return microbatches_of(cfg) if program == "train" else 1
 
 
 # ---- compile and measure -------------------------------------------------------------------------------------------
@@ -284,8 +287,8 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "batch": batch,
         "dtype": cfg.runtime.dtype,
         "remat": cfg.runtime.remat,
-        "microbatches": microbatches_of(cfg) if "train" in cfg else 1,
-        "compile_effort": float(cfg.train.get("compile_effort", 0.0)) if "train" in cfg else 0.0,
+        "microbatches": microbatches_of(cfg),
+        "compile_effort": compile_effort_of(cfg),
         "attention": cfg.runtime.get("attention"),
         "hbm_per_chip_bytes": topology.hbm_bytes,
         "peak_flops_per_chip": topology.peak_flops,

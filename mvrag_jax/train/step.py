@@ -188,10 +188,9 @@ def loss_and_grads(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
                                 rows(piece["features"]), piece["t"], rows(piece["noise"]), views_total)
         return (pin(jax.tree.map(jnp.add, grads_sum, grads)), jax.tree.map(jnp.add, sums_sum, sums)), None
 
-    zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable))
+    zeros = pin(jax.tree.map(jnp.zeros_like, trainable))  # float32, as every trainable param
     zero_sums = {name: jnp.zeros((), jnp.float32) for name in ("views", "views_3d", "loss_sum", "loss_3d_sum")}
     (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), pieces)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
     return sums["loss_sum"] / jnp.maximum(views_total, 1.0), sums, grads
 
 

@@ -225,7 +225,7 @@ def check_config(cfg: Any, models: state_lib.ModelConfigs, mesh: Mesh) -> None:
 def compiler_options_of(cfg: Any) -> dict[str, float] | None:
     """XLA compile options of the step's programs: train.compile_effort (XLA's exec_time_optimization_effort,
     -1..1; 0 = XLA's default, then no option is passed at all)."""
-    effort = float(cfg.train.get("compile_effort", 0.0))
+    effort = compile_effort_of(cfg)
     if not -1.0 <= effort <= 1.0:
         raise TrainConfigError(f"train.compile_effort={effort} is outside [-1, 1]; set --config.train.compile_effort "
                                "to 0 (XLA's default) or -1 (fastest compile, see README 'Memory and compile settings')")
@@ -233,8 +233,13 @@ def compiler_options_of(cfg: Any) -> dict[str, float] | None:
 
 
 def microbatches_of(cfg: Any) -> int:
-    """cfg.train.microbatches (1 when the config predates it): gradient accumulation pieces per step."""
-    return int(cfg.train.get("microbatches", 1))
+    """cfg.train.microbatches: gradient accumulation pieces per step (1 for configs without it or a train block)."""
+    return int(cfg.get("train", {}).get("microbatches", 1))
+
+
+def compile_effort_of(cfg: Any) -> float:
+    """cfg.train.compile_effort (0, XLA's default, for configs without it or a train block)."""
+    return float(cfg.get("train", {}).get("compile_effort", 0.0))
 
 
 def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
