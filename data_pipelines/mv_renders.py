@@ -6,7 +6,7 @@ Layout of `manual_dir` (one folder per object; folder name = object id):
     <manual_dir>/<object_id>/caption.txt    one line, e.g. "a wooden chair with curved armrests"
     <manual_dir>/<object_id>/000.png ...    square RGB or RGBA renders of any size (alpha is composited over grey)
 
-Angles are degrees in `mvrag_jax.camera.get_camera`'s convention: elevation > 0 puts the camera above the object,
+Angles are degrees in `mvrag_jax.inputs.camera.get_camera`'s convention: elevation > 0 puts the camera above the object,
 azimuth 0 is the camera on the -y side (Blender axes) and grows counter-clockwise seen from above; cameras look at
 the origin from radius 1 (render with the object centred and scaled to fit, as the synthetic set is).
 Each object needs at least one orbit (num_views views at one elevation whose azimuths are a0 + i * 360 / num_views,

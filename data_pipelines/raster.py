@@ -1,6 +1,6 @@
 """A small numpy z-buffer rasteriser: renders a `shapes.Mesh` from a flattened camera-to-world pose.
 
-The pose is exactly what `mvrag_jax.camera.get_camera` returns for the UNet (Blender world axes, OpenGL camera axes:
+The pose is exactly what `mvrag_jax.inputs.camera.get_camera` returns for the UNet (Blender world axes, OpenGL camera axes:
 the camera looks down its -z, +y is up in the image), so a render and its conditioning camera always agree.
 Lights are fixed in the world, so shading changes with the viewpoint the way a real object's would.
 """

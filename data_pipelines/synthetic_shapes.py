@@ -4,7 +4,7 @@ Classes are (colour, shape) pairs such as "red cube". Two builder configs (tfds 
 schema, and the two halves have different ones):
 - `multiview` (3D mode): per object, `num_views` evenly spaced views at one elevation drawn from `elevation_range`
   plus `extra_views` renders from random viewpoints (the raw material of the simulated retrievals). Every view is
-  rendered from exactly the camera `mvrag_jax.camera.get_camera(1, elevation, azimuth)` returns for its stored angles,
+  rendered from exactly the camera `mvrag_jax.inputs.camera.get_camera(1, elevation, azimuth)` returns for its stored angles,
   on the flat grey background. Captions are "a red cube".
 - `classes` (2D mode): single renders of each class from random viewpoints, sizes, offsets and background tints,
   stored grouped by class (see records.py).
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import raster, records, shapes
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 KINDS = ("multiview", "classes")
 SPLITS = ("train", "validation")

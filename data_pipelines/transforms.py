@@ -19,7 +19,7 @@ import tokenizers
 
 from data_pipelines import augment, records
 from data_pipelines.synthetic_shapes import article
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 MODE_3D, MODE_2D = 0, 1
 DEFAULT_TOKENIZER_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests/reference/tiny_release/tokenizer"

@@ -44,7 +44,7 @@ def write_text_only_release(dst: pathlib.Path) -> pathlib.Path:
     the UNet, no resampler/, image_encoder/ or facebook/dinov2-base/ folders)."""
     import shutil
 
-    from mvrag_jax.release import read_safetensors, write_safetensors
+    from mvrag_jax.inputs.release import read_safetensors, write_safetensors
 
     dropped = ("resampler", "image_encoder", "facebook")
     shutil.copytree(TINY_RELEASE, dst, ignore=lambda folder, names: [n for n in names if folder == str(TINY_RELEASE)

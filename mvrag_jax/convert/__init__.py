@@ -8,7 +8,7 @@ from mvrag_jax.convert.checkpoint import CheckpointError, check_target, load_che
 from mvrag_jax.convert.components import COMPONENTS, convert_component, release_components
 from mvrag_jax.convert.export import EXPORT_DTYPES, export_release
 from mvrag_jax.convert.keys import CheckpointKeyError
-from mvrag_jax.release import Release, ReleaseError
+from mvrag_jax.inputs.release import Release, ReleaseError
 
 # Files that carry weights; everything else in a release (configs, tokenizer, processors) is copied verbatim.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5")

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 
 from mvrag_jax.convert.keys import state_dict_to_params
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.models import clip, dinov2, resampler, unet, vae
 
 

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from mvrag_jax.convert.checkpoint import CheckpointError, atomic_directory
 from mvrag_jax.convert.keys import params_to_state_dict
-from mvrag_jax.release import COMPONENT_FOLDERS, WEIGHTS_FILES, write_safetensors
+from mvrag_jax.inputs.release import COMPONENT_FOLDERS, WEIGHTS_FILES, write_safetensors
 
 EXPORT_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 

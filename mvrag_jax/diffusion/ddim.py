@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 
 SCHEDULER_CONFIG = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear")

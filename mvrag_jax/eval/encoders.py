@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvrag_jax import images as image_ops
+from mvrag_jax.inputs import images as image_ops
 from mvrag_jax.convert import load_model_checkpoint
 from mvrag_jax.convert.checkpoint import CONFIG_FILE
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import dinov2, inception
-from mvrag_jax.release import COMPONENT_FOLDERS, read_safetensors
+from mvrag_jax.inputs.release import COMPONENT_FOLDERS, read_safetensors
 
 IMAGE_REWARD_MISSING = ("ImageReward's encoder is a BLIP model, which mvrag-jax does not implement; "
                         "score with the ImageReward package and merge its numbers")

@@ -102,7 +102,7 @@ def load_pipeline(ckpt: str, num_views: int) -> Any:
     try:
         from mvrag_jax.pipeline import Pipeline
     except ImportError as e:
-        raise ValueError(f"--ckpt needs mvrag_jax/pipeline.py, which this checkout lacks ({e}); generate the views "
+        raise ValueError(f"--ckpt needs mvrag_jax/pipeline/pipeline.py, which this checkout lacks ({e}); generate the views "
                          "with another tool and pass --images instead") from e
     return Pipeline.load(ckpt=ckpt, num_views=num_views)
 

@@ -23,7 +23,7 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype, config_block, square_size
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM, VOCAB
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh")
@@ -304,7 +304,7 @@ class CLIPVisionModel(nn.Module):
         if tuple(pixel_values.shape[1:]) != expected:
             raise CLIPConfigError(f"pixel_values have shape {tuple(pixel_values.shape)}, the vision tower expects "
                                   f"[b, {', '.join(map(str, expected))}] (NHWC); preprocess with "
-                                  "mvrag_jax.images.clip_preprocess (NCHW arrays need a transpose)")
+                                  "mvrag_jax.inputs.images.clip_preprocess (NCHW arrays need a transpose)")
         x = CLIPVisionEmbeddings(cfg, name="embeddings")(pixel_values)  # [b, 1 + patches, hidden]
         x = layer_norm(cfg.layer_norm_eps, dtype=dtype, name="pre_layrnorm")(x)
         x = nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))

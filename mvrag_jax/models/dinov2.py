@@ -8,7 +8,7 @@ replicated borders), written out here: `jax.image.resize` uses another kernel an
 The processor is transformers' BitImageProcessor with the PIL backend (what the official requirements' transformers
 4.46 ran). BitImageProcessorPil and CLIPImageProcessorPil are the same PilBackend pipeline with the same class
 defaults (PIL bicubic shortest-edge resize, center crop, float64 rescale, float32 normalise), so the settings and the
-pipeline come from mvrag_jax/images.py; only the file they are read from differs.
+pipeline come from mvrag_jax/inputs/images.py; only the file they are read from differs.
 
     config, processor = DINOv2Config.from_release(release), processor_config(release)
     embeddings = embed_images(config, params, processor, pil_images)   # [n, hidden] L2-normalised CLS
@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvrag_jax import images
+from mvrag_jax.inputs import images
 from mvrag_jax.models.config import check_compute_dtype, config_block, square_size
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 
 
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",

@@ -23,7 +23,7 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 
 
 _LOG = logging.getLogger(__name__)

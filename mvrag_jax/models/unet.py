@@ -22,7 +22,7 @@ from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.models.embeddings import timestep_embedding
 from mvrag_jax.models.remat import ordered_remat
 from mvrag_jax.sharding import ACT_EMBED, BATCH, CONV_OUT, EMBED, MLP
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 
 
 Dtype = Any

@@ -21,7 +21,7 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 
 
 GROUP_NORM_EPS = 1e-6  # every diffusers VAE norm (resnets, mid attention, conv_norm_out)

@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mvrag_jax import images as image_ops
-from mvrag_jax import text as text_ops
+from mvrag_jax.inputs import images as image_ops
+from mvrag_jax.inputs import text as text_ops
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import clip
-from mvrag_jax.release import read_safetensors
+from mvrag_jax.inputs.release import read_safetensors
 from mvrag_jax.retrieval.base import Candidate, RetrievalError, RetrievedImage, collect, read_image
 from mvrag_jax.retrieval.collection import CollectionError, CollectionRecord
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from data_pipelines import build, loader
 from mvrag_jax import sharding
-from mvrag_jax import distributed
+from mvrag_jax.cluster import distributed
 from mvrag_jax.train import checkpoint, metrics, state as state_lib, workdir as workdir_lib
 from mvrag_jax.train.data import to_global
 
@@ -281,7 +281,7 @@ def samples_due(t: mlc.ConfigDict, start: int) -> bool:
 def launch(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, coordinator: str | None = None,
            num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
            multihost: bool = False, sample_fn: SampleFn | None = None) -> dict[str, Any]:
-    """`mvrag train`: join the job (mvrag_jax/distributed.py; a no-op on one process), then `run`."""
+    """`mvrag train`: join the job (mvrag_jax/cluster/distributed.py; a no-op on one process), then `run`."""
     distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
     return run(cfg, workdir, sample_fn=sample_fn)
 

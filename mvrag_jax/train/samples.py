@@ -1,5 +1,5 @@
 """Sample grids during training: the loop's `sample_fn`, generating a fixed set of objects from the current weights
-with the inference pipeline (mvrag_jax/pipeline.py: prior pass, DINOv2 fusion weight, main pass, decode).
+with the inference pipeline (mvrag_jax/pipeline/pipeline.py: prior pass, DINOv2 fusion weight, main pass, decode).
 
     sampler = make_sample_fn(cfg, trainer)       # cheap: nothing is compiled until the first call
     grids = sampler(state, step)                 # {"0_a-red-cube": [H, W, 3] uint8, ...}: retrieved | views
@@ -34,12 +34,13 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipelines import build, loader, records, transforms
-from mvrag_jax import generate, images, text
+from mvrag_jax.pipeline import generate
+from mvrag_jax.inputs import images, text
 from mvrag_jax.convert.checkpoint import load_checkpoint, load_configs
 from mvrag_jax.convert.components import COMPONENTS as CONVERTED
 from mvrag_jax.diffusion.ddim import DDIMSchedule
 from mvrag_jax.pipeline import ObjectRequest, Pipeline, SamplingOptions
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.train import state as state_lib
 from mvrag_jax.train.trainer import Trainer, clip_statistics
 

@@ -33,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mvrag_jax import sharding
-from mvrag_jax.bench import host_random_params
+from mvrag_jax.models.random_params import host_random_params
 from mvrag_jax.convert.checkpoint import CheckpointError, load_checkpoint, load_configs
 from mvrag_jax.convert.components import COMPONENTS as CONVERTED
 from mvrag_jax.convert.keys import flatten, unflatten

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mvrag_jax import sharding
 from mvrag_jax.diffusion.ddim import DDIMSchedule, SCHEDULER_CONFIG, alphas_cumprod
-from mvrag_jax.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_FILE, CLIPImageProcessorConfig
+from mvrag_jax.inputs.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_FILE, CLIPImageProcessorConfig
 from mvrag_jax.train import optimizer, state as state_lib
 from mvrag_jax.train.step import ENCODER_INPUTS, ENCODERS, StepOptions, alphas_cumprod_tuple, encode_step, train_step
 from mvrag_jax.train.trainable import trainable_paths

@@ -1,6 +1,6 @@
 """camera.npz: orbit cameras (pure numpy, no release weights involved)."""
 
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 
 def check_camera(models, case):

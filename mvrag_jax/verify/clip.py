@@ -10,7 +10,7 @@ violation counts against zero. Cases are NCHW; our vision tower is NHWC, so pixe
 import jax
 import numpy as np
 
-from mvrag_jax import images, text
+from mvrag_jax.inputs import images, text
 from mvrag_jax.models import clip
 from mvrag_jax.verify.arrays import exact, nchw, nhwc, retrieved_images, uint8_violations
 from mvrag_jax.verify.models import ReleaseModels

@@ -3,7 +3,7 @@
 Cases are NCHW; our model and processor are NHWC, so arrays are transposed at this boundary only.
 """
 
-from mvrag_jax import fusion
+from mvrag_jax.pipeline import fusion
 from mvrag_jax.models import dinov2
 from mvrag_jax.verify.arrays import nchw, nhwc, retrieved_images
 

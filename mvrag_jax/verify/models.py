@@ -5,8 +5,8 @@ import pathlib
 from typing import Any
 
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, convert_component
-from mvrag_jax.pipeline_programs import Programs
-from mvrag_jax.release import Release
+from mvrag_jax.pipeline.programs import Programs
+from mvrag_jax.inputs.release import Release
 
 
 class NotImplementedYet(Exception):

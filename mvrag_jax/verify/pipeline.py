@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from mvrag_jax import camera
+from mvrag_jax.inputs import camera
 from mvrag_jax.convert.components import release_components
 from mvrag_jax.diffusion import ddim
 from mvrag_jax.pipeline import ObjectRequest, Pipeline, SamplingOptions

@@ -11,7 +11,7 @@ import pytest
 from configs import tiny
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params, convert_component
 from mvrag_jax.convert.keys import CheckpointKeyError, flatten, params_to_state_dict, unflatten
-from mvrag_jax.release import Release, ReleaseError, read_safetensors, write_safetensors
+from mvrag_jax.inputs.release import Release, ReleaseError, read_safetensors, write_safetensors
 from mvrag_jax.models.resampler import ResamplerConfig, resample
 from tests.conftest import CASES, TINY_RELEASE
 

@@ -7,7 +7,7 @@ import pytest
 
 from mvrag_jax.convert import (COMPONENTS, CheckpointError, Release, convert_release, export_checkpoint,
                                load_model_checkpoint)
-from mvrag_jax.release import COMPONENT_FOLDERS, read_safetensors
+from mvrag_jax.inputs.release import COMPONENT_FOLDERS, read_safetensors
 from tests.conftest import TINY_RELEASE
 
 

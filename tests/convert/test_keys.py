@@ -10,7 +10,7 @@ import pytest
 from mvrag_jax.convert.keys import (CheckpointKeyError, flatten, flax_path_to_torch_key, flax_to_torch_array,
                                     params_to_state_dict, state_dict_to_params, torch_key_to_module_path,
                                     torch_to_flax_array, unflatten)
-from mvrag_jax.release import read_safetensors
+from mvrag_jax.inputs.release import read_safetensors
 from tests.conftest import REFERENCE
 
 MANIFEST_NAMES = ("unet", "resampler", "clip_text", "clip_vision", "vae", "dinov2")

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from mvrag_jax.bench import host_random_params
+from mvrag_jax.models.random_params import host_random_params
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params, convert_component
 from mvrag_jax.convert.keys import flatten, params_to_state_dict
-from mvrag_jax.release import COMPONENT_FOLDERS, WEIGHTS_FILES, Release, write_safetensors
+from mvrag_jax.inputs.release import COMPONENT_FOLDERS, WEIGHTS_FILES, Release, write_safetensors
 from mvrag_jax.models import clip, dinov2, resampler, unet, vae
 
 RUNTIME_FIELDS = ("dtype", "remat", "num_frames", "source", "attention")  # ours, not in any release config.json

@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mvrag_jax.release import Release, ReleaseError, read_safetensors, write_safetensors
+from mvrag_jax.inputs.release import Release, ReleaseError, read_safetensors, write_safetensors
 from tests.conftest import TINY_RELEASE
 
 

@@ -11,7 +11,7 @@ from mvrag_jax.convert import convert_release, export_checkpoint, load_model_che
 from mvrag_jax.convert.checkpoint import config_from_dict
 from mvrag_jax.convert.components import release_components
 from mvrag_jax.models.unet import UNetConfig
-from mvrag_jax.release import Release, ReleaseError, read_safetensors
+from mvrag_jax.inputs.release import Release, ReleaseError, read_safetensors
 from tests.conftest import TINY_RELEASE, write_text_only_release
 
 

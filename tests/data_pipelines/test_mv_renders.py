@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import build, loader, mv_renders, raster, records, shapes
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 
 def _write_object(root, name, angles, *, caption="a green wedge.", size=48, rgba_first=False):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import raster, shapes
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 SIZE, FOV = 64, 50.0
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from data_pipelines import build, raster, records, synthetic_shapes, transforms
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 
 def _source(cfg, kind, split="train"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import records, transforms
-from mvrag_jax.camera import get_camera
+from mvrag_jax.inputs.camera import get_camera
 
 
 def test_prompt_rules():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.diffusion import ddim
 from tests.conftest import TINY_RELEASE, load_case
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mvrag_jax.convert.keys import flatten, flax_to_torch_array
 from mvrag_jax.models import inception
-from mvrag_jax.release import write_safetensors
+from mvrag_jax.inputs.release import write_safetensors
 
 WIDTH_DIVISOR = 16
 

@@ -15,7 +15,7 @@ import pytest
 from configs import mvrag_sd21, tiny
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, convert_component
 from mvrag_jax.convert.keys import CheckpointKeyError, state_dict_to_params
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.models import clip
 from mvrag_jax.sharding import DEFAULT_RULES, abstract_state, make_mesh
 from mvrag_jax.verify import COMPONENT_TOL, compare, run_case

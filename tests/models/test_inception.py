@@ -10,7 +10,7 @@ import pytest
 from mvrag_jax.convert.keys import CheckpointKeyError
 from mvrag_jax.eval.encoders import EncoderError, load_fid_inception
 from mvrag_jax.models import inception
-from mvrag_jax.release import write_safetensors
+from mvrag_jax.inputs.release import write_safetensors
 from tests.eval.tiny_models import WIDTH_DIVISOR, inception_state_dict
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from configs import mvrag_sd21, tiny
 from mvrag_jax.convert.checkpoint import config_from_dict, config_to_dict
-from mvrag_jax.release import Release, read_safetensors, write_safetensors
+from mvrag_jax.inputs.release import Release, read_safetensors, write_safetensors
 from mvrag_jax.models.resampler import ResamplerConfig, ResamplerConfigError, init_params, resample
 from mvrag_jax.sharding import DEFAULT_RULES
 from mvrag_jax.verify import run_case

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from configs import mvrag_sd21, tiny
-from mvrag_jax.bench import host_random_params
+from mvrag_jax.models.random_params import host_random_params
 from mvrag_jax.convert.checkpoint import config_from_dict, config_to_dict
 from mvrag_jax.convert.keys import flatten, flax_path_to_torch_key
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.models.unet import MultiViewUNet, UNetConfig, UNetConfigError, init_params
 from mvrag_jax.verify import run_case
 from tests.conftest import CASES, REFERENCE, TINY_RELEASE, load_case

@@ -12,7 +12,7 @@ import pytest
 from configs import mvrag_sd21, tiny
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import flatten, state_dict_to_params
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.models import vae
 from mvrag_jax.sharding import DEFAULT_RULES
 from mvrag_jax.verify import run_case

@@ -10,12 +10,12 @@ import shutil
 import numpy as np
 import pytest
 
-from mvrag_jax import images as image_ops
-from mvrag_jax import text as text_ops
+from mvrag_jax.inputs import images as image_ops
+from mvrag_jax.inputs import text as text_ops
 from mvrag_jax.retrieval import build_index, open_retriever
 from mvrag_jax.retrieval.dense import CLIPModelError, eos_positions, image_features, load_dual_encoder, normalize, \
     text_features
-from mvrag_jax.release import read_safetensors, write_safetensors
+from mvrag_jax.inputs.release import read_safetensors, write_safetensors
 from mvrag_jax.retrieval.base import read_image
 from mvrag_jax.retrieval.collection import read_collection
 from tests.retrieval.conftest import CAPTIONS

@@ -17,9 +17,9 @@ import numpy as np
 
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import params_to_state_dict
-from mvrag_jax.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from mvrag_jax.inputs.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mvrag_jax.models import clip
-from mvrag_jax.release import write_safetensors
+from mvrag_jax.inputs.release import write_safetensors
 from tests.conftest import TINY_RELEASE
 
 SEED = 0

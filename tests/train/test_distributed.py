@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mvrag_jax import distributed
+from mvrag_jax.cluster import distributed
 from mvrag_jax.train import checkpoint, loop
 from tests.conftest import free_port
 from tests.train.conftest import REPO, subprocess_env, train_argv

@@ -219,7 +219,7 @@ def test_find_max_batch_needs_hbm():
 
 
 def test_default_platforms(monkeypatch):
-    from mvrag_jax import platforms
+    from mvrag_jax.cluster import platforms
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     monkeypatch.setattr(platforms, "tpu_hardware_present", lambda: False)
     monkeypatch.setattr(platforms, "_installed", lambda module: module == "libtpu")
@@ -315,7 +315,7 @@ def test_other_commands_stay_on_cpu_quietly_with_libtpu_installed():
 
 
 def topology_has_tpu() -> bool:
-    from mvrag_jax.platforms import tpu_hardware_present
+    from mvrag_jax.cluster.platforms import tpu_hardware_present
     return tpu_hardware_present()
 
 

@@ -154,7 +154,7 @@ def test_non_finite_batch_is_skipped_and_counted(run):
 
 
 def test_retrieved_pixels_match_the_clip_processor_and_resize_in_graph():
-    from mvrag_jax.images import CLIPImageProcessorConfig, clip_preprocess
+    from mvrag_jax.inputs.images import CLIPImageProcessorConfig, clip_preprocess
     from mvrag_jax.train.step import retrieved_pixel_values
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     processor = CLIPImageProcessorConfig(shortest_edge=32, crop_hw=(32, 32))

@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from configs import tiny
-from mvrag_jax.bench import host_random_params
+from mvrag_jax.models.random_params import host_random_params
 from mvrag_jax.convert.keys import torch_key_to_module_path
-from mvrag_jax.release import Release
+from mvrag_jax.inputs.release import Release
 from mvrag_jax.models.unet import UNetConfig, init_params
 from mvrag_jax.train.trainable import NoTrainableParamsError, make_optimizer, trainable_labels, trainable_paths
 from tests.conftest import TINY_RELEASE

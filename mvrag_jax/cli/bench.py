@@ -1,0 +1,87 @@
+"""`mvrag bench unet|sample|train|all|compare`: compile and call timings (mvrag_jax/bench/)."""
+
+import json
+import os
+
+from absl import flags
+
+from mvrag_jax.cli.flags import Command
+
+
+def define_bench(fv):
+    flags.DEFINE_integer("batch_size", 1, "unet: objects per call (each has num_frames views).", flag_values=fv)
+    flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
+    flags.DEFINE_list("objects", ["1", "4"], "sample: objects per call, one run each.", flag_values=fv)
+    flags.DEFINE_integer("sample_steps", 50, "sample: DDIM steps of the main pass.", flag_values=fv)
+    flags.DEFINE_integer("prior_steps", 10, "sample: DDIM steps of the prior pass.", flag_values=fv)
+    flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
+                        "the bundled tiny release, which matches configs/tiny.py).", flag_values=fv)
+    flags.DEFINE_string("out", "bench.json", "all: the JSON file to write.", flag_values=fv)
+    flags.DEFINE_multi_string("meshes", None, "train: meshes to time, e.g. data=1 (one device), data=8, "
+                              "data=2,fsdp=4 (axes not named are 1; -1 = the remaining devices); repeat the flag or "
+                              "separate meshes by spaces. On CPU, fake devices are made for the largest. Default: the "
+                              "config's mesh block.", flag_values=fv)
+    flags.DEFINE_integer("batch", None, "train: global objects per step (default: the config's train.batch_size); "
+                         "a multiple of data*fsdp of every mesh.", flag_values=fv)
+    flags.DEFINE_integer("warmup", 1, "train: untimed calls between the compile and the timed ones.", flag_values=fv)
+    flags.DEFINE_bool("find_max_batch", False, "train, on a GPU/TPU machine: the largest batch whose step runs "
+                      "(doubling, then bisection) on the first --meshes mesh, with its figures.", flag_values=fv)
+    flags.DEFINE_integer("max_batch", 1024, "train --find_max_batch: largest batch tried.", flag_values=fv)
+
+
+def _setup_fake_devices(count: int) -> None:
+    """CPU meshes of `count` devices need that many fake CPU devices, which only a JAX that has not started can
+    make. Ignored by GPU/TPU backends; an explicit XLA_FLAGS device count wins."""
+    import jax
+    if count > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError:  # JAX already started (main() called in-process): too few devices -> bench's error
+            pass
+
+
+def _run_bench_train(fv):
+    from mvrag_jax.bench import train as bench_train
+    if fv.meshes:
+        _setup_fake_devices(bench_train.devices_needed(bench_train.parse_meshes(fv.meshes)))
+    if fv.find_max_batch:
+        return bench_train.find_max_batch(fv.config, fv.meshes, max_batch=fv.max_batch, steps=fv.steps,
+                                          warmup=fv.warmup)
+    return bench_train.bench_train(fv.config, fv.meshes, batch=fv.batch, steps=fv.steps, warmup=fv.warmup)
+
+
+def _run_bench_suite(fv, argv):
+    """`mvrag bench all` (every benchmark -> one JSON) and `mvrag bench compare A.json B.json`."""
+    from mvrag_jax.bench import suite as bench_suite
+    if argv[1] == "compare":
+        if len(argv) != 4:
+            raise ValueError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
+        print(bench_suite.compare(argv[2], argv[3]))
+        return 0
+    path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None)
+    print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def run_bench(fv, argv):
+    if argv[1:2] in (["all"], ["compare"]):
+        return _run_bench_suite(fv, argv)
+    from mvrag_jax.bench import sample as bench_sample, unet as bench
+    targets = {
+        "unet": lambda: bench.bench_unet(fv.config, batch_size=fv.batch_size, steps=fv.steps),
+        "sample": lambda: bench_sample.bench_sample(fv.config, objects=[int(n) for n in fv.objects], calls=fv.steps,
+                                                    sample_steps=fv.sample_steps, prior_steps=fv.prior_steps,
+                                                    release_dir=fv.release),
+        "train": lambda: _run_bench_train(fv),
+    }
+    if len(argv) != 2 or argv[1] not in targets:
+        raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
+    print(json.dumps(targets[argv[1]](), indent=1))
+    return 0
+
+
+COMMANDS = (
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train`; every benchmark to one JSON: "
+            "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
+            define_bench, run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
+)

@@ -1,0 +1,40 @@
+"""`mvrag data build|preview|bench`: the tfds datasets and grain loaders of data_pipelines/."""
+
+import json
+import time
+
+from absl import flags
+
+from mvrag_jax.cli.flags import Command
+
+
+def define_data(fv):
+    flags.DEFINE_list("datasets", ["mode_3d", "mode_2d"], "build: mode_3d, mode_2d, ood_eval or a dataset name.",
+                      flag_values=fv)
+    flags.DEFINE_string("out", "/tmp/mvrag_preview.png", "preview: PNG to write.", flag_values=fv)
+    flags.DEFINE_integer("batches", 2, "preview: batches to show.", flag_values=fv)
+    flags.DEFINE_list("modes", ["3d", "2d", "mixed"], "bench: modes to time.", flag_values=fv)
+    flags.DEFINE_integer("steps", 20, "bench: timed batches per mode.", flag_values=fv)
+
+
+def run_data(fv, argv):
+    from data_pipelines import bench, build, preview
+    actions = ("build", "preview", "bench")
+    if len(argv) != 2 or argv[1] not in actions:
+        raise ValueError(f"usage: mvrag data {{{'|'.join(actions)}}} [--config configs/data.py:size=tiny]; "
+                         f"got {argv[1:]}")
+    flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
+    if argv[1] == "build":
+        print("\n".join(build.build_all(fv.config, fv.datasets)))
+    elif argv[1] == "preview":
+        print(f"wrote {preview.write_preview(fv.config, fv.out, fv.batches)}")
+    else:
+        for mode in fv.modes:
+            print(json.dumps(bench.bench(fv.config, mode, fv.steps)), flush=True)
+    return 0
+
+
+COMMANDS = (
+    Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
+            define_data, run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
+)

@@ -1,0 +1,111 @@
+"""What every `mvrag` subcommand shares: the `Command` record, the multi-process and runtime flags, and the
+command-line spelling (dashed multi-word flags, config paths that work from any directory).
+
+absl only knows the names flags were defined with (`require_all`). Users and docs write `--require-all`, so
+`normalise_argv` maps each dashed spelling to the defined name before absl parses, and `dashed_help` shows the
+dashed spelling in `--help`. Both look only at names that are defined, so values and `--config.a_field` overrides
+pass through untouched.
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+from absl import flags
+
+import configs
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line summary, flag definitions and the function it runs (flags, positionals)."""
+    name: str
+    summary: str
+    define: Callable[[flags.FlagValues], None]
+    run: Callable[[flags.FlagValues, list[str]], int]
+    config: tuple[str, str] | None = None  # (default spec in configs/, help) of a `--config` flag, if any
+
+
+def define_runtime(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("compile_cache_dir", "~/.cache/mvrag_jax/xla",
+                        "Persistent XLA compilation cache (reused across runs); 'none' disables it.", flag_values=fv)
+
+
+def define_processes(fv: flags.FlagValues) -> None:
+    """Flags to join a multi-process job (train and generate): mvrag_jax/cluster/distributed.py."""
+    flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0 (omit on one host).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes join.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "Multi-process: this process's id, 0..num_processes-1.", flag_values=fv)
+    flags.DEFINE_bool("multihost", False, "Join a Cloud TPU pod slice (coordinator, count and id auto-detected).",
+                      flag_values=fv)
+    flags.DEFINE_float("init_timeout", 300.0, "Seconds to wait for every process to connect before exiting with a "
+                       "message naming the missing one.", flag_values=fv)
+
+
+def use_cpu_collectives(fv: flags.FlagValues) -> None:
+    if fv.num_processes and fv.num_processes > 1:  # CPU collectives between processes (tests, CPU clusters)
+        import jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+# A flag token: `-name`, `--name` or `--name=value`; a dot (config overrides) never matches.
+_FLAG = re.compile(r"(--?)([A-Za-z][\w-]*)(=.*)?", re.S)
+
+
+def _defined_name(name: str, fv: flags.FlagValues) -> str | None:
+    """The defined flag `name` spells (`foo-bar` -> `foo_bar`, `no-foo-bar` -> `nofoo_bar` for booleans)."""
+    underscored = name.replace("-", "_")
+    for candidate in (name, underscored):
+        if candidate in fv:
+            return candidate
+    if underscored.startswith("no"):  # boolean negation: --nofoo-bar, --no-foo-bar, --no_foo_bar
+        base = underscored[2:].lstrip("_")
+        if base in fv and fv[base].boolean:
+            return f"no{base}"
+    return None
+
+
+def normalise_argv(args: list[str], fv: flags.FlagValues) -> list[str]:
+    """`args` (no program name) with every dashed flag name replaced by its defined, underscored name.
+
+    Tokens that follow a flag expecting a separate value, and everything after `--`, are left as they are.
+    """
+    out: list[str] = []
+    takes_value = False
+    for i, arg in enumerate(args):
+        if takes_value:
+            out.append(arg)
+            takes_value = False
+            continue
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        match = _FLAG.fullmatch(arg)
+        name = match and _defined_name(match[2], fv)
+        if not name:
+            out.append(arg)
+            continue
+        out.append(f"{match[1]}{name}{match[3] or ''}")
+        takes_value = match[3] is None and name in fv and not fv[name].boolean
+    return out
+
+
+def resolve_config_args(args: list[str], name: str = "config") -> list[str]:
+    """`--config PATH[:arg]` values made loadable from any directory (see `configs.resolve`)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in (f"-{name}", f"--{name}") and i + 1 < len(out):
+            out[i + 1] = configs.resolve(out[i + 1])
+        elif arg.startswith((f"-{name}=", f"--{name}=")):
+            flag, _, value = arg.partition("=")
+            out[i] = f"{flag}={configs.resolve(value)}"
+    return out
+
+
+def dashed_help(text: str, fv: flags.FlagValues) -> str:
+    """absl's help text with multi-word flags spelled with dashes (`--[no]require-all`, `--batch-size`)."""
+    for name in sorted((n for n in fv if "_" in n and "." not in n), key=len, reverse=True):
+        text = re.sub(rf"(--(?:\[no\])?){re.escape(name)}(?![\w.-])", lambda m: m[1] + name.replace("_", "-"), text)
+    return text

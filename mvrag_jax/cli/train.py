@@ -1,0 +1,86 @@
+"""`mvrag train` (a run in a workdir, resumable) and `mvrag plan` (will the step fit a TPU slice)."""
+
+import json
+import os
+import sys
+
+from absl import flags
+
+from mvrag_jax.cli.flags import Command, define_processes, use_cpu_collectives
+
+
+def define_train(fv):
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, tb/, loss.png, data/. A run resumes "
+                        "from its latest checkpoint.", flag_values=fv)
+    define_processes(fv)
+    flags.mark_flags_as_required(["workdir"], flag_values=fv)
+
+
+def run_train(fv, argv):
+    from absl import logging
+    from mvrag_jax.train import loop
+    use_cpu_collectives(fv)
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)  # per-save chatter
+    flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
+    summary = loop.launch(fv.config, fv.workdir, coordinator=fv.coordinator, num_processes=fv.num_processes,
+                          process_id=fv.process_id, init_timeout_s=fv.init_timeout, multihost=fv.multihost)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def define_plan(fv):
+    flags.DEFINE_string("topology", "cpu:8", "Target slice: v5e:2x4, v4:2x2x1, v5p:2x2x2, v6e:4x4, a GCP accelerator "
+                        "type (v5litepod-8, v4-8) or cpu:N (fake CPU devices). TPU targets need libtpu "
+                        "(requirements-tpu.txt), not a TPU.", flag_values=fv)
+    flags.DEFINE_string("mesh", None, "data=1,fsdp=8[,tensor=1]; default: the config's mesh block.", flag_values=fv)
+    flags.DEFINE_integer("batch", None, "Global batch (objects); default: config train.batch_size.", flag_values=fv)
+    flags.DEFINE_list("programs", ["train", "sample"], "Programs to compile: train (the train step), sample (the "
+                      "jitted DDIM + CFG loop, one object, 50 steps).", flag_values=fv)
+    flags.DEFINE_bool("find_max_batch", False, "Search the largest global batch whose train step fits the chip's HBM "
+                      "(doubling, then bisection; multiples of data*fsdp).", flag_values=fv)
+    flags.DEFINE_integer("max_batch", 4096, "--find_max_batch: largest batch tried.", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print the report as one line of JSON.", flag_values=fv)
+    flags.DEFINE_string("plan_cache_dir", "~/.cache/mvrag_jax/plan", "Reports cached by config, topology, mesh, batch, "
+                        "versions and source hash; 'none' disables. (The XLA compile cache is always off for plans: "
+                        "it cannot serve compile-only TPU devices.)", flag_values=fv)
+
+
+def _setup_plan(fv) -> None:
+    """Plan-only process settings, before any backend starts: fake CPU devices or libtpu's compile-only setup."""
+    import jax
+    from mvrag_jax.cluster import platforms
+    from mvrag_jax.train.topology import parse_topology
+    topology = parse_topology(fv.topology)
+    if topology.platform == "cpu":
+        jax.config.update("jax_num_cpu_devices", max(topology.num_devices, 1))
+    else:
+        os.environ.update(platforms.compile_only_tpu_env(topology.accelerator_type))
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
+def run_plan(fv, argv):
+    from mvrag_jax.train import plan
+    _setup_plan(fv)
+    mesh = plan.parse_mesh(fv.mesh) if fv.mesh else {k: int(fv.config.mesh[k]) for k in ("data", "fsdp", "tensor")}
+    cache = None if fv.plan_cache_dir.lower() == "none" else fv.plan_cache_dir
+    if fv.find_max_batch:
+        on_probe = lambda p: print(f"batch {p['batch']}: {p['memory_gib']} GiB per chip, "
+                                   f"{'fits' if p['fits'] else 'does not fit'}", file=sys.stderr, flush=True)
+        result = plan.find_max_batch(fv.config, fv.topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe)
+        print(json.dumps(result) if fv.json else f"largest batch that fits: {result['max_batch']}"
+              + ("" if result["plan"] is None else "\n" + plan.format_report(result["plan"])))
+        return 0
+    batch = fv.batch or int(fv.config.train.batch_size)
+    report = plan.plan(fv.config, fv.topology, mesh, batch, programs=fv.programs, cache_dir=cache)
+    print(json.dumps(report) if fv.json else f"{plan.format_report(report)}\n{json.dumps(report)}")
+    return 0
+
+
+COMMANDS = (
+    Command("train", "Train (or resume) a run in --workdir; SIGTERM saves and exits 0.", define_train, run_train,
+            config=("train.py:size=tiny", "Train config (configs/train.py[:arg]).")),
+    Command("plan", "Compile the train step and sampler for a TPU slice from shapes (no weights, no TPU): per-chip "
+            "memory, FLOPs, compile time.", define_plan, run_plan,
+            config=("train.py", "Train config (configs/train.py[:size=...]).")),
+)
