@@ -13,7 +13,10 @@ We reproduce that:
 The official code passes `prompt.lower` uncalled (a bug: the method object, not the text); we lower-case properly.
 """
 
+import collections
+import functools
 import logging
+import math
 import pathlib
 import re
 from typing import Any, Callable, Sequence
@@ -89,6 +92,28 @@ class BM25Retriever:
         if not ids:
             return np.zeros(len(self.records), np.float32)
         return np.asarray(self.model.get_scores_from_ids(ids))
+
+    @functools.cached_property
+    def mean_length(self) -> float:
+        """Mean analysed caption length (bm25s' avgdl: records.jsonl holds exactly the indexed captions)."""
+        return float(np.mean([len(analyze(r.caption, self.stem)) for r in self.records])) if self.records else 0.0
+
+    def self_score(self, prompt: str) -> float:
+        """The BM25 score `prompt` would get against itself as a document of this collection (its N, document
+        frequencies and mean length); a term no caption holds counts with df 0. Query terms are summed with their
+        repeats, as `scores` does. Used to normalise hit scores (retrieval/relevance.py)."""
+        terms = analyze(prompt, self.stem)
+        if not terms or self.mean_length == 0:
+            return 0.0
+        indptr = self.model.scores["indptr"]  # CSC over the vocabulary: a column's entries are its documents
+        n, counts = len(self.records), collections.Counter(terms)
+        norm = K1 * (1 - B + B * len(terms) / self.mean_length)
+        total = 0.0
+        for term in terms:
+            token = self.model.vocab_dict.get(term)
+            df = 0 if token is None else int(indptr[token + 1] - indptr[token])
+            total += math.log(1 + (n - df + 0.5) / (df + 0.5)) * counts[term] / (counts[term] + norm)
+        return total
 
     def retrieve(self, prompt: str, k: int) -> list[RetrievedImage]:
         scores = self.scores(prompt)

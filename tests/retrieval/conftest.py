@@ -27,3 +27,16 @@ def collection(tmp_path) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> pathlib.Path:
     return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip")
+
+
+# A 3-document collection whose BM25 statistics are easy by hand (analysed: [red, cube], [red, sphere, blue, tabl],
+# [blue, sphere]; N 3, mean length 8/3); tests/retrieval/test_relevance.py and tests/pipeline use it.
+THREE_CAPTIONS = ["a red cube", "a red sphere on a blue table", "a blue sphere"]
+
+
+def three_caption_index(folder: pathlib.Path) -> pathlib.Path:
+    """A BM25 index (folder/idx) over THREE_CAPTIONS, image i: folder/three/images/doc_i.png in the caption's colour."""
+    from mvrag_jax.retrieval import build_index
+    records = [{"name": f"doc_{i}", "image": solid(caption.split()[1]), "caption": caption}
+               for i, caption in enumerate(THREE_CAPTIONS)]
+    return build_index(write_collection(records, folder / "three"), folder / "idx", show_progress=False)
