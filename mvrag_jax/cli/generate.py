@@ -29,6 +29,12 @@ def define_generate(fv):
     flags.DEFINE_float("fusion_weight", None, "Fixed fusion weight for the main pass (ablations).", flag_values=fv)
     flags.DEFINE_bool("require_retrieval", False, "Fail instead of generating text-only when no image is found.",
                       flag_values=fv)
+    flags.DEFINE_float("relevance_threshold", None, "Paper §3.5: drop --index hits whose prompt-caption similarity "
+                       "is below this (normalised BM25 in [0, 1], or CLIP cosine in [-1, 1] with --relevance_clip); "
+                       "an object left with none runs text-only. Default: off, as in the official code.",
+                       flag_values=fv)
+    flags.DEFINE_string("relevance_clip", None, "transformers CLIPModel folder: score captions by CLIP text-text "
+                        "cosine instead of normalised BM25 (needed with a dense --index).", flag_values=fv)
     flags.DEFINE_integer("batch", 1, "Objects per device call (rounded up to a multiple of the local devices).",
                          flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder: one subfolder per object (views, grid.png, record.json); "
@@ -46,7 +52,8 @@ def run_generate(fv, argv):
     settings = generate.Settings(steps=fv.steps, prior_steps=fv.prior_steps, guidance=fv.guidance,
                                  elevation=fv.elevation, dtype=fv.dtype, use_prior=not fv.no_prior,
                                  fusion_weight=fv.fusion_weight, k=fv.k, require_retrieval=fv.require_retrieval,
-                                 batch=fv.batch)
+                                 batch=fv.batch, relevance_threshold=fv.relevance_threshold,
+                                 relevance_clip=fv.relevance_clip)
     summary = generate.run(out=fv.out, ckpt=fv.ckpt, release=fv.release, prompt=fv.prompt, prompts=fv.prompts,
                            retrieved=fv.retrieved, index=fv.index, seeds=fv.seeds, settings=settings)
     print(json.dumps(summary))

@@ -9,6 +9,10 @@ weight, per-stage timings). record.json is written last and atomically: it marks
 started again skips complete objects. The prompt file is streamed and results are written as each batch finishes,
 so memory stays flat over any number of prompts.
 
+Relevance threshold (paper §3.5, off by default as in the official code): --relevance_threshold T keeps the --index
+hits whose prompt-caption similarity is >= T (retrieval/relevance.py); an object left with none is generated
+text-only. record.json's retrieval.relevance lists the kept and dropped images with their similarities.
+
 Prompt files: one prompt per line, or JSON lines `{"prompt": "...", "retrieved": "folder"}` whose folder (relative
 to the prompt file) replaces --retrieved/--index for that prompt. Blank lines are ignored.
 
@@ -59,6 +63,10 @@ class Settings:
     k: int = 4
     require_retrieval: bool = False
     batch: int = 1
+    # Paper §3.5: drop index hits whose prompt-caption similarity is below this (K' <= K; none left: text-only).
+    # None = off, as in the official code, which conditions on every retrieved image (retrieval/relevance.py).
+    relevance_threshold: float | None = None
+    relevance_clip: str | None = None  # CLIPModel folder for CLIP text-text similarity; None: normalised BM25
 
     def check(self) -> "Settings":
         if self.steps < 1:
@@ -79,6 +87,11 @@ class Settings:
         if not self.use_prior and self.fusion_weight is None:
             raise GenerateError("--no_prior skips the pass that computes the fusion weight; also pass "
                                 "--fusion_weight X")
+        if self.relevance_threshold is None and self.relevance_clip is not None:
+            raise GenerateError("--relevance_clip only scores hits for --relevance_threshold; pass a threshold too")
+        if self.relevance_threshold is not None:
+            from mvrag_jax.retrieval.relevance import check_threshold, measure_of
+            check_threshold(self.relevance_threshold, measure_of(self.relevance_clip))
         return self
 
     def sampling_options(self) -> Any:
@@ -269,15 +282,19 @@ def write_object(out: pathlib.Path, job: ObjectJob, views: np.ndarray, retrieved
 class Retrieval:
     """What one object was conditioned on: the images (empty = text-only) and where they came from."""
 
-    hits: tuple[Any, ...]     # retrieval.RetrievedImage
+    hits: tuple[Any, ...]     # retrieval.RetrievedImage (after the relevance threshold: the K' kept)
     source: str | None        # "folder:/abs" | "index:/abs" | None
     notice: str | None = None  # why the object is text-only, when it is
+    relevance: dict[str, Any] | None = None  # relevance.Judgement.record() when a threshold is set
 
 
-def make_retrieve(folder: str | None, index: str | None, k: int, require: bool) -> Callable[[PromptEntry], Retrieval]:
+def make_retrieve(folder: str | None, index: str | None, k: int, require: bool,
+                  relevance: Any = None) -> Callable[[PromptEntry], Retrieval]:
     """entry -> Retrieval: the entry's own folder, else --retrieved, else --index, else text-only.
 
     An empty or missing-image source makes the object text-only with a notice, or, with --require_retrieval, an error.
+    `relevance` (retrieval.relevance.Relevance) filters index hits by prompt-caption similarity; when it drops them
+    all the object is text-only the same way. A folder's images have no captions and are kept unscored.
     """
     if folder is not None and index is not None:
         raise GenerateError("pass at most one of --retrieved DIR and --index IDX")
@@ -292,17 +309,29 @@ def make_retrieve(folder: str | None, index: str | None, k: int, require: bool) 
 
     def retrieve(entry: PromptEntry) -> Retrieval:
         source = f"folder:{entry.retrieved}" if entry.retrieved is not None else global_source
+        judged = None
         if source is None:
             notice = "no retrieval source (--retrieved, --index or a \"retrieved\" folder in the prompt file)"
         else:
             try:
-                return Retrieval(tuple(retriever(source).retrieve(entry.prompt, k)), source)
+                found = retriever(source)
+                hits = tuple(found.retrieve(entry.prompt, k))
             except EmptyRetrievalError as e:
                 notice = str(e)
+            else:
+                if relevance is None:
+                    return Retrieval(hits, source)
+                judged = (relevance.judge(entry.prompt, hits, found) if source.startswith("index:")
+                          else relevance.unjudged(hits))
+                if not judged.fell_back:
+                    return Retrieval(tuple(hit for hit, _ in judged.kept), source, relevance=judged.record())
+                best = max(similarity for _, similarity in judged.dropped)
+                notice = (f"no retrieved image reached --relevance_threshold {relevance.threshold} "
+                          f"(best {relevance.measure} similarity {best:.4f}); retrieval attention is off")
         if require:
             raise GenerateError(f"prompt {entry.index} ({entry.prompt!r}): {notice}; with --require_retrieval every "
                                 "object needs retrieved images (drop the flag to generate text-only)")
-        return Retrieval((), source, f"text-only: {notice}")
+        return Retrieval((), source, f"text-only: {notice}", None if judged is None else judged.record())
 
     return retrieve
 
@@ -311,15 +340,19 @@ def make_retrieve(folder: str | None, index: str | None, k: int, require: bool) 
 def sampling_record(settings: Settings) -> dict[str, Any]:
     """The settings that change an object's images (a resumed run must match them; --batch may change)."""
     fields = ("steps", "prior_steps", "guidance", "elevation", "dtype", "use_prior", "fusion_weight", "k")
-    return {name: getattr(settings, name) for name in fields}
+    record = {name: getattr(settings, name) for name in fields}
+    if settings.relevance_threshold is not None:  # only then, so records of runs without it stay as they were
+        clip_model = settings.relevance_clip and str(pathlib.Path(settings.relevance_clip).expanduser().absolute())
+        record.update(relevance_threshold=settings.relevance_threshold, relevance_clip=clip_model)
+    return record
 
 
 def check_resumable(out: pathlib.Path, job: ObjectJob, expected: dict[str, Any]) -> None:
-    recorded = json.loads((out / job.name / RECORD).read_text()).get("settings")
+    recorded = json.loads((out / job.name / RECORD).read_text()).get("settings") or {}
     if recorded != expected:
-        changed = sorted(k for k in expected if (recorded or {}).get(k) != expected[k])
+        changed = sorted(k for k in {**recorded, **expected} if recorded.get(k) != expected.get(k))
         raise GenerateError(f"{out / job.name} was generated with other settings ({', '.join(changed)}: "
-                            f"{[(recorded or {}).get(k) for k in changed]} vs now {[expected[k] for k in changed]}); "
+                            f"{[recorded.get(k) for k in changed]} vs now {[expected.get(k) for k in changed]}); "
                             "use a new --out or the same settings")
 
 
@@ -365,7 +398,7 @@ def generate_objects(pipeline: Any, options: Any, jobs: Iterable[ObjectJob], out
                     "seed": job.seed, "object": job.number, "model": model or {}, "settings": expected,
                     "retrieval": {"source": cond.source, "text_only": not cond.hits, "notice": cond.notice,
                                   "files": [{"path": h.path, "score": h.score, "caption": h.caption}
-                                            for h in cond.hits]},
+                                            for h in cond.hits], "relevance": cond.relevance},
                     "fusion_weight": result.fusion_weight, "similarity_score": result.similarity_score,
                     # retrieve: this object's seconds; the rest: seconds of its whole device call, which held
                     # batch_objects real objects padded to call_objects; compile is reported apart from the stages
@@ -401,6 +434,11 @@ def run(*, out: str | os.PathLike, ckpt: str | None = None, release: str | None 
     out = pathlib.Path(out).expanduser().absolute()
     process, processes = jax.process_index(), jax.process_count()
     plan = lambda: plan_objects(source(), seeds, process, processes)
+    if settings.relevance_threshold is not None and index is None:
+        raise GenerateError("--relevance_threshold filters the hits of --index IDX by their captions; images from "
+                            "--retrieved or a prompt file's folders have no captions: pass --index or drop the "
+                            "threshold")
+    expected = sampling_record(settings)
     total = done = num_prompts = 0
     for entry in source():  # a first streamed pass validates every line before any work, and sizes the progress bar
         num_prompts += 1
@@ -409,10 +447,16 @@ def run(*, out: str | os.PathLike, ckpt: str | None = None, release: str | None 
                                 "--require_retrieval is set; pass --retrieved DIR or --index IDX")
         for job in plan_objects([entry], seeds, process, processes):
             total += 1
-            done += is_complete(out, job.name)
+            if is_complete(out, job.name):
+                check_resumable(out, job, expected)  # refused before any work, even when nothing is left to do
+                done += 1
     if num_prompts == 0:
         raise GenerateError(f"{prompts} holds no prompt; write one prompt per line")
-    retrieve = make_retrieve(retrieved, index, settings.k, settings.require_retrieval)
+    relevance = None
+    if settings.relevance_threshold is not None:
+        from mvrag_jax.retrieval.relevance import open_relevance
+        relevance = open_relevance(settings.relevance_threshold, index=index, clip_model=settings.relevance_clip)
+    retrieve = make_retrieve(retrieved, index, settings.k, settings.require_retrieval, relevance)
     if retrieved is None and index is None:
         _LOG.warning("no --retrieved or --index: objects without a \"retrieved\" folder are generated text-only")
     summary = {"out": str(out), "objects": total, "process": process, "processes": processes}

@@ -165,6 +165,61 @@ def test_outputs_records_padding_and_resume(tmp_path):
         _run(tmp_path, FakePipeline(), entries, settings=generate.Settings(steps=3))
 
 
+def test_relevance_threshold_keeps_drops_falls_back_records_and_batches_by_k_prime(tmp_path):
+    from mvrag_jax.retrieval.relevance import open_relevance
+    from tests.retrieval.conftest import three_caption_index
+    index = three_caption_index(tmp_path / "data")  # a red cube | a red sphere on a blue table | a blue sphere
+    out = tmp_path / "out"
+    entries = [generate.PromptEntry(0, "a red cube"), generate.PromptEntry(1, "a red dragon"),
+               generate.PromptEntry(2, "a blue sphere")]
+    settings = generate.Settings(batch=2, steps=2, relevance_threshold=0.5)
+
+    def run(settings):
+        pipeline = FakePipeline()
+        relevance = None if settings.relevance_threshold is None else open_relevance(
+            settings.relevance_threshold, index=index)
+        retrieve = generate.make_retrieve(None, str(index), 4, False, relevance)
+        counts = generate.generate_objects(pipeline, None, generate.plan_objects(entries, (0,)), out, retrieve,
+                                           settings, call_size=2, show_progress=False, request_type=Request)
+        return counts, pipeline
+
+    counts, pipeline = run(settings)
+    assert counts == {"generated": 3, "skipped": 0, "text_only": 1}
+    # K' = 1, 0 and 2: each k its own (partial) batch, smallest k first, padded to the call size
+    assert [[len(r.retrieved) for r in call] for call in pipeline.calls] == [[0, 0], [1, 1], [2, 2]]
+    records = [json.loads((out / generate.object_name(e, 0) / "record.json").read_text()) for e in entries]
+    assert all(r["settings"]["relevance_threshold"] == 0.5 and r["settings"]["relevance_clip"] is None
+               for r in records)
+    cube = records[0]["retrieval"]
+    assert [f["caption"] for f in cube["files"]] == ["a red cube"] and not cube["text_only"]
+    relevance = cube["relevance"]
+    assert (relevance["measure"], relevance["threshold"], relevance["applied"], relevance["fell_back"]) == \
+        ("bm25", 0.5, True, False)
+    assert [(h["caption"], h["similarity"]) for h in relevance["kept"]] == [("a red cube", pytest.approx(1, 1e-6))]
+    [dropped] = relevance["dropped"]
+    assert dropped["path"].endswith("doc_1.png") and dropped["similarity"] == pytest.approx(0.28190259, rel=1e-6)
+    dragon = records[1]
+    assert dragon["retrieval"]["text_only"] and dragon["retrieval"]["files"] == [] and dragon["fusion_weight"] is None
+    assert dragon["retrieval"]["relevance"]["fell_back"] and dragon["retrieval"]["relevance"]["kept"] == []
+    assert [h["similarity"] for h in dragon["retrieval"]["relevance"]["dropped"]] == \
+        pytest.approx([0.18435526, 0.16042453], rel=1e-6)  # tests/retrieval/test_relevance.py computes these
+    assert "no retrieved image reached --relevance_threshold 0.5 (best bm25 similarity 0.1844)" in \
+        dragon["retrieval"]["notice"]
+    assert len(records[2]["retrieval"]["files"]) == 2  # "a blue sphere": 1.0 and 0.87 both pass
+
+    # the threshold is a sampling setting: another threshold, or none, is refused on resume
+    for other in (dataclasses.replace(settings, relevance_threshold=0.6), generate.Settings(batch=2, steps=2)):
+        with pytest.raises(generate.GenerateError, match="other settings.*relevance_threshold"):
+            run(other)
+    assert run(settings)[0] == {"generated": 0, "skipped": 3, "text_only": 0}
+    with pytest.raises(generate.GenerateError, match="prompt 1 .*no retrieved image reached.*--require_retrieval"):
+        generate.make_retrieve(None, str(index), 4, True, open_relevance(0.5, index=index))(entries[1])
+    folder = generate.make_retrieve(str(tmp_path / "data" / "three" / "images"), None, 4, False,
+                                    open_relevance(0.5, index=index))(entries[1])
+    assert len(folder.hits) == 3 and not folder.relevance["applied"] and folder.relevance["dropped"] == []
+    assert [h["similarity"] for h in folder.relevance["kept"]] == [None] * 3  # folder images have no captions
+
+
 BAD_INPUT = [
     (["--prompt", "  "], "the prompt is empty"),
     (["--prompt", "x", "--guidance", "0.5"], "--guidance 0.5"),
@@ -177,6 +232,12 @@ BAD_INPUT = [
     (["--prompts", "missing.txt"], "missing.txt does not exist"),
     (["--prompt", "x", "--no-prior"], "--fusion_weight"),
     (["--prompt", "x", "--require-retrieval"], "has no retrieval source and --require_retrieval"),
+    (["--prompt", "x", "--index", "i", "--relevance-threshold", "1.5"], "--relevance_threshold 1.5: the bm25"),
+    (["--prompt", "x", "--relevance-threshold", "-1.5", "--relevance-clip", "c"], "-1.5: the clip prompt-caption"),
+    (["--prompt", "x", "--retrieved", ".", "--relevance-threshold", "0.5"], "filters the hits of --index"),
+    (["--prompt", "x", "--index", "i", "--relevance-clip", "c"], "--relevance_clip only scores hits"),
+    (["--prompt", "x", "--index", "i", "--relevance-threshold", "0.5", "--relevance-clip", "nope"],
+     "nope does not exist; pass a transformers CLIPModel folder"),
 ]
 
 

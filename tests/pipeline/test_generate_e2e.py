@@ -54,3 +54,26 @@ def test_empty_folder_with_require_retrieval_is_an_error(tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--compile_cache_dir", "none"]) == 2
     err = capsys.readouterr().err
     assert "holds no image file" in err and "--require_retrieval" in err and "Traceback" not in err
+
+
+def test_relevance_fallback_generates_the_text_only_views_of_the_same_seed(tmp_path, capsys):
+    from tests.retrieval.conftest import three_caption_index
+    index = three_caption_index(tmp_path / "data")  # "a red dragon" matches only "red": similarities 0.18, 0.16
+    (tmp_path / "empty").mkdir()
+    prompts = tmp_path / "prompts.jsonl"  # the same prompt twice: through the index, and text-only (empty folder)
+    prompts.write_text('a red dragon\n{"prompt": "a red dragon", "retrieved": "empty"}\n')
+    out = tmp_path / "out"
+    assert main(["mvrag", "generate", "--release", str(TINY_RELEASE), "--prompts", str(prompts), "--index",
+                 str(index), "--relevance-threshold", "0.5", "--steps", "2", "--prior_steps", "1", "--out", str(out),
+                 "--compile_cache_dir", "none"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["text_only"] == 2
+    fallback, text_only = sorted(out.iterdir())
+    record = json.loads((fallback / "record.json").read_text())
+    assert record["retrieval"]["source"] == f"index:{index}" and record["retrieval"]["text_only"]
+    relevance = record["retrieval"]["relevance"]
+    assert relevance["fell_back"] and relevance["kept"] == [] and len(relevance["dropped"]) == 2
+    assert record["fusion_weight"] is None and record["settings"]["relevance_threshold"] == 0.5
+    assert json.loads((text_only / "record.json").read_text())["retrieval"]["relevance"] is None  # empty folder
+    for i in range(4):  # retrieval attention off: the base model's views, bit for bit
+        np.testing.assert_array_equal(np.asarray(Image.open(fallback / f"view_{i}.png")),
+                                      np.asarray(Image.open(text_only / f"view_{i}.png")))
