@@ -8,6 +8,7 @@
     mvrag bench train --config configs/train.py:size=tiny --meshes data=1 --meshes data=2,fsdp=4 [--batch 8]
     mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
+    mvrag data variants --ckpt CKPT --renders DIR --per_object 2
     mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
     mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
     mvrag eval (--ckpt DIR | --images DIR) --dataset ood_eval|DIR --out DIR [--clip_model DIR] [--dinov2 DIR] ...
@@ -264,11 +265,19 @@ def _define_data(fv):
     flags.DEFINE_integer("batches", 2, "preview: batches to show.", flag_values=fv)
     flags.DEFINE_list("modes", ["3d", "2d", "mixed"], "bench: modes to time.", flag_values=fv)
     flags.DEFINE_integer("steps", 20, "bench: timed batches per mode.", flag_values=fv)
+    flags.DEFINE_string("ckpt", None, "variants: mvrag checkpoint with an image branch.", flag_values=fv)
+    flags.DEFINE_string("release", None, "variants: official release folder, instead of --ckpt.", flag_values=fv)
+    flags.DEFINE_string("renders", None, "variants: mv_renders folder; writes <object>/variants/.", flag_values=fv)
+    flags.DEFINE_integer("per_object", 2, "variants: variants per object.", flag_values=fv)
+    flags.DEFINE_integer("variant_steps", 50, "variants: DDIM steps.", flag_values=fv)
+    flags.DEFINE_float("guidance", 5.0, "variants: classifier-free guidance scale.", flag_values=fv)
+    flags.DEFINE_float("fusion_weight", 0.5, "variants: text weight (image: 1.5 - it).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "variants: seed of the views and samples.", flag_values=fv)
 
 
 def _run_data(fv, argv):
-    from data_pipelines import bench, build, preview
-    actions = ("build", "preview", "bench")
+    from data_pipelines import bench, build, preview, variants
+    actions = ("build", "preview", "bench", "variants")
     if len(argv) != 2 or argv[1] not in actions:
         raise ValueError(f"usage: mvrag data {{{'|'.join(actions)}}} [--config configs/data.py:size=tiny]; "
                          f"got {argv[1:]}")
@@ -277,6 +286,12 @@ def _run_data(fv, argv):
         print("\n".join(build.build_all(fv.config, fv.datasets)))
     elif argv[1] == "preview":
         print(f"wrote {preview.write_preview(fv.config, fv.out, fv.batches)}")
+    elif argv[1] == "variants":
+        if not fv.renders:
+            raise ValueError("mvrag data variants needs --renders (an mv_renders folder) and --ckpt or --release")
+        settings = variants.Settings(per_object=fv.per_object, steps=fv.variant_steps, guidance=fv.guidance,
+                                     fusion_weight=fv.fusion_weight, seed=fv.seed)
+        print(json.dumps(variants.make_variants(fv.renders, ckpt=fv.ckpt, release=fv.release, settings=settings)))
     else:
         for mode in fv.modes:
             print(json.dumps(bench.bench(fv.config, mode, fv.steps)), flush=True)
@@ -438,7 +453,8 @@ COMMANDS = {c.name: c for c in (
             _run_verify),
     Command("generate", "Generate multiview images for prompts (with retrieved images), resumable and batched.",
             _define_generate, _run_generate),
-    Command("data", "Build datasets, preview batches as a PNG, or time the loader: `mvrag data build|preview|bench`.",
+    Command("data", "Build datasets, preview batches as a PNG, time the loader, or make semantic variants of renders: "
+            "`mvrag data build|preview|bench|variants`.",
             _define_data, _run_data, config=("data.py:size=tiny", "Data config (configs/data.py[:arg]).")),
     Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train`; every benchmark to one JSON: "
             "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
