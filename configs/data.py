@@ -6,10 +6,13 @@
     python -m data_pipelines.bench   --config configs/data.py:size=tiny --config.data_dir /tmp/mvrag_data
     python -m data_pipelines.build   --config configs/data.py:source=real --config.mv_renders.manual_dir /renders \
         --config.class_images.manual_dir /imagenet21k_516
+    mvrag data variants --ckpt CKPT --renders /renders --per_object 2   # semantic variants into /renders/*/variants
 
 Variants (arg string):
-- `size=paper` (default): 256x256 views, F=4, k=4 retrieved at 224 (CLIP ViT-H/14 input), 1:1 3D/2D mixing.
-- `size=tiny`: 32x32 views, F=4, k=2 retrieved at 32 (the tiny release's CLIP), a small synthetic set for tests.
+- `size=paper` (default): 256x256 views, F=4, k=4 retrieved at 224 (CLIP ViT-H/14 input), 1:1 3D/2D mixing, the
+  paper's C.1 protocol (random grey backgrounds, orbits at -5..30 degrees, augmented retrievals and variants).
+- `size=tiny`: 32x32 views, F=4, k=2 retrieved at 32 (the tiny release's CLIP), a small synthetic set for tests,
+  on a fixed grey 127 (`--config.background=random` for the paper's).
 - `source=synthetic` (default): both modes read the procedural `synthetic_shapes` dataset (built on first use).
 - `source=real`: 3D mode reads `mv_renders`, 2D mode `class_images`, both from their `manual_dir`.
 
@@ -19,6 +22,7 @@ Batch layout (numpy, per host; B = batch_size, F = num_views, k = num_retrieved)
     camera      [B, F, 16] f32   get_camera poses; zeros in 2D mode
     camera_mask [B] int32        1 in 3D mode, 0 in 2D mode
     retrieved   [B, k, R, R, 3]  uint8 (CLIP preprocessing happens on device, elsewhere)
+    (previews only, make_dataset(provenance=True): retrieved_ops [B, k] int32, data_pipelines/augment.py flags)
     input_ids   [B, 77] int32    CLIP token ids of the caption
     mode        [B] int32        0 = 3D, 1 = 2D
 """

@@ -21,7 +21,7 @@ ALL_OPS = PERSPECTIVE | ROTATION | CROP | JITTER
 _NAMES = ((PERSPECTIVE, "P", "perspective"), (ROTATION, "R", "rotation"), (CROP, "C", "crop"),
           (JITTER, "J", "colour jitter"), (VARIANT, "variant", "semantic variant"),
           (SAME_CLASS, "class", "same-class image"))
-LEGEND = ", ".join(f"{short} {long}" for _, short, long in _NAMES)
+LEGEND = ", ".join(f"{short} = {long}" for _, short, long in _NAMES)
 _PROBS = (("perspective_prob", PERSPECTIVE), ("rotation_prob", ROTATION), ("crop_prob", CROP),
           ("jitter_prob", JITTER))
 

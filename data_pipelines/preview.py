@@ -48,7 +48,7 @@ def render_grid(batches: list[dict], captions: list[list[str]], cell: int = 96) 
     num_views, num_retrieved = batches[0]["images"].shape[1], batches[0]["retrieved"].shape[1]
     labelled = all("retrieved_ops" in batch for batch in batches)
     width = (num_views + num_retrieved) * cell + _GAP * 2
-    row_height = cell + _TEXT_HEIGHT * (2 if labelled else 1)
+    row_height = cell + _TEXT_HEIGHT
     head = _TEXT_HEIGHT if labelled else 0
     canvas = Image.new("RGB", (width, head + len(rows) * row_height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -64,9 +64,12 @@ def render_grid(batches: list[dict], captions: list[list[str]], cell: int = 96) 
             canvas.paste(_cell(batch["retrieved"][i, j], cell), (left, top))
             if labelled:
                 label = augment.describe(int(batch["retrieved_ops"][i, j]))
-                draw.text((left + 2, top + cell + _TEXT_HEIGHT + 1), label, fill=(0, 0, 160))
+                draw.text((left + 2, top + cell + 1), label, fill=(0, 0, 160))
         mode = "3D" if batch["mode"][i] == transforms.MODE_3D else "2D"
-        draw.text((2, top + cell + 1), f"[{mode}] {caption}", fill=(0, 0, 0))
+        text, room = f"[{mode}] {caption}", num_views * cell + _GAP  # under the views; the labels own the rest
+        while labelled and len(text) > 1 and draw.textlength(text, font=draw.getfont()) > room:
+            text = text[:-2] + "~"
+        draw.text((2, top + cell + 1), text, fill=(0, 0, 0))
     return canvas
 
 
