@@ -64,6 +64,10 @@ def decode_rgba(data: bytes) -> np.ndarray:
 
 
 def composite(rgba: np.ndarray, grey: int) -> np.ndarray:
-    """Straight-alpha RGBA [h, w, 4] over a flat grey -> uint8 [h, w, 3]: round(rgb * a + grey * (1 - a))."""
-    rgb, alpha = rgba[..., :3].astype(np.float32), rgba[..., 3:].astype(np.float32) / 255.0
-    return np.round(rgb * alpha + np.float32(grey) * (1.0 - alpha)).astype(np.uint8)
+    """Straight-alpha RGBA [h, w, 4] over a flat grey -> uint8 [h, w, 3]: (rgb a + grey (255 - a) + 127) // 255,
+    i.e. rgb * alpha + grey * (1 - alpha) rounded, in uint16 (at most 255 * 255 + 127 < 2**16)."""
+    alpha = rgba[..., 3:].astype(np.uint16)
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    mixed = rgba[..., :3].astype(np.uint16) * alpha + np.uint16(grey) * (255 - alpha) + 127
+    return (mixed // 255).astype(np.uint8)

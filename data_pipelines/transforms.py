@@ -78,9 +78,9 @@ class Tokenizer:
         return np.asarray(self._backend.encode(text).ids, np.int32)
 
 
-def decode(data, what: str, background: int) -> np.ndarray:
+def decode(data, what: str, grey: int) -> np.ndarray:
     try:
-        return records.decode_image(bytes(data), background)
+        return records.decode_image(bytes(data), grey)
     except records.DECODE_ERRORS as e:
         raise RecordError(f"{what}: undecodable image ({type(e).__name__}: {e})") from e
 
@@ -149,7 +149,7 @@ class MultiviewTransform:
         # Each retrieved image draws its own grey instead of sharing the targets': real retrievals at inference never
         # share the generated views' background, so the model must not learn to copy the background from them.
         grey = self.background.draw(rng)
-        take_variant = rng.uniform() < self.variant_prob  # always drawn: the draw sequence does not depend on data
+        take_variant = rng.uniform() < self.variant_prob  # drawn whether or not the object has variants
         if take_variant and len(variants):
             pick = int(rng.integers(len(variants)))
             variant = background.composite(decode_rgba(variants[pick], f"{name} variant {pick}"), grey)
