@@ -70,3 +70,9 @@ def test_2d_mode_needs_one_view_and_a_renders_folder(pipe, tmp_path):
         SamplingOptions(mode="3D")
     with pytest.raises(variants.VariantsError, match="no object folder with cameras.json"):
         variants.make_variants(tmp_path, settings=SETTINGS, pipeline=pipe)
+
+
+def test_cli_names_what_is_missing(capsys):
+    from mvrag_jax.cli import main
+    assert main(["mvrag", "data", "variants", "--compile_cache_dir=none"]) == 2
+    assert "needs --renders" in capsys.readouterr().err
