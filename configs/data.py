@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.retrieved_size = 224
     c.images_dtype = "uint8"  # uint8 | float32 ([-1, 1], what the VAE encoder takes)
     # Background of the 3D renders (their alpha is composited in the loader, data_pipelines/background.py).
-    # "random" (paper C.1: "empty background replaced by a random grey", after MVDream): a grey level drawn
+    # "random" (paper C.1: "empty background replaced by a random grey"): a grey level drawn
     # uniformly from background_range per object; every target view of an object shares it, each simulated
     # retrieval draws its own. The paper gives no range: [64, 192] (ours) keeps the grey clearly away from black
     # and white, so dark and white objects keep their outline. "fixed": background_level everywhere
@@ -69,8 +69,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # synthetic_shapes renders its orbits (and extra views) from it; mv_renders keeps only the orbits inside it.
         "elevation_range": (-5.0, 30.0),
         "retrieval_sources": (2, 3),     # the k retrieved images come from 2-3 extra renders of the object (C.1)
-        # Simulated retrieval (C.1: "heavily augmented"): each op applies with its probability, independently per
-        # retrieved image (the paper gives no probabilities: 1.0 = every op on every image, its "heavy" recipe).
+        # Simulated retrieval (C.1 lists perspective distortion, rotation, resized crop, colour jitter): each op
+        # applies with its probability, independently per retrieved image. The paper gives no probabilities: 1.0
+        # (ours) = every op on every image, the heaviest mix.
         # The preview (`mvrag data preview`) labels each retrieval with the ops that made it.
         "augment": mlc.ConfigDict({
             "perspective_prob": 1.0,

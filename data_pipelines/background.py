@@ -1,6 +1,6 @@
 """Render backgrounds: the grey that a render's alpha is composited over, drawn per object in the loader.
 
-Paper C.1 (after MVDream): the renders' "empty background [is] replaced by a random grey". Renders are stored with
+Paper C.1: the renders' "empty background [is] replaced by a random grey". Renders are stored with
 their alpha (synthetic_shapes always; mv_renders when the files have one), so the grey is chosen when a record
 becomes an example: a pure function of the record's rng (config + position), so a resumed run sees the same pixels.
 
