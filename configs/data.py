@@ -6,10 +6,13 @@
     python -m data_pipelines.bench   --config configs/data.py:size=tiny --config.data_dir /tmp/mvrag_data
     python -m data_pipelines.build   --config configs/data.py:source=real --config.mv_renders.manual_dir /renders \
         --config.class_images.manual_dir /imagenet21k_516
+    mvrag data variants --ckpt CKPT --renders /renders --per_object 2   # semantic variants into /renders/*/variants
 
 Variants (arg string):
-- `size=paper` (default): 256x256 views, F=4, k=4 retrieved at 224 (CLIP ViT-H/14 input), 1:1 3D/2D mixing.
-- `size=tiny`: 32x32 views, F=4, k=2 retrieved at 32 (the tiny release's CLIP), a small synthetic set for tests.
+- `size=paper` (default): 256x256 views, F=4, k=4 retrieved at 224 (CLIP ViT-H/14 input), 1:1 3D/2D mixing, the
+  paper's C.1 protocol (random grey backgrounds, orbits at -5..30 degrees, augmented retrievals and variants).
+- `size=tiny`: 32x32 views, F=4, k=2 retrieved at 32 (the tiny release's CLIP), a small synthetic set for tests,
+  on a fixed grey 127 (`--config.background=random` for the paper's).
 - `source=synthetic` (default): both modes read the procedural `synthetic_shapes` dataset (built on first use).
 - `source=real`: 3D mode reads `mv_renders`, 2D mode `class_images`, both from their `manual_dir`.
 
@@ -19,6 +22,7 @@ Batch layout (numpy, per host; B = batch_size, F = num_views, k = num_retrieved)
     camera      [B, F, 16] f32   get_camera poses; zeros in 2D mode
     camera_mask [B] int32        1 in 3D mode, 0 in 2D mode
     retrieved   [B, k, R, R, 3]  uint8 (CLIP preprocessing happens on device, elsewhere)
+    (previews only, make_dataset(provenance=True): retrieved_ops [B, k] int32, data_pipelines/augment.py flags)
     input_ids   [B, 77] int32    CLIP token ids of the caption
     mode        [B] int32        0 = 3D, 1 = 2D
 """
@@ -42,7 +46,15 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.num_retrieved = 4
     c.retrieved_size = 224
     c.images_dtype = "uint8"  # uint8 | float32 ([-1, 1], what the VAE encoder takes)
-    c.background = 127        # grey level of render backgrounds
+    # Background of the 3D renders (their alpha is composited in the loader, data_pipelines/background.py).
+    # "random" (paper C.1: "empty background replaced by a random grey"): a grey level drawn
+    # uniformly from background_range per object; every target view of an object shares it, each simulated
+    # retrieval draws its own. The paper gives no range: [64, 192] (ours) keeps the grey clearly away from black
+    # and white, so dark and white objects keep their outline. "fixed": background_level everywhere
+    # (reproducible demos and tests). 2D class images and OOD-eval references with alpha always use background_level.
+    c.background = "random"
+    c.background_range = (64, 192)
+    c.background_level = 127
     c.max_length = 77
 
     # Mixing: weights are relative; 1:1 alternates modes. per="batch": every batch holds one mode (the paper
@@ -53,14 +65,31 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         "dataset": "synthetic_shapes",   # synthetic_shapes | mv_renders
         "split": "train",
         "caption_suffix": ", 3d asset",
-        "retrieval_sources": (2, 3),     # the k retrieved images come from 2-3 extra renders of the object
-        "augment": mlc.ConfigDict({      # simulated retrieval: perspective, rotation, crop, colour jitter
+        # Target orbits: 4 orthogonal views at one elevation in this range (paper C.1: [-5, 30] degrees).
+        # synthetic_shapes renders its orbits (and extra views) from it; mv_renders keeps only the orbits inside it.
+        "elevation_range": (-5.0, 30.0),
+        "retrieval_sources": (2, 3),     # the k retrieved images come from 2-3 extra renders of the object (C.1)
+        # Simulated retrieval (C.1 lists perspective distortion, rotation, resized crop, colour jitter): each op
+        # applies with its probability, independently per retrieved image. The paper gives no probabilities: 1.0
+        # (ours) = every op on every image, the heaviest mix.
+        # The preview (`mvrag data preview`) labels each retrieval with the ops that made it.
+        "augment": mlc.ConfigDict({
+            "perspective_prob": 1.0,
             "perspective": 0.2,          # max corner shift as a fraction of the side
-            "rotation_deg": 20.0,
+            "rotation_prob": 1.0,
+            "rotation_deg": 20.0,        # max angle either way
+            "crop_prob": 1.0,            # else the whole (warped) render is resized
             "crop_scale": (0.5, 1.0),    # area fraction of the random resized crop
             "crop_ratio": (0.75, 1.3333),
+            "jitter_prob": 1.0,
             "brightness": 0.25, "contrast": 0.25, "saturation": 0.25, "hue": 0.02,
         }),
+        # Semantic variants (C.1: images from an image-variation model): each retrieved image is, with this
+        # probability, one of the object's precomputed variants (mv_renders `variants/` folder, made by
+        # `mvrag data variants`) instead of an augmented render; objects without variants (synthetic_shapes, or
+        # renders before the command ran) always use renders. The paper gives no rate: 0.25 (ours) makes one of the
+        # four retrievals a variant on average; 0.0 turns variants off.
+        "variant_prob": 0.25,
     })
     c.mode_2d = mlc.ConfigDict({
         "dataset": "synthetic_shapes",   # synthetic_shapes | class_images
@@ -73,8 +102,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         "shapes": ("cube", "sphere", "cylinder", "cone", "torus", "pyramid", "wedge"),
         "colours": ("red", "green", "blue", "yellow", "orange", "purple", "white", "cyan"),
         "train_per_class": 20, "validation_per_class": 2,
-        "extra_views": 3,
-        "elevation_range": (-5.0, 30.0),
+        "extra_views": 3,                # per object, beside the orbit (at random azimuths, mode_3d.elevation_range)
         "scale_range": (0.4, 0.55),
         "fov_deg": 50.0,
         "supersample": 2,
@@ -99,6 +127,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
     if args.size == "tiny":
         c.update(batch_size=4, image_size=32, num_retrieved=2, retrieved_size=32)
+        # A fixed grey: the demo's colour scorer (mvrag_jax/demo/colour.py) and tests compare against 127;
+        # --config.background=random gives the paper's protocol at this size too.
+        c.background = "fixed"
         c.synthetic.update(colours=("red", "green", "blue"), train_per_class=2, validation_per_class=1,
                            extra_views=2, supersample=1)
         c.class_images.store_size = 64

@@ -2,5 +2,7 @@
 
     builders: synthetic_shapes (procedural default), mv_renders, class_images, ood_eval
     loader:   make_dataset(cfg) -> batches of fixed shapes, 3D/2D modes mixed deterministically
-    tools:    python -m data_pipelines.build | .bench | .preview  (--config configs/data.py:size=tiny)
+    protocol: background (per-object grey over the renders' alpha), augment (retrieval simulation), variants
+              (semantic variants of renders with the pipeline in 2D mode)
+    tools:    python -m data_pipelines.build | .bench | .preview  (--config configs/data.py:size=tiny), .variants
 """

@@ -1,12 +1,65 @@
 """Image augmentations, each a pure function of (image, rng, parameters) -> new uint8 image.
 
-3D mode simulates "retrieved" images from extra renders of the same object (the paper's recipe: perspective
+3D mode simulates "retrieved" images from extra renders of the same object (the paper's recipe, C.1: perspective
 distortion, rotation, random resized crop, colour jitter), so the model learns to use references that are not
 aligned views. Geometric ops fill uncovered pixels with the render background, so no black corners leak in.
+
+Which ops make one retrieved image is drawn first (`draw_ops`, each with its `*_prob` of cfg.mode_3d.augment) and
+kept as bit flags, so the preview can label every retrieval with what made it:
+
+    ops = draw_ops(rng, params)                          # e.g. PERSPECTIVE | CROP | JITTER
+    image = simulate_retrieval(render, rng, size=224, params=params, background=grey, ops=ops)
+    describe(ops)                                        # "P+C+J" (see LEGEND)
 """
 
 import numpy as np
 from PIL import Image
+
+# Provenance flags of a retrieved image (the loader's `retrieved_ops` with provenance=True).
+PERSPECTIVE, ROTATION, CROP, JITTER, VARIANT, SAME_CLASS = 1, 2, 4, 8, 16, 32
+ALL_OPS = PERSPECTIVE | ROTATION | CROP | JITTER
+_NAMES = ((PERSPECTIVE, "P", "perspective"), (ROTATION, "R", "rotation"), (CROP, "C", "crop"),
+          (JITTER, "J", "colour jitter"), (VARIANT, "variant", "semantic variant"),
+          (SAME_CLASS, "class", "same-class image"))
+LEGEND = ", ".join(f"{short} = {long}" for _, short, long in _NAMES)
+_PROBS = (("perspective_prob", PERSPECTIVE), ("rotation_prob", ROTATION), ("crop_prob", CROP),
+          ("jitter_prob", JITTER))
+
+
+class AugmentConfigError(ValueError):
+    pass
+
+
+def check_params(params, field: str = "mode_3d.augment") -> None:
+    """Probabilities in [0, 1], strengths >= 0, crop ranges ordered: one error naming field, value and fix."""
+    for name, _ in _PROBS:
+        value = getattr(params, name)
+        if not 0.0 <= value <= 1.0:
+            raise AugmentConfigError(f"--config.{field}.{name}={value!r}; a probability is in [0, 1]")
+    for name in ("perspective", "rotation_deg", "brightness", "contrast", "saturation", "hue"):
+        if getattr(params, name) < 0:
+            raise AugmentConfigError(f"--config.{field}.{name}={getattr(params, name)!r}; strengths are >= 0")
+    if params.perspective >= 0.5:
+        raise AugmentConfigError(f"--config.{field}.perspective={params.perspective!r}; corners move inward by "
+                                 "less than half the side: use a value in [0, 0.5)")
+    low, high = params.crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise AugmentConfigError(f"--config.{field}.crop_scale={tuple(params.crop_scale)!r}; need 0 < low <= high "
+                                 "<= 1 (area fractions)")
+    low, high = params.crop_ratio
+    if not 0.0 < low <= high:
+        raise AugmentConfigError(f"--config.{field}.crop_ratio={tuple(params.crop_ratio)!r}; need 0 < low <= high")
+
+
+def draw_ops(rng: np.random.Generator, params) -> int:
+    """The ops of one retrieved image, each kept with its probability (always 4 draws, whatever the outcome)."""
+    draws = rng.uniform(size=len(_PROBS))
+    return sum(flag for (name, flag), u in zip(_PROBS, draws) if u < getattr(params, name))
+
+
+def describe(ops: int) -> str:
+    """'P+R+C+J' (perspective, rotation, crop, jitter), 'variant', 'class', or 'none' (the render resized)."""
+    return "+".join(short for flag, short, _ in _NAMES if ops & flag) or "none"
 
 
 def _perspective_coefficients(target: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -78,9 +131,25 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """The whole image to [size, size] (what a retrieval gets when its crop is not drawn)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0))
+
+
 def simulate_retrieval(image: np.ndarray, rng: np.random.Generator, *, size: int, params,
-                       background: int) -> np.ndarray:
-    """One simulated retrieved image [size, size, 3] from a render; `params` is cfg.mode_3d.augment."""
-    image = warp(image, rng, params.rotation_deg, params.perspective, background)
-    image = random_resized_crop(image, rng, size, tuple(params.crop_scale), tuple(params.crop_ratio))
-    return colour_jitter(image, rng, params.brightness, params.contrast, params.saturation, params.hue)
+                       background: int, ops: int = ALL_OPS) -> np.ndarray:
+    """One simulated retrieved image [size, size, 3] from a render; `params` is cfg.mode_3d.augment, `ops` the
+    flags of the ops to apply (draw_ops). Ops that are off draw nothing, so their strengths cannot matter."""
+    rotation = params.rotation_deg if ops & ROTATION else 0.0
+    perspective = params.perspective if ops & PERSPECTIVE else 0.0
+    if rotation or perspective:
+        image = warp(image, rng, rotation, perspective, background)
+    if ops & CROP:
+        image = random_resized_crop(image, rng, size, tuple(params.crop_scale), tuple(params.crop_ratio))
+    else:
+        image = resize(image, size)
+    if ops & JITTER:
+        image = colour_jitter(image, rng, params.brightness, params.contrast, params.saturation, params.hue)
+    return image

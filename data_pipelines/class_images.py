@@ -115,7 +115,7 @@ class ClassImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> ClassImages:
     params = dict(store_size=cfg.class_images.store_size, min_images_per_class=cfg.class_images.min_images_per_class,
-                  background=cfg.background)
+                  background=cfg.background_level)
     name = f"s{params['store_size']}_{records.config_digest(params)}"
     return ClassImages(data_dir=data_dir, config=ClassImagesConfig(name=name, description=f"class_images {params}",
                                                                    **params))

@@ -161,8 +161,8 @@ def _shard(ds: grain.MapDataset, shard: grain.sharding.ShardOptions) -> grain.Ma
 
 
 def make_mode_dataset(cfg: mlc.ConfigDict, mode: int, shard: grain.sharding.ShardOptions,
-                      tokenizer: transforms.Tokenizer) -> grain.IterDataset:
-    """Unbatched examples of one mode for this host."""
+                      tokenizer: transforms.Tokenizer, provenance: bool = False) -> grain.IterDataset:
+    """Unbatched examples of one mode for this host (provenance: see make_dataset)."""
     mode_key = "mode_3d" if mode == MODE_3D else "mode_2d"
     dataset, kind = build.mode_dataset(cfg, mode_key)
     split = cfg[mode_key].split
@@ -170,9 +170,9 @@ def make_mode_dataset(cfg: mlc.ConfigDict, mode: int, shard: grain.sharding.Shar
     name = f"{dataset}/{kind}:{split}" if dataset == "synthetic_shapes" else f"{dataset}:{split}"
     source = TolerantSource(builder.as_data_source(split=split), name)
     if mode == MODE_3D:
-        transform = transforms.MultiviewTransform(cfg, tokenizer)
+        transform = transforms.MultiviewTransform(cfg, tokenizer, provenance)
     else:
-        transform = transforms.ClassTransform(cfg, tokenizer, source, class_ranges(builder, split))
+        transform = transforms.ClassTransform(cfg, tokenizer, source, class_ranges(builder, split), provenance)
     ds = _shard(grain.MapDataset.source(source), shard)
     if len(ds) == 0:
         raise EmptyDatasetError(f"{name} has {len(source)} records, none left for host {shard.shard_index} of "
@@ -203,8 +203,11 @@ def _finish(ds: grain.IterDataset, cfg: mlc.ConfigDict) -> grain.IterDataset:
     return ds
 
 
-def make_dataset(cfg: mlc.ConfigDict, shard: grain.sharding.ShardOptions | None = None) -> grain.IterDataset:
+def make_dataset(cfg: mlc.ConfigDict, shard: grain.sharding.ShardOptions | None = None,
+                 provenance: bool = False) -> grain.IterDataset:
     """Batches for this host (see configs/data.py for the layout). `shard` defaults to one shard per JAX process.
+    provenance=True adds `retrieved_ops` [B, k] int32 (data_pipelines/augment.py flags: which ops, or a variant, or
+    same-class images made each retrieval) for previews; the other fields are exactly the training batches'.
 
     With mix.per="batch" each mode has its own worker processes and batches are mixed in this process, so the
     mode sequence is exactly the weights' pattern (3D, 2D, 3D, ... for 1:1) whatever the number of workers.
@@ -219,7 +222,7 @@ def make_dataset(cfg: mlc.ConfigDict, shard: grain.sharding.ShardOptions | None 
     if shard is None:
         shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     tokenizer = transforms.Tokenizer(cfg.tokenizer_dir, cfg.max_length)
-    modes = [make_mode_dataset(cfg, mode, shard, tokenizer) for mode, _ in weights]
+    modes = [make_mode_dataset(cfg, mode, shard, tokenizer, provenance) for mode, _ in weights]
     # A list (3D first), not a dict: grain would order dict keys alphabetically.
     if cfg.mix.per == "batch":
         streams = [_finish(ds.batch(cfg.batch_size, drop_remainder=True), cfg) for ds in modes]

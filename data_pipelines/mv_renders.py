@@ -4,13 +4,22 @@ Layout of `manual_dir` (one folder per object; folder name = object id):
 
     <manual_dir>/<object_id>/cameras.json   {"views": [{"file": "000.png", "elevation": 15.0, "azimuth": 0.0}, ...]}
     <manual_dir>/<object_id>/caption.txt    one line, e.g. "a wooden chair with curved armrests"
-    <manual_dir>/<object_id>/000.png ...    square RGB or RGBA renders of any size (alpha is composited over grey)
+    <manual_dir>/<object_id>/000.png ...    square RGB or RGBA renders of any size
+    <manual_dir>/<object_id>/variants/*.png optional: semantic variants of the object (any size, RGB or RGBA), e.g.
+                                            written by `mvrag data variants` (data_pipelines/variants.py)
+
+Render with a transparent background (RGBA): the alpha is kept, and the loader composites every view over a grey
+drawn per object (configs/data.py `background`, paper C.1); RGB renders keep the background they were rendered on.
+Variants are mixed into the simulated retrievals with probability `mode_3d.variant_prob`.
 
 Angles are degrees in `mvrag_jax.inputs.camera.get_camera`'s convention: elevation > 0 puts the camera above the object,
 azimuth 0 is the camera on the -y side (Blender axes) and grows counter-clockwise seen from above; cameras look at
 the origin from radius 1 (render with the object centred and scaled to fit, as the synthetic set is).
 Each object needs at least one orbit (num_views views at one elevation whose azimuths are a0 + i * 360 / num_views,
-both within 0.5 degrees) and `min_extra_views` other views, from which the loader simulates the retrieved images.
+both within 0.5 degrees) at an elevation inside `mode_3d.elevation_range` (paper C.1: [-5, 30]; orbits outside it
+are not stored, and the loader draws the target orbit among those stored), and `min_extra_views` other views, from
+which the loader simulates the retrieved images. So render, per object, at least one such orbit (MVDream-style:
+4 orthogonal views at an elevation drawn from the range) plus 2-3 views from other directions.
 Objects that break any rule are skipped with the reason in the log and in the dataset's metadata.json ("skipped").
 """
 
@@ -38,7 +47,7 @@ class MvRendersConfig(tfds.core.BuilderConfig):
     image_size: int = 256
     num_views: int = 4
     min_extra_views: int = 1
-    background: int = 127
+    elevation_range: tuple = (-5.0, 30.0)
 
 
 def find_orbits(elevation: np.ndarray, azimuth: np.ndarray, num_views: int,
@@ -63,18 +72,34 @@ def find_orbits(elevation: np.ndarray, azimuth: np.ndarray, num_views: int,
     return np.asarray(orbits, np.int32).reshape(-1, num_views)
 
 
-def _view_bytes(path: epath.Path, image_size: int, background: int) -> bytes:
-    """PNG bytes of a validated, square, RGB view; files already in that form are stored as they are."""
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def _view_bytes(path: epath.Path, image_size: int, square: bool = True) -> bytes:
+    """PNG bytes of a validated [square] view at image_size, RGBA if the file has alpha (kept for the loader's
+    background), else RGB; files already in that form are stored as they are."""
     try:
         with Image.open(path) as image:
             image.load()
-            as_is = image.mode == "RGB" and image.size == (image_size, image_size) and image.format == "PNG"
-            pixels = records.to_rgb(image, background)
+            alpha = _has_alpha(image)
+            as_is = image.mode in ("RGB", "RGBA") and image.size == (image_size, image_size) and image.format == "PNG"
+            image = image.convert("RGBA" if alpha else "RGB")
     except records.DECODE_ERRORS as e:
-        raise BadObjectError(f"view {path.name} is not a readable image ({type(e).__name__}: {e})") from e
-    if pixels.shape[0] != pixels.shape[1]:
-        raise BadObjectError(f"view {path.name} is {pixels.shape[1]}x{pixels.shape[0]}; renders must be square")
-    return path.read_bytes() if as_is else records.encode_png(records.resize_square(pixels, image_size))
+        raise BadObjectError(f"{path.name} is not a readable image ({type(e).__name__}: {e})") from e
+    w, h = image.size
+    if square and w != h:
+        raise BadObjectError(f"view {path.name} is {w}x{h}; renders must be square")
+    if as_is:
+        return path.read_bytes()
+    side = min(w, h)
+    image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    if alpha:  # resample premultiplied, so transparent pixels' colours do not bleed into the edges
+        image = image.convert("RGBa").resize((image_size, image_size), Image.Resampling.BICUBIC,
+                                             reducing_gap=2.0).convert("RGBA")
+    else:
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return records.encode_png(np.asarray(image))
 
 
 def _number(view: dict, key: str, index: int) -> float:
@@ -106,6 +131,13 @@ def load_object(folder: epath.Path, config: MvRendersConfig) -> dict:
     if len(orbits) == 0:
         raise BadObjectError(f"no {config.num_views} views at one elevation with azimuths "
                              f"{360 // config.num_views} degrees apart (within {ANGLE_TOLERANCE_DEG} degrees)")
+    low, high = config.elevation_range
+    inside = (elevation[orbits[:, 0]] >= low - ANGLE_TOLERANCE_DEG) & (elevation[orbits[:, 0]] <= high +
+                                                                       ANGLE_TOLERANCE_DEG)
+    if not inside.any():
+        raise BadObjectError(f"orbits at elevations {sorted(set(elevation[orbits[:, 0]].tolist()))}, none inside "
+                             f"mode_3d.elevation_range [{low}, {high}]; render an orbit inside it or widen the range")
+    orbits = orbits[inside]
     extra = len(views) - config.num_views
     if extra < config.min_extra_views:
         raise BadObjectError(f"{extra} views outside one orbit; need {config.min_extra_views} to simulate retrievals")
@@ -113,16 +145,21 @@ def load_object(folder: epath.Path, config: MvRendersConfig) -> dict:
     for i, view in enumerate(views):
         if not isinstance(view.get("file"), str) or not (folder / view["file"]).is_file():
             raise BadObjectError(f"cameras.json view {i} names file {view.get('file')!r}, which does not exist")
-        files.append(_view_bytes(folder / view["file"], config.image_size, config.background))
+        files.append(_view_bytes(folder / view["file"], config.image_size))
+    variants = []
+    if (folder / "variants").is_dir():
+        variants = [_view_bytes(path, config.image_size, square=False) for path in records.image_files(
+            folder / "variants")]
     return {"object_id": folder.name, "caption": caption, "views": files, "elevation": elevation,
-            "azimuth": azimuth, "orbits": orbits}
+            "azimuth": azimuth, "orbits": orbits, "variants": records.image_bytes_list(variants)}
 
 
 class MvRenders(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Multiview renders from manual_dir; see the module docstring for the layout."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Alpha kept (RGBA views), orbits inside "
+                     "elevation_range only, semantic variants from variants/."}
     BUILDER_CONFIGS = [MvRendersConfig(name="default")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
     url_infos = None  # nothing is downloaded; skips tfds' checksum lookup, which breaks on namespace packages
@@ -152,7 +189,7 @@ class MvRenders(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> MvRenders:
     params = dict(image_size=cfg.image_size, num_views=cfg.num_views, min_extra_views=cfg.mv_renders.min_extra_views,
-                  background=cfg.background)
+                  elevation_range=records.elevation_range(cfg))
     name = f"{cfg.image_size}px_v{cfg.num_views}_{records.config_digest(params)}"
     return MvRenders(data_dir=data_dir, config=MvRendersConfig(name=name, description=f"mv_renders {params}",
                                                                **params))

@@ -101,15 +101,15 @@ class OodEval(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> OodEval:
-    config = OodEvalConfig(name=f"bg{cfg.background}", expected_prompts=cfg.ood_eval.expected_prompts,
-                           background=cfg.background)
+    config = OodEvalConfig(name=f"bg{cfg.background_level}", expected_prompts=cfg.ood_eval.expected_prompts,
+                           background=cfg.background_level)
     return OodEval(data_dir=data_dir, config=config)
 
 
 def read_prompts(builder: OodEval, split: str = "test") -> list[dict]:
     """All prompts with decoded uint8 images: [{prompt_id, prompt, retrieved: [[h, w, 3]], reference: [...]}].
 
-    Transparent pixels are composited over the background the builder was made with (cfg.background)."""
+    Transparent pixels are composited over the background the builder was made with (cfg.background_level)."""
     background = builder.builder_config.background
     source = builder.as_data_source(split=split)
     out = []

@@ -43,8 +43,10 @@ def _face_shades(mesh: Mesh) -> np.ndarray:
     return np.clip(light[:, None] * np.asarray(mesh.colour)[None], 0.0, 1.0)
 
 
-def _rasterise(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, shades: np.ndarray, image: np.ndarray) -> None:
-    """Fill `image` [s, s, 3] in place; perspective-correct depth test via interpolated 1/depth."""
+def _rasterise(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, shades: np.ndarray,
+               image: np.ndarray) -> np.ndarray:
+    """Fill `image` [s, s, 3] in place; perspective-correct depth test via interpolated 1/depth. Returns the
+    coverage [s, s] bool (pixels the mesh covers)."""
     size = image.shape[0]
     inv_depth_buffer = np.zeros((size, size))  # 1/depth; 0 means empty (infinitely far)
     for face, shade in zip(faces, shades):
@@ -66,15 +68,18 @@ def _rasterise(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, shades: np.
         nearer = inside & (inv_depth > window)
         window[nearer] = inv_depth[nearer]
         image[top:bottom, left:right][nearer] = shade
+    return inv_depth_buffer > 0
 
 
 def render(mesh: Mesh, camera: np.ndarray, *, size: int, fov_deg: float = 50.0,
-           background: int | tuple[int, int, int] = 127, supersample: int = 2) -> np.ndarray:
+           background: int | tuple[int, int, int] | None = 127, supersample: int = 2) -> np.ndarray:
     """RGB uint8 [size, size, 3] of `mesh` seen from `camera` ([16] or [4, 4] camera-to-world, as get_camera gives).
 
-    `background` is a grey level or an RGB triple (0-255); `fov_deg` is the full vertical (= horizontal) field of view.
+    `background` is a grey level or an RGB triple (0-255), or None: RGBA [size, size, 4] with straight alpha = the
+    covered fraction of each pixel (the loader composites it over a per-object grey, data_pipelines/background.py).
+    `fov_deg` is the full vertical (= horizontal) field of view.
 
-    Renders at `supersample` times the size and box-filters down, which anti-aliases edges.
+    Renders at `supersample` times the size and box-filters down, which anti-aliases edges (and gives the alpha).
     """
     cam_to_world = np.asarray(camera, np.float64).reshape(4, 4)
     big = size * supersample
@@ -86,10 +91,16 @@ def render(mesh: Mesh, camera: np.ndarray, *, size: int, fov_deg: float = 50.0,
     v0, v1, v2 = (mesh.vertices[mesh.faces[:, i]] for i in range(3))
     normals = np.cross(v1 - v0, v2 - v0)
     front = np.sum(normals * (cam_to_world[:3, 3] - v0), axis=-1) > 0  # back faces of a closed mesh are hidden
-    image = np.broadcast_to(np.asarray(background, np.float64) / 255.0, (big, big, 3)).copy()
-    _rasterise(xy, depth, mesh.faces[front], _face_shades(mesh)[front], image)
+    fill = 0 if background is None else background
+    image = np.broadcast_to(np.asarray(fill, np.float64) / 255.0, (big, big, 3)).copy()
+    covered = _rasterise(xy, depth, mesh.faces[front], _face_shades(mesh)[front], image)
     image = image.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
-    return np.round(image * 255.0).astype(np.uint8)
+    if background is not None:
+        return np.round(image * 255.0).astype(np.uint8)
+    alpha = covered.reshape(size, supersample, size, supersample).mean(axis=(1, 3))  # [size, size]
+    colour = image / np.maximum(alpha, 1e-12)[..., None]  # un-premultiply: the mean colour of the covered part
+    rgba = np.concatenate([np.where(alpha[..., None] > 0, colour, 0.0), alpha[..., None]], axis=-1)
+    return np.round(np.clip(rgba, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def silhouette(image: np.ndarray, background: int = 127) -> np.ndarray:

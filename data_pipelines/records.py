@@ -6,9 +6,11 @@ where one undecodable image would crash the loader. We decode in the grain trans
 transform needs, and an undecodable image there is a skipped record (see `loader.py`).
 
 Record schemas (all text fields come back from the data source as bytes):
-    multiview: object_id, caption, views [V] bytes, elevation [V] deg (> 0: camera above, as get_camera),
-               azimuth [V] deg (get_camera's convention), orbits [S, F] int32 (indices of F evenly spaced views at one
-               elevation; any orbit can be a training target, every other view feeds the simulated retrieval)
+    multiview: object_id, caption, views [V] bytes (RGBA: alpha composited over a grey by the loader; or RGB),
+               elevation [V] deg (> 0: camera above, as get_camera), azimuth [V] deg (get_camera's convention),
+               orbits [S, F] int32 (indices of F evenly spaced views at one elevation inside the config's
+               elevation range; any orbit can be a training target, every other view feeds the simulated
+               retrieval), variants [W] bytes (semantic variants of the object, W may be 0)
     classes:   image_id, image bytes, label int32, class_name; records are stored grouped by class in label order
                (disable_shuffling), and `metadata["class_counts"][split]` gives the group sizes
     ood_eval:  prompt_id, prompt, retrieved [R] bytes, reference [Q] bytes (Q may be 0)
@@ -40,6 +42,7 @@ def multiview_features() -> tfds.features.FeaturesDict:
         "elevation": tfds.features.Tensor(shape=(None,), dtype=np.float32),
         "azimuth": tfds.features.Tensor(shape=(None,), dtype=np.float32),
         "orbits": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding=tfds.features.Encoding.BYTES),
+        "variants": image_list(),
     })
 
 
@@ -50,6 +53,26 @@ def class_features() -> tfds.features.FeaturesDict:
         "label": tfds.features.Tensor(shape=(), dtype=np.int32),
         "class_name": tfds.features.Text(),
     })
+
+
+class ElevationRangeError(ValueError):
+    pass
+
+
+def elevation_range(cfg) -> tuple[float, float]:
+    """cfg.mode_3d.elevation_range as (low, high) degrees, checked: -90 <= low <= high <= 90."""
+    value = tuple(cfg.mode_3d.elevation_range)
+    if len(value) != 2 or not -90.0 <= value[0] <= value[1] <= 90.0:
+        raise ElevationRangeError(f"--config.mode_3d.elevation_range={value!r}; give (low, high) degrees with "
+                                  "-90 <= low <= high <= 90, e.g. (-5, 30) (paper C.1)")
+    return float(value[0]), float(value[1])
+
+
+def image_bytes_list(items: list) -> np.ndarray:
+    """A list of encoded images as the object array an `image_list` feature takes (also when empty)."""
+    out = np.empty(len(items), dtype=np.object_)
+    out[:] = list(items)
+    return out
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -2,10 +2,12 @@
 
 Classes are (colour, shape) pairs such as "red cube". Two builder configs (tfds splits of one builder must share one
 schema, and the two halves have different ones):
-- `multiview` (3D mode): per object, `num_views` evenly spaced views at one elevation drawn from `elevation_range`
-  plus `extra_views` renders from random viewpoints (the raw material of the simulated retrievals). Every view is
-  rendered from exactly the camera `mvrag_jax.inputs.camera.get_camera(1, elevation, azimuth)` returns for its stored angles,
-  on the flat grey background. Captions are "a red cube".
+- `multiview` (3D mode): per object, `num_views` evenly spaced views at one elevation drawn uniformly from
+  `mode_3d.elevation_range` (paper C.1: [-5, 30] degrees) plus `extra_views` renders from random azimuths at
+  elevations from the same range (the raw material of the simulated retrievals). Every view is rendered from exactly
+  the camera `mvrag_jax.inputs.camera.get_camera(1, elevation, azimuth)` returns for its stored angles, as RGBA with the
+  pixel coverage as alpha: the loader composites it over the object's grey (data_pipelines/background.py).
+  Captions are "a red cube".
 - `classes` (2D mode): single renders of each class from random viewpoints, sizes, offsets and background tints,
   stored grouped by class (see records.py).
 Everything is a pure function of the config (its seed included), so a dataset can be rebuilt bit-exactly.
@@ -41,7 +43,6 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
     scale_range: tuple = (0.4, 0.55)
     fov_deg: float = 50.0
     supersample: int = 2
-    background: int = 127
     seed: int = 0
 
 
@@ -62,9 +63,9 @@ def make_config(cfg: mlc.ConfigDict, kind: str) -> SyntheticShapesConfig:
     syn = cfg.synthetic
     params = dict(kind=kind, image_size=cfg.image_size, num_views=cfg.num_views, extra_views=syn.extra_views,
                   shape_names=tuple(syn.shapes), colour_names=tuple(syn.colours), train_per_class=syn.train_per_class,
-                  validation_per_class=syn.validation_per_class, elevation_range=tuple(syn.elevation_range),
+                  validation_per_class=syn.validation_per_class, elevation_range=records.elevation_range(cfg),
                   scale_range=tuple(syn.scale_range), fov_deg=float(syn.fov_deg), supersample=syn.supersample,
-                  background=cfg.background, seed=syn.seed)
+                  seed=syn.seed)
     for shape in params["shape_names"]:
         shapes.make_mesh(shape, params["colour_names"][0])  # fail now, with the bad name, not in the middle of a build
     name = f"{kind}_{cfg.image_size}px_{records.config_digest(params)}"
@@ -94,12 +95,13 @@ def sample_object(config: SyntheticShapesConfig, colour: str, shape: str,
 
 
 def render_object(config: SyntheticShapesConfig, mesh: shapes.Mesh, angles: list[tuple[float, float]]) -> dict:
-    """One multiview record (images still as arrays [V, s, s, 3])."""
+    """One multiview record (images still as RGBA arrays [V, s, s, 4]; no semantic variants)."""
     views = [raster.render(mesh, _camera(e, a), size=config.image_size, fov_deg=config.fov_deg,
-                           background=config.background, supersample=config.supersample) for e, a in angles]
+                           background=None, supersample=config.supersample) for e, a in angles]
     return {"views": np.stack(views), "elevation": np.array([e for e, _ in angles], np.float32),
             "azimuth": np.array([a for _, a in angles], np.float32),
-            "orbits": np.arange(config.num_views, dtype=np.int32)[None]}
+            "orbits": np.arange(config.num_views, dtype=np.int32)[None],
+            "variants": records.image_bytes_list([])}
 
 
 def render_class_image(config: SyntheticShapesConfig, colour: str, shape: str, rng: np.random.Generator) -> np.ndarray:
@@ -121,8 +123,9 @@ def object_rng(config: SyntheticShapesConfig, split: str, label: int, index: int
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Procedural primitives rendered with data_pipelines.raster; see the module docstring."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Multiview renders stored RGBA (coverage alpha), no "
+                     "background in the build; a variants field (empty)."}
     BUILDER_CONFIGS = [SyntheticShapesConfig(name="multiview"), SyntheticShapesConfig(name="classes", kind="classes")]
     url_infos = None  # nothing is downloaded; skips tfds' checksum lookup, which breaks on namespace packages
 

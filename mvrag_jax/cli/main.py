@@ -8,6 +8,7 @@
     mvrag bench train --config configs/train.py:size=tiny --meshes data=1 --meshes data=2,fsdp=4 [--batch 8]
     mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
     mvrag data build|preview|bench --config configs/data.py:size=tiny --config.data_dir DIR
+    mvrag data variants --ckpt CKPT --renders DIR --per_object 2
     mvrag index --collection FILE.jsonl --out IDX [--kind bm25|dense --clip-model DIR]
     mvrag retrieve --index IDX|--folder DIR --prompt TEXT [--k 4] [--out DIR]
     mvrag eval (--ckpt DIR | --images DIR) --dataset ood_eval|DIR --out DIR [--clip_model DIR] [--dinov2 DIR] ...

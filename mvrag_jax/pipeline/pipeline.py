@@ -51,6 +51,7 @@ from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.inputs.release import Release
 
 FUSION_PATHS = ("exact", "device")
+MODES = ("3d", "2d")
 DTYPES = ("float32", "bfloat16")
 DATA_AXES = ("data", "fsdp")  # the mesh axes objects are split over
 STAGES = ("encode", "prior", "fusion", "main", "decode")
@@ -72,6 +73,9 @@ class SamplingOptions:
     use_prior: bool = True               # False (--no-prior): skip the prior pass; fusion_weight must then be given
     fusion_weight: float | None = None   # fixed main-pass weight (ablation / teacher forcing); None: from the prior
     fusion_path: str = "device"          # "device" (in-graph) | "exact" (host uint8 + PIL); see the module docstring
+    # "2d": single-view 2D mode, as training's 2D objects (MVDream's num_frames=1): no camera embedding and no
+    # ", 3d asset" suffix; needs a pipeline with num_views=1 (data_pipelines/variants.py uses it).
+    mode: str = "3d"
 
     def __post_init__(self):
         if self.num_inference_steps < 1 or (self.use_prior and self.prior_steps < 1):
@@ -82,6 +86,8 @@ class SamplingOptions:
                                 "pass e.g. fusion_weight=1.0")
         if self.fusion_path not in FUSION_PATHS:
             raise PipelineError(f"fusion_path={self.fusion_path!r}; choose one of {FUSION_PATHS}")
+        if self.mode not in MODES:
+            raise PipelineError(f"mode={self.mode!r}; choose one of {MODES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +228,14 @@ class Pipeline:
         return jax.device_put(array, None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec()))
 
     # ---- stages --------------------------------------------------------------------------------------------------
-    def encode_prompts(self, prompts: Sequence[str]) -> jax.Array:
-        """Prompt embeddings [b, 2, 77, ctx] ([uncond '', cond prompt + ', 3d asset'] per object)."""
-        ids = text.prompt_input_ids(self.tokenizer, list(prompts))  # [2b, 77]: negatives, then positives
+    def encode_prompts(self, prompts: Sequence[str], suffix: bool = True) -> jax.Array:
+        """Prompt embeddings [b, 2, 77, ctx] ([uncond '', cond prompt + ', 3d asset'] per object; suffix=False: the
+        prompt as it is, as training's 2D mode)."""
         b = len(prompts)
+        if suffix:
+            ids = text.prompt_input_ids(self.tokenizer, list(prompts))  # [2b, 77]: negatives, then positives
+        else:
+            ids = text.tokenize(self.tokenizer, [""] * b + list(prompts))
         ids = np.stack([ids[:b], ids[b:]], axis=1)  # [b, 2, 77]
         return self.programs.run("text", stages.encode_text, self.configs["clip_text"], self.params["clip_text"],
                                  self._put(ids))
@@ -279,6 +289,9 @@ class Pipeline:
     def _check(self, requests: Sequence[ObjectRequest], options: SamplingOptions) -> None:
         if not requests:
             raise PipelineError("generate got no requests; pass at least one ObjectRequest")
+        if options.mode == "2d" and self.num_views != 1:
+            raise PipelineError(f"mode='2d' generates one view per object, but this pipeline has num_views="
+                                f"{self.num_views}; load it with num_views=1")
         for i, r in enumerate(requests):
             if not isinstance(r.prompt, str):
                 raise PipelineError(f"request {i}: prompt must be a string, got {type(r.prompt).__name__}")
@@ -321,10 +334,11 @@ class Pipeline:
         b, k = len(batch), len(batch[0].retrieved)
         image_mode = k > 0
         with clock("encode"):
-            embeds = self.encode_prompts([r.prompt for r in batch])
+            embeds = self.encode_prompts([r.prompt for r in batch], suffix=options.mode == "3d")
             latents = self._initial_latents(batch)
             cam = camera.get_camera(self.num_views, options.elevation, options.azimuth_start)  # [views, 16]
-            cam = self._put(np.broadcast_to(cam, (b, *cam.shape)).copy()) if self.configs["unet"].camera_dim else None
+            with_camera = self.configs["unet"].camera_dim and options.mode == "3d"
+            cam = self._put(np.broadcast_to(cam, (b, *cam.shape)).copy()) if with_camera else None
             guidance = self._replicated(np.float32(options.guidance_scale))
             tokens = self.encode_retrieved([r.retrieved for r in batch]) if image_mode else None
             run_prior = image_mode and options.use_prior

@@ -1,6 +1,7 @@
 """Retrieval-simulation augmentations: exact geometry of the homography, determinism, identities."""
 
 import numpy as np
+import pytest
 from ml_collections import ConfigDict
 
 from data_pipelines import augment
@@ -62,3 +63,42 @@ def test_warp_rotates_about_the_centre():
     ys, xs = np.nonzero(augment.warp(image, np.random.default_rng(4), 90.0, 0.0, 127)[..., 0] > 160)  # ~67 deg
     assert abs(np.hypot(ys.mean() + 0.5 - 16.5, xs.mean() + 0.5 - 16.5) - 12) < 1.5  # still 12 from the centre
     assert abs(ys.mean() - 16) > 8  # but moved well off its row
+
+
+MIX = ConfigDict({**PARAMS.to_dict(), "perspective_prob": 0.5, "rotation_prob": 1.0, "crop_prob": 0.0,
+                  "jitter_prob": 0.25})
+
+
+def test_ops_are_drawn_with_their_probabilities():
+    ops = np.array([augment.draw_ops(np.random.default_rng(i), MIX) for i in range(2000)])
+    assert (ops & augment.ROTATION).all() and not (ops & augment.CROP).any()  # probabilities 1 and 0
+    for flag, p in ((augment.PERSPECTIVE, 0.5), (augment.JITTER, 0.25)):
+        count = ((ops & flag) > 0).sum()
+        assert abs(count - 2000 * p) < 4 * np.sqrt(2000 * p * (1 - p)), (flag, count)  # binomial bound
+    assert ((ops & augment.PERSPECTIVE) > 0).mean() != ((ops & augment.JITTER) > 0).mean()
+
+
+def test_ops_that_are_off_leave_the_image_alone():
+    image = _image(48)
+    plain = augment.simulate_retrieval(image, np.random.default_rng(0), size=24, params=PARAMS, background=127, ops=0)
+    np.testing.assert_array_equal(plain, augment.resize(image, 24))
+    jitter_only = augment.simulate_retrieval(image, np.random.default_rng(1), size=24, params=PARAMS, background=127,
+                                             ops=augment.JITTER)
+    expected = augment.colour_jitter(augment.resize(image, 24), np.random.default_rng(1), PARAMS.brightness,
+                                     PARAMS.contrast, PARAMS.saturation, PARAMS.hue)
+    np.testing.assert_array_equal(jitter_only, expected)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("crop_prob", 1.2, r"mode_3d.augment.crop_prob=1.2; a probability is in \[0, 1\]"),
+    ("jitter_prob", -0.5, r"jitter_prob=-0.5"),
+    ("perspective", 0.6, r"perspective=0.6; corners move inward by less than half"),
+    ("crop_scale", (0.9, 0.5), r"crop_scale=\(0.9, 0.5\); need 0 < low <= high <= 1"),
+    ("hue", -0.1, r"hue=-0.1; strengths are >= 0"),
+])
+def test_bad_augment_fields_are_clear_errors(field, value, message):
+    params = ConfigDict(MIX.to_dict())
+    params[field] = value
+    with pytest.raises(augment.AugmentConfigError, match=message):
+        augment.check_params(params)
+    augment.check_params(MIX)  # the unchanged mix is fine

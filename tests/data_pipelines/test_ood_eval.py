@@ -40,6 +40,6 @@ def test_read_prompts_composites_over_the_builder_background(tiny_cfg, tmp_path)
     root = tmp_path / "ood"
     folder = _prompt(root, "p000", "a glass marble", retrieved=0)
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(folder / "retrieved" / "clear.png")  # fully transparent
-    tiny_cfg.data_dir, tiny_cfg.ood_eval.manual_dir, tiny_cfg.background = str(tmp_path / "data"), str(root), 90
+    tiny_cfg.data_dir, tiny_cfg.ood_eval.manual_dir, tiny_cfg.background_level = str(tmp_path / "data"), str(root), 90
     [prompt] = ood_eval.read_prompts(build.prepare(tiny_cfg, "ood_eval"))
     assert (prompt["retrieved"][0] == 90).all()

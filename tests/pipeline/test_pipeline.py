@@ -149,3 +149,21 @@ def test_dtype_applies_to_every_component(release_models, pipe):
     assert {getattr(c, "dtype", "bfloat16") for c in bf16.configs.values()} == {"bfloat16"}
     with pytest.raises(PipelineError, match="dtype"):
         Pipeline.from_components(release_models.release, pipe.configs, pipe.params, dtype="float16")
+
+
+def test_2d_mode_is_one_view_without_camera_or_prompt_suffix(pipe, requests):
+    """mode='2d' (data_pipelines/variants.py): the UNet's single-view mode, as training's 2D objects."""
+    from mvrag_jax.diffusion.sample import sample_batch
+    np.testing.assert_array_equal(np.asarray(pipe.encode_prompts(["a chair, 3d asset"], suffix=False)),
+                                  np.asarray(pipe.encode_prompts(["a chair"])))  # suffix=False: the prompt as it is
+    single = Pipeline.from_components(pipe.release, pipe.configs, pipe.params, num_views=1)
+    options = SamplingOptions(num_inference_steps=2, guidance_scale=5.0, use_prior=False, fusion_weight=0.5)
+    request = requests[1]
+    (flat,), _ = single.generate([request], dataclasses.replace(options, mode="2d"))
+    assert flat.images.shape == (1, single.image_size, single.image_size, 3)
+    expected = sample_batch(single.configs["unet"], single.params["unet"], single.schedule,
+                            single._initial_latents([request]), single.encode_prompts([request.prompt], suffix=False),
+                            None, single.encode_retrieved([request.retrieved]), 0.5, 5.0, 2)
+    np.testing.assert_allclose(flat.latents, np.asarray(expected)[0], rtol=1e-5, atol=1e-5)
+    (with_camera,), _ = single.generate([request], options)  # mode='3d': camera and ', 3d asset'
+    assert np.abs(with_camera.latents - flat.latents).max() > 1e-3
