@@ -120,3 +120,18 @@ def test_mvdream_alone_is_a_text_only_base(tmp_path):
                                                          release=TINY_RELEASE))
     assert not configs["unet"].image_branch and "resampler" not in params
     assert not any(p[-2] in ADAPTER_MODULES for p in flatten(params["unet"]))
+
+
+def test_diffusers_ports_alone_give_every_trained_component(tmp_path, ldm_sources):
+    """Without --release: the CLIP vision tower from the ImageDream port's image_encoder/, the tokenizer and scheduler
+    from the MVDream port; only DINOv2 (inference) is absent."""
+    from mvrag_jax.convert import convert_init
+    from tests.convert.test_ldm_sources import write_port
+    ports = {m: write_port(ldm_sources[m], m, tmp_path / m) for m in ("mvdream", "imagedream")}
+    ckpt = convert_init(ports["mvdream"], tmp_path / "ckpt", imagedream=ports["imagedream"])
+    configs, params = load_model_checkpoint(ckpt)
+    assert sorted(params) == ["clip_text", "clip_vision", "resampler", "unet", "vae"]
+    _equal(params["clip_vision"], convert_component(Release.open(TINY_RELEASE), COMPONENTS_BY_NAME["clip_vision"])[1],
+           "clip_vision")
+    assert (ckpt / "release_files" / "tokenizer" / "merges.txt").is_file()
+    assert (ckpt / "release_files" / "image_encoder" / "config.json").is_file()

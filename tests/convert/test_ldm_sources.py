@@ -1,7 +1,6 @@
-"""mvrag_jax/convert/ldm_sources.py (+ single_file.py): the official MVDream / ImageDream single files and their
+"""mvrag_jax/convert/ldm_sources.py: the official MVDream / ImageDream single files and their
 diffusers ports -> our components; every mismatch is one error naming the keys and the likely cause."""
 
-import importlib.util
 import json
 import shutil
 
@@ -12,14 +11,10 @@ from mvrag_jax.convert import ldm_keys
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import CheckpointKeyError, flatten, flax_path_to_torch_key, params_to_state_dict
 from mvrag_jax.convert.ldm_sources import SD21_CONFIGS, SourceError, load_source, resampler_config
-from mvrag_jax.convert.single_file import SingleFileError, read_state_dict
 from mvrag_jax.models import resampler
 from mvrag_jax.models.unet import UNetConfig
 from mvrag_jax.inputs.release import read_safetensors, write_safetensors
 from tests.conftest import IMAGEDREAM_FILE, IMAGEDREAM_YAML, MVDREAM_FILE, MVDREAM_YAML, TINY_RELEASE
-
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-
 
 def test_mvdream_gives_the_frozen_parts_with_sizes_from_its_yaml(ldm_sources):
     mv = ldm_sources["mvdream"]
@@ -128,32 +123,6 @@ def test_a_yaml_that_does_not_match_the_file_is_a_key_error(tmp_path):
     yaml_path.write_text("model: {}\n")
     with pytest.raises(SourceError, match="not an official mvdream config"):
         load_source(MVDREAM_FILE, "mvdream", yaml_path)
-
-
-def test_unknown_or_missing_files_name_the_fix(tmp_path):
-    with pytest.raises(SingleFileError, match="does not exist"):
-        read_state_dict(tmp_path / "nope.pt")
-    (tmp_path / "weights.npz").write_bytes(b"")
-    with pytest.raises(SingleFileError, match="unknown checkpoint format '.npz'"):
-        read_state_dict(tmp_path / "weights.npz")
-
-
-@pytest.mark.skipif(HAS_TORCH, reason="torch is installed: the pickle is read (tested below)")
-def test_a_pickle_without_torch_names_the_extra(tmp_path):
-    (tmp_path / "sd-v2.1-base-4view.pt").write_bytes(b"not read")
-    with pytest.raises(SingleFileError, match=r"needs torch.*\.\[torch\].*OUT\.safetensors"):
-        read_state_dict(tmp_path / "sd-v2.1-base-4view.pt")
-
-
-@pytest.mark.skipif(not HAS_TORCH, reason="needs the optional torch extra")
-def test_a_pickle_with_torch_gives_the_same_params(tmp_path, ldm_sources):
-    import torch
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in read_safetensors(MVDREAM_FILE).items()},
-               tmp_path / "mvdream.pt")
-    converted = load_source(tmp_path / "mvdream.pt", "mvdream", MVDREAM_YAML)
-    for name, tree in ldm_sources["mvdream"].params.items():
-        for path, value in flatten(tree).items():
-            np.testing.assert_array_equal(flatten(converted.params[name])[path], value)
 
 
 def write_port(source, model: str, dst):
