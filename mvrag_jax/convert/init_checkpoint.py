@@ -50,8 +50,9 @@ def convert_init(mvdream: str | pathlib.Path, out_dir: str | pathlib.Path, *,
         elif rel is not None and rel.has(name):
             configs[name], params[name] = convert_component(rel, COMPONENTS_BY_NAME[name])
     if "clip_vision" not in configs:
-        _LOG.warning("no CLIP vision tower: the MVDream/ImageDream single files hold none; training needs one, so "
-                     "pass --release (an MV-RAG release) or the ImageDream diffusers folder as --imagedream")
+        _LOG.warning("no CLIP vision tower: the single files give none (ImageDream's OpenCLIP tower is not converted: "
+                     "its head count is in no file); training needs one, so pass --release (an MV-RAG release) or "
+                     "the ImageDream diffusers folder as --imagedream")
     check_sizes(configs)
     files = _base_files(rel, base, adapters)
     if "model_index.json" not in files:
