@@ -8,6 +8,12 @@ REFERENCE = pathlib.Path(__file__).parent / "reference"
 TINY_RELEASE = REFERENCE / "tiny_release"
 CASES = REFERENCE / "cases"
 MANIFESTS = REFERENCE / "manifests"
+# Tiny official MVDream / ImageDream single files and their cases (tools/official_cases/init_sources.py).
+MVDREAM_DIR = pathlib.Path(__file__).parent / "reference_configs" / "mvdream"
+IMAGEDREAM_DIR = pathlib.Path(__file__).parent / "reference_configs" / "imagedream"
+MVDREAM_FILE, MVDREAM_YAML = MVDREAM_DIR / "sd-v2.1-base-4view-tiny.safetensors", MVDREAM_DIR / "mvdream.yaml"
+IMAGEDREAM_FILE = IMAGEDREAM_DIR / "sd-v2.1-base-4view-ipmv-tiny.safetensors"
+IMAGEDREAM_YAML = IMAGEDREAM_DIR / "imagedream.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +21,22 @@ def tiny_ckpt(tmp_path_factory) -> pathlib.Path:
     """The tiny release converted with `convert_release` (read-only for tests: copy before mutating)."""
     from mvrag_jax.convert import convert_release
     return convert_release(TINY_RELEASE, tmp_path_factory.mktemp("ckpt") / "tiny", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def ldm_sources():
+    """{"mvdream": ..., "imagedream": ...}: the tiny official single files, each converted once per session."""
+    from mvrag_jax.convert.ldm_sources import load_source
+    return {"mvdream": load_source(MVDREAM_FILE, "mvdream", MVDREAM_YAML),
+            "imagedream": load_source(IMAGEDREAM_FILE, "imagedream", IMAGEDREAM_YAML)}
+
+
+@pytest.fixture(scope="session")
+def init_ckpt(tmp_path_factory) -> pathlib.Path:
+    """The training init of the tiny MVDream + ImageDream (+ the tiny release's encoders) (read-only for tests)."""
+    from mvrag_jax.convert import convert_init
+    return convert_init(MVDREAM_FILE, tmp_path_factory.mktemp("init") / "ckpt", imagedream=IMAGEDREAM_FILE,
+                        release=TINY_RELEASE, mvdream_config=MVDREAM_YAML, imagedream_config=IMAGEDREAM_YAML)
 
 
 def free_port() -> int:

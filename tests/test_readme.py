@@ -35,7 +35,8 @@ _SUBSTITUTIONS = {
 # Commands cheap enough on the tiny stand-ins to run for real, in README order; the rest are parsed only (a full
 # verify-reference, a full-size UNet bench, a build from real-data folders that do not exist here; the generate
 # smoke run is run by tests/pipeline/test_generate_e2e.py).
-_RUN = ("convert", "export --ckpt ckpt/mvrag", "data build --config configs/data.py:size=tiny", "data preview", "data bench")
+_RUN = ("convert --release", "export --ckpt ckpt/mvrag", "data build --config configs/data.py:size=tiny", "data preview",
+        "data bench")
 
 
 def readme_command_lines() -> list[str]:

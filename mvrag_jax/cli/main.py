@@ -1,8 +1,9 @@
 """`mvrag`: the command line. Each subcommand only parses flags and calls one library function.
 
     mvrag convert --release DIR --out CKPT_DIR
+    mvrag convert --mvdream FILE|DIR --imagedream FILE|DIR [--release DIR] --out CKPT_DIR   # training init
     mvrag export --ckpt CKPT_DIR|WORKDIR --out DIR [--dtype fp32|fp16|bf16]
-    mvrag verify-reference --release DIR --cases DIR [--json] [--only NAME ...] [--require-all]
+    mvrag verify-reference --release DIR|--mvdream FILE|--imagedream FILE --cases DIR [--json] [--only NAME ...]
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
     mvrag bench unet|sample --config configs/tiny.py
     mvrag bench train --config configs/train.py:size=tiny --meshes data=1 --meshes data=2,fsdp=4 [--batch 8]

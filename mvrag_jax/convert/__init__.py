@@ -7,6 +7,7 @@ from tqdm import tqdm
 from mvrag_jax.convert.checkpoint import CheckpointError, check_target, load_checkpoint, save_checkpoint
 from mvrag_jax.convert.components import COMPONENTS, convert_component, release_components
 from mvrag_jax.convert.export import EXPORT_DTYPES, export_release
+from mvrag_jax.convert.init_checkpoint import convert_init
 from mvrag_jax.convert.keys import CheckpointKeyError
 from mvrag_jax.inputs.release import Release, ReleaseError
 
@@ -43,5 +44,6 @@ def export_checkpoint(ckpt_dir: str | pathlib.Path, out_dir: str | pathlib.Path,
     return export_release(ckpt_dir, params, out_dir, dtype=dtype, overwrite=overwrite)
 
 
-__all__ = ["CheckpointError", "CheckpointKeyError", "EXPORT_DTYPES", "Release", "ReleaseError", "convert_release",
+__all__ = ["CheckpointError", "CheckpointKeyError", "EXPORT_DTYPES", "Release", "ReleaseError", "convert_init",
+           "convert_release",
            "export_checkpoint", "load_model_checkpoint"]

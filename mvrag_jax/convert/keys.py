@@ -85,7 +85,7 @@ def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
     return tree
 
 
-def _listing(items: list[str], limit: int = 10) -> str:
+def listing(items: list[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
@@ -121,11 +121,11 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], abstract_params: 
     if missing or unexpected or wrong_shape:
         lines = [f"{component}: checkpoint keys do not match the model built from the release config."]
         if missing:
-            lines.append(f"  missing ({len(missing)}): {_listing(sorted(missing))}")
+            lines.append(f"  missing ({len(missing)}): {listing(sorted(missing))}")
         if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): {_listing(sorted(unexpected))}")
+            lines.append(f"  unexpected ({len(unexpected)}): {listing(sorted(unexpected))}")
         if wrong_shape:
-            lines.append(f"  wrong shape ({len(wrong_shape)}): {_listing(wrong_shape)}")
+            lines.append(f"  wrong shape ({len(wrong_shape)}): {listing(wrong_shape)}")
         if hint:
             lines.append(f"  hint: {hint}")
         raise CheckpointKeyError("\n".join(lines))

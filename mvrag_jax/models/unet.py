@@ -105,12 +105,26 @@ class UNetConfig:
         values = release.config("unet")
         if values is None:
             raise UNetConfigError(f"{release.folder('unet')} has no config.json; copy it from the official release")
+        # The config does not say whether the decoupled image attention exists; the weights do (header read only).
+        # A release with a resampler/ is MV-RAG: its UNet must have the branch (missing to_k_ip keys then fail the
+        # conversion with the "base MVDream UNet?" hint). A folder without weights is taken as MV-RAG too.
+        weights = sorted(release.folder("unet").glob("*.safetensors"))
+        image_branch = (not weights or release.has("resampler")
+                        or any(".to_k_ip." in key for key in release.shapes("unet")))
+        return cls.from_kwargs(values, image_branch, where=f"{release.folder('unet')}/config.json",
+                               num_frames=num_frames, dtype=dtype, remat=remat, attention=attention)
+
+    @classmethod
+    def from_kwargs(cls, values: dict, image_branch: bool, where: str = "unet config", num_frames: int = 4,
+                    dtype: str = "float32", remat: str = "none", attention: str = "auto") -> "UNetConfig":
+        """From the kwargs of the official MultiViewUNetModel (MV-RAG's unet/config.json, or the `unet_config.params`
+        of an MVDream/ImageDream YAML); `where` names their file in errors."""
         missing = [key for key in _REQUIRED_KEYS if key not in values]
         if missing:
-            raise UNetConfigError(f"{release.folder('unet')}/config.json lacks {missing}; restore it from the release")
+            raise UNetConfigError(f"{where} lacks {missing}; restore it from the official release")
         for key, default in _FIXED_OPTIONS.items():
             if values.get(key, default) != default:
-                raise UNetConfigError(f"unet/config.json sets {key}={values[key]!r}; mvrag-jax implements only "
+                raise UNetConfigError(f"{where} sets {key}={values[key]!r}; mvrag-jax implements only "
                                       f"{key}={default!r} (the MV-RAG release value)")
         # Our runtime choices and the weight-derived image_branch are never read from a release config.
         fields = {f.name for f in dataclasses.fields(cls)} - {"image_branch", "num_frames", "dtype", "remat",
@@ -119,12 +133,6 @@ class UNetConfig:
         known = {key: value for key, value in values.items() if key in fields}
         if "channel_mult" not in known:
             known["channel_mult"] = (1, 2, 4, 8)  # official default
-        # The config does not say whether the decoupled image attention exists; the weights do (header read only).
-        # A release with a resampler/ is MV-RAG: its UNet must have the branch (missing to_k_ip keys then fail the
-        # conversion with the "base MVDream UNet?" hint). A folder without weights is taken as MV-RAG too.
-        weights = sorted(release.folder("unet").glob("*.safetensors"))
-        image_branch = (not weights or release.has("resampler")
-                        or any(".to_k_ip." in key for key in release.shapes("unet")))
         return cls(**known, num_frames=num_frames, dtype=dtype, remat=remat, image_branch=image_branch,
                    attention=attention)
 

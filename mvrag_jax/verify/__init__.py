@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from mvrag_jax.verify import camera, clip, dinov2, pipeline, resampler, sampling, unet, vae
+from mvrag_jax.verify import camera, clip, dinov2, ldm_sources, pipeline, resampler, sampling, unet, vae
 from mvrag_jax.verify.models import NotImplementedYet, ReleaseModels
 
 
@@ -42,6 +42,15 @@ CASES: dict[str, tuple[Check, Tolerance]] = {
     "ddim_sample": (sampling.check_ddim_sample, SAMPLING_TOL),
     "pipeline_e2e": (pipeline.check_pipeline, SAMPLING_TOL),
 }
+# Cases of the official MVDream / ImageDream single files (tests/reference_configs/mvdream, imagedream), checked on
+# `ldm_sources.SourceModels` (`mvrag verify-reference --mvdream FILE`), not on a release.
+SINGLE_FILE_CASES: dict[str, tuple[Check, Tolerance]] = {
+    "mvdream_unet_forward": (ldm_sources.check_mvdream_forward, COMPONENT_TOL),
+    "mvdream_vae": (ldm_sources.check_mvdream_vae, COMPONENT_TOL),
+    "mvdream_clip_text": (ldm_sources.check_mvdream_clip_text, COMPONENT_TOL),
+    "imagedream_unet_forward_ip": (ldm_sources.check_imagedream_forward, COMPONENT_TOL),
+}
+ALL_CASES = {**CASES, **SINGLE_FILE_CASES}
 
 
 @dataclasses.dataclass
@@ -66,7 +75,7 @@ def compare(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> tuple[bool, fl
 
 
 def run_case(name: str, models: ReleaseModels, cases_dir: pathlib.Path) -> CaseResult:
-    check, tol = CASES[name]
+    check, tol = ALL_CASES[name]
     with np.load(cases_dir / f"{name}.npz") as data:
         case = {k: data[k] for k in data.files}
     try:
@@ -82,16 +91,17 @@ def run_case(name: str, models: ReleaseModels, cases_dir: pathlib.Path) -> CaseR
     return CaseResult(name, "pass" if ok else "fail", worst, dataclasses.asdict(tol), details)
 
 
-def run_cases(release_dir: str | pathlib.Path, cases_dir: str | pathlib.Path,
-              only: list[str] | None = None) -> Iterator[CaseResult]:
-    """Yield a result per case present in `cases_dir` (optionally only those named in `only`)."""
+def run_cases(release_dir: str | pathlib.Path | None, cases_dir: str | pathlib.Path,
+              only: list[str] | None = None, models=None) -> Iterator[CaseResult]:
+    """Yield a result per case present in `cases_dir` (optionally only those named in `only`), on the release at
+    `release_dir` or on `models` (anything with `get(name) -> (config, params)`, e.g. ldm_sources.SourceModels)."""
     cases_dir = pathlib.Path(cases_dir)
     if not cases_dir.is_dir():
         raise FileNotFoundError(f"cases directory {cases_dir} does not exist; pass the folder with the *.npz cases")
     present = sorted(p.stem for p in cases_dir.glob("*.npz"))
-    unknown = sorted(set(only or ()) - set(CASES))
+    unknown = sorted(set(only or ()) - set(ALL_CASES))
     if unknown:
-        raise ValueError(f"unknown case(s) {unknown}; known cases: {', '.join(sorted(CASES))}")
+        raise ValueError(f"unknown case(s) {unknown}; known cases: {', '.join(sorted(ALL_CASES))}")
     selected = [name for name in present if not only or name in only]
     if not present:
         raise ValueError(f"cases directory {cases_dir} holds no *.npz cases; pass the folder with the reference "
@@ -99,9 +109,9 @@ def run_cases(release_dir: str | pathlib.Path, cases_dir: str | pathlib.Path,
     if not selected:
         raise ValueError(f"none of --only {sorted(only or ())} is present in {cases_dir} (present: "
                          f"{', '.join(present)})")
-    models = ReleaseModels.open(release_dir)
+    models = ReleaseModels.open(release_dir) if models is None else models
     for name in selected:
-        if name not in CASES:
+        if name not in ALL_CASES:
             yield CaseResult(name, "skipped", None, {}, {"reason": "no check for this case file"})
             continue
         yield run_case(name, models, cases_dir)

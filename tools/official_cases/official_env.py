@@ -3,7 +3,8 @@ tests/reference/cases/README.md ("Harness patches / stand-ins"). The official so
 exported from the mirror into a temporary folder, never copied into this repository.
 
 Stand-ins and patches (the same as for config A):
-1. `xformers.ops.memory_efficient_attention(q, k, v)` = exact softmax(q k^T / sqrt(K)) v on [B, M, H, K] tensors.
+1. `xformers.ops.memory_efficient_attention(q, k, v)` = exact softmax(q k^T / sqrt(K)) v on [B, M, H, K] tensors
+   (and on the [B * H, M, K] tensors MVDream/ImageDream pass, for tools/official_cases/init_sources.py).
 2. `kiui.cam.orbit_camera` in numpy (identical to kiui 0.2.14; only the camera maths is needed).
 3. diffusers' `maybe_raise_or_warn` is skipped for `resampler` (a plain nn.Module it cannot type-check).
 4. torchvision 0.28 (the match of torch 2.13) is a CUDA build whose custom-op registrations cannot load on CPU torch;
@@ -22,9 +23,13 @@ import torch
 
 
 def memory_efficient_attention(q, k, v, attn_bias=None, op=None):
-    """Exact attention on [B, M, H, K] tensors (the maths xformers approximates with a fused kernel)."""
+    """Exact attention on [B, M, H, K] (or, as MVDream/ImageDream call it, [B * H, M, K]) tensors (the maths
+    xformers approximates with a fused kernel)."""
     if attn_bias is not None:
         raise NotImplementedError("stand-in supports attn_bias=None only (all the official code uses)")
+    if q.dim() == 3:  # [B * H, M, K]
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return weights @ v
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, M, K]
     weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
     return (weights @ v).transpose(1, 2)  # [B, M, H, K]

@@ -49,7 +49,7 @@ def randomize(module, seed: int, conv_fan_in: bool, special: dict | None = None)
                 value = 1.0 + 0.1 * noise
             else:
                 value = 0.05 * noise
-            param.copy_(torch.from_numpy(value.astype(np.float32)))
+            param.copy_(torch.from_numpy(np.asarray(value, np.float32)))  # 0-d too (open_clip logit_scale)
 
 
 def _cast(module, dtype_name: str | None):
