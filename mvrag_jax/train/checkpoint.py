@@ -40,6 +40,10 @@ class NoCheckpointError(FileNotFoundError):
     """A workdir has no complete training checkpoint."""
 
 
+class NoEMAError(ValueError):
+    """An export of the EMA weights was asked of a checkpoint that holds none."""
+
+
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
     """WORKDIR/checkpoints (local, absolute; or gs://...)."""
     return workdir_lib.as_path(workdir) / CHECKPOINT_DIR
@@ -136,10 +140,12 @@ def is_workdir(path: str | os.PathLike) -> bool:
     return checkpoint_dir(path).is_dir()
 
 
-def export_params(workdir: str | os.PathLike, step: int | None = None) -> tuple[pathlib.Path, dict]:
+def export_params(workdir: str | os.PathLike, step: int | None = None, *, ema: bool = False
+                  ) -> tuple[pathlib.Path, dict]:
     """(model checkpoint the run started from, its params with the trained ones merged in) for `step` (default:
-    the latest). Frozen weights come from that checkpoint, never from the run (which may hold them in bfloat16,
-    train.frozen_dtype); so do components the run does not hold (DINOv2)."""
+    the latest); `ema`: the EMA of the trained weights in their place (train.ema_decay > 0 runs). Frozen weights come
+    from that checkpoint, never from the run (which may hold them in bfloat16, train.frozen_dtype); so do components
+    the run does not hold (DINOv2)."""
     from mvrag_jax.convert import load_model_checkpoint
     step, cfg = restore_config(workdir, step)
     init = str(cfg.get("train", {}).get("init", ""))
@@ -148,9 +154,12 @@ def export_params(workdir: str | os.PathLike, step: int | None = None) -> tuple[
         raise NoCheckpointError(
             f"{workdir} started from train.init={init!r}, not from a converted checkpoint, so the release configs to "
             "export with are unknown; export runs whose --config.train.init is a `mvrag convert` folder")
-    _, params = load_model_checkpoint(init_dir)
     _, state = restore_state(workdir, step=step)
-    trained = jax.tree.map(np.asarray, state["trainable"])
+    if ema and not state.get("ema"):
+        raise NoEMAError(f"step {step} of {workdir} holds no EMA weights (the run had train.ema_decay=0); export "
+                         "without --ema, or train with --config.train.ema_decay=0.999")
+    _, params = load_model_checkpoint(init_dir)
+    trained = jax.tree.map(np.asarray, state["ema" if ema else "trainable"])
     for name, tree in trained.items():
         if name not in params:
             raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")
@@ -167,15 +176,18 @@ def _overlay(base: dict, trained: dict) -> dict:
 
 
 def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
-           overwrite: bool = False, step: int | None = None) -> pathlib.Path:
-    """`mvrag export`: a converted checkpoint, or a training workdir (its latest step, or `step`), written in the
-    official release layout at `out_dir`."""
+           overwrite: bool = False, step: int | None = None, ema: bool = False) -> pathlib.Path:
+    """`mvrag export`: a converted checkpoint, or a training workdir (its latest step, or `step`; with `ema` its
+    EMA weights in place of the trained ones), written in the official release layout at `out_dir`."""
     from mvrag_jax.convert import export_checkpoint
     from mvrag_jax.convert.export import export_release
     if not is_workdir(ckpt_or_workdir):
+        if ema:
+            raise NoEMAError(f"{ckpt_or_workdir} is not a training workdir (no {CHECKPOINT_DIR}/ folder), so it has no "
+                             "EMA weights; pass the --workdir of a run with train.ema_decay > 0, or drop --ema")
         if workdir_lib.is_remote(ckpt_or_workdir):
             raise NoCheckpointError(f"{ckpt_or_workdir} holds no {CHECKPOINT_DIR}/ folder: a --ckpt in a bucket must "
                                     "be a `mvrag train` --workdir; copy a converted checkpoint to local disk to export it")
         return export_checkpoint(ckpt_or_workdir, out_dir, dtype=dtype, overwrite=overwrite)
-    init_dir, params = export_params(ckpt_or_workdir, step)
+    init_dir, params = export_params(ckpt_or_workdir, step, ema=ema)
     return export_release(init_dir, params, out_dir, dtype=dtype, overwrite=overwrite)
