@@ -6,7 +6,9 @@
     state, cfg_dict = restore(manager, step, trainer.abstract_state, data_iter)  # onto the mesh of abstract_state
 
 Items of CKPT_DIR/<step>/:
-  state/      the TrainState (orbax StandardCheckpointHandler; sharded arrays, restored with target shardings)
+  state/      the TrainState (orbax StandardCheckpointHandler; sharded arrays, restored with target shardings), the
+              EMA of the trained weights included (train.ema_decay > 0): a run resumes with the EMA setting it was
+              saved with (EMAMismatchError otherwise); a checkpoint from before the EMA existed restores without one
   data_iter/  the grain iterator state, one JSON file per process (process_<i>-of-<n>.json)
   config/     the run's config as JSON (what `mvrag export` needs to find the model checkpoint the run started from)
 
@@ -18,6 +20,7 @@ renames are copies) orbax instead writes `commit_success.txt` last and lists onl
 WORKDIR may be local or a bucket URI (train/workdir.py): orbax takes either (etils.epath; arrays via tensorstore).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -42,6 +45,10 @@ class NoCheckpointError(FileNotFoundError):
 
 class NoEMAError(ValueError):
     """An export of the EMA weights was asked of a checkpoint that holds none."""
+
+
+class EMAMismatchError(ValueError):
+    """A run resumes with an EMA setting (train.ema_decay zero or not) other than its checkpoint's."""
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
@@ -92,11 +99,32 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: grain.DatasetIterator | None = None) -> tuple[Any, dict]:
     """(state, config dict) of `step`; arrays land with the shardings carried by `abstract_state`'s leaves (any mesh);
     `data_iter` (if given) is moved to the saved position in place."""
-    items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+    saved_ema = _check_ema(manager, step, abstract_state)
+    target = abstract_state if saved_ema else _fields(abstract_state, drop="ema")  # pre-EMA checkpoints: no item
+    items = {"state": ocp.args.StandardRestore(target), "config": ocp.args.JsonRestore()}
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], restored["config"]
+    state = restored["state"] if saved_ema else type(abstract_state)(**restored["state"], ema={})
+    return state, restored["config"]
+
+
+def _check_ema(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> bool:
+    """Whether the saved state has an `ema` item at all (checkpoints from before the EMA have none); raises when its
+    having EMA weights disagrees with `abstract_state`'s (train.ema_decay changed between save and resume)."""
+    saved = manager.item_metadata(step)["state"].tree
+    has, wants = bool(saved.get("ema")), bool(getattr(abstract_state, "ema", None))
+    if has != wants:
+        raise EMAMismatchError(
+            f"checkpoint step {step} in {manager.directory} was saved {'with' if has else 'without'} an EMA of the "
+            f"trained weights, but this run's train.ema_decay is {'0' if has else 'set'}; resume with the run's own "
+            "--config.train.ema_decay, or start a new --workdir with --config.train.init set to an export of it")
+    return "ema" in saved
+
+
+def _fields(state: Any, drop: str) -> dict:
+    """A state dataclass as {field: value} without the field `drop`."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != drop}
 
 
 def restore_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:

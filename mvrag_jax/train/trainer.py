@@ -240,8 +240,8 @@ def text_weight_of(cfg: Any) -> float:
                                "(0.5 trains what inference computes at fusion weight 0.5) and drop ip_scale")
     weight = float(cfg.train.text_weight)
     if not weight >= 0:
-        raise TrainConfigError(f"train.text_weight={weight} is negative; set --config.train.text_weight to the "
-                               "text term's weight, e.g. 0.5")
+        raise TrainConfigError(f"train.text_weight={weight} is not a weight >= 0; set --config.train.text_weight "
+                               "to the text term's weight, e.g. 0.5")
     return weight
 
 

@@ -218,3 +218,37 @@ def test_export_ema_of_a_run_without_ema_is_a_one_line_error(tmp_path, tiny_ckpt
     assert not (tmp_path / "o").exists()
     with pytest.raises(checkpoint.NoEMAError, match="not a training workdir"):
         checkpoint.export(tiny_ckpt, tmp_path / "o2", ema=True)
+
+
+def _micro_trainer(ema_decay: float):
+    from configs import train
+    from mvrag_jax.train.trainer import make_mesh, make_trainer
+    cfg = train.get_config("size=micro")
+    cfg.train.update(batch_size=2, trainable="ip", ema_decay=ema_decay)
+    cfg.data.batch_size = 2
+    return cfg, make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+def test_a_checkpoint_from_before_the_ema_resumes_and_a_changed_ema_setting_names_the_fix(tmp_path):
+    import dataclasses
+    cfg, plain = _micro_trainer(0.0)
+    state = plain.init(jax.random.key(0))
+    old_layout = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "ema"}
+    manager = checkpoint.open_manager(tmp_path / "old", save_every=1)
+    checkpoint.save(manager, 3, old_layout, None, cfg)  # what TrainState saved before it had an `ema` field
+    manager.wait_until_finished()
+    restored, _ = checkpoint.restore(manager, 3, plain.abstract_state)
+    assert restored.ema == {} and int(restored.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, restored.trainable, state.trainable)
+
+    _, with_ema = _micro_trainer(0.999)
+    with pytest.raises(checkpoint.EMAMismatchError, match=r"saved without an EMA.*train\.ema_decay is set.*"
+                                                          r"--config\.train\.ema_decay"):
+        checkpoint.restore(manager, 3, with_ema.abstract_state)
+    manager = checkpoint.open_manager(tmp_path / "ema", save_every=1)
+    checkpoint.save(manager, 3, with_ema.init(jax.random.key(0)), None, cfg)
+    manager.wait_until_finished()
+    with pytest.raises(checkpoint.EMAMismatchError, match=r"saved with an EMA.*train\.ema_decay is 0"):
+        checkpoint.restore(manager, 3, plain.abstract_state)
+    restored, _ = checkpoint.restore(manager, 3, with_ema.abstract_state)
+    assert len(jax.tree.leaves(restored.ema)) == len(jax.tree.leaves(restored.trainable)) > 0
