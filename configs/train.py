@@ -93,8 +93,17 @@ def train_block() -> mlc.ConfigDict:
         "cfg_drop_text": 0.05,
         "cfg_drop_image": 0.05,
         "cfg_drop_both": 0.05,
-        "ip_scale": 1.0,             # `scale` of the decoupled cross-attention during training (text x s, image x
-                                     # (1.5 - s)); the release pipeline's main pass uses its fusion weight instead
+        # l of the paper's training fusion f = l * f_txt + 1 * f_ret in every decoupled cross-attention (§3.3; the
+        # retrieval term always at weight 1; inference is unchanged: s * f_txt + (1.5 - s) * f_ret, the official
+        # mv_unet.py). The paper gives no number and says small l eases the adaptation of the new retrieval branch;
+        # 0.5 is where its l' = l + 1 and the official constant 1.5 coincide, so training at 0.5 computes exactly
+        # what inference computes at fusion weight s = 0.5. (Replaces train.ip_scale, which trained 1 * txt + 0.5 *
+        # ret: text dominant and the retrieval branch at half its inference weight.)
+        "text_weight": 0.5,
+        # Exponential moving average of the trainable weights (mvrag_jax/train/ema.py; diffusers' EMAModel warm-up,
+        # decay min(ema_decay, (1 + n) / (10 + n)) at update n): 0 = off. Kept in the train state and checkpoint,
+        # used for the sample grids, written by `mvrag export --ema`. Off for the small sizes; size=full sets it.
+        "ema_decay": 0.0,
         # DDPM noise schedule when the init checkpoint carries no scheduler/scheduler_config.json (SD2.1 values).
         "scheduler": mlc.ConfigDict({"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                                      "beta_schedule": "scaled_linear"}),
@@ -106,7 +115,7 @@ def train_block() -> mlc.ConfigDict:
                                      # prompt, its simulated retrievals), fixed seeds: grids comparable over steps
         "sample_steps": 50,          # DDIM steps of the main pass
         "sample_prior_steps": 10,    # of the prior pass (DINOv2 fusion weight; skipped when the init has no DINOv2,
-                                     # then the main pass runs at ip_scale)
+                                     # then the main pass runs at 1.5 l / (1 + l), l = text_weight: samples.py)
         "sample_guidance": 5.0,
         "keep_checkpoints": 3,
     })
@@ -134,6 +143,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     if args.size in ("full", "paper"):
         c.train.init = ""  # must be set: --config.train.init /path/to/converted/ckpt
         c.train.update(frozen_dtype="bfloat16", encoders="separate", encode_chunk_rows=4)
+        # EMA horizon 1 / (1 - 0.999) = 1,000 updates, ~1/10 of the paper's ~11k-step run. 0.9999 (common for
+        # diffusion runs of 100k+ steps) would average over ~10k, nearly the whole run including the barely adapted
+        # start; with the warm-up the decay is (1 + n) / (10 + n) until it reaches 0.999 at n ~ 9,000, so the EMA
+        # covers about the last n / 9 updates until then. One fp32 copy of the trainable weights, sharded like them.
+        c.train.ema_decay = 0.999
         c.mesh.update(data=1, fsdp=-1, tensor=1)
     else:
         c.train.update(batch_size=8, steps=200, trainable="unet", log_every=10, ckpt_every=100, sample_every=100,

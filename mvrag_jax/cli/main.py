@@ -2,7 +2,7 @@
 
     mvrag convert --release DIR --out CKPT_DIR
     mvrag convert --mvdream FILE|DIR --imagedream FILE|DIR [--release DIR] --out CKPT_DIR   # training init
-    mvrag export --ckpt CKPT_DIR|WORKDIR --out DIR [--dtype fp32|fp16|bf16]
+    mvrag export --ckpt CKPT_DIR|WORKDIR --out DIR [--dtype fp32|fp16|bf16] [--ema]
     mvrag verify-reference --release DIR|--mvdream FILE|--imagedream FILE --cases DIR [--json] [--only NAME ...]
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
     mvrag bench unet|sample --config configs/tiny.py

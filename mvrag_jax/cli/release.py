@@ -53,12 +53,14 @@ def define_export(fv):
                         flag_values=fv)
     flags.DEFINE_enum("dtype", "fp32", ["fp32", "fp16", "bf16"], "Stored weight dtype.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+    flags.DEFINE_bool("ema", False, "Training workdir only: write the EMA of the trained weights (runs with "
+                      "train.ema_decay > 0) in place of the trained weights themselves.", flag_values=fv)
     flags.mark_flags_as_required(["ckpt", "out"], flag_values=fv)
 
 
 def run_export(fv, argv):
     from mvrag_jax.train.checkpoint import export
-    print(f"wrote {export(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite)}")
+    print(f"wrote {export(fv.ckpt, fv.out, dtype=fv.dtype, overwrite=fv.overwrite, ema=fv.ema)}")
     return 0
 
 

@@ -5,7 +5,7 @@ Official counterparts (modules/mv_unet.py): MemoryEfficientCrossAttention -> `Cr
 keys (`attn2/to_k_ip`, `ff/net_0/proj`, `to_out_0`, `transformer_blocks_0`, ...), so conversion is a rename.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import einops
 import flax.linen as nn
@@ -21,17 +21,45 @@ Dtype = Any
 TRANSFORMER_NORM_EPS = 1e-5     # nn.LayerNorm in BasicTransformerBlock3D
 SPATIAL_NORM_EPS = 1e-6         # SpatialTransformer3D.norm = GroupNorm(32, C, eps=1e-6)
 NORM_GROUPS = 32
-# Weight of the image term is (IP_TOTAL_WEIGHT - scale): text and image terms sum to 1.5 (official constant).
+# At inference the image term's weight is (IP_TOTAL_WEIGHT - scale): the two weights sum to 1.5 (official constant).
 IP_TOTAL_WEIGHT = 1.5
+
+
+class FusionWeights(NamedTuple):
+    """Weights of the text and image (retrieval) terms of the decoupled cross-attention; each a scalar or one value
+    per row [b]. A pytree, so it passes through jit and remat like any array argument.
+
+    Inference (the official mv_unet.py, the paper's f = a * f_txt + (l' - a) * f_ret with l' = 1.5, §3.5):
+    `FusionWeights.inference(scale)` = (scale, 1.5 - scale); a plain `scale` means exactly that.
+    Training (the paper's f = l * f_txt + f_ret, §3.3): `FusionWeights.training(l)` = (l, 1).
+    """
+    text: jax.Array | float
+    image: jax.Array | float
+
+    @classmethod
+    def inference(cls, scale: jax.Array | float) -> "FusionWeights":
+        return cls(scale, IP_TOTAL_WEIGHT - jnp.asarray(scale))
+
+    @classmethod
+    def training(cls, text_weight: jax.Array | float) -> "FusionWeights":
+        return cls(text_weight, 1.0)
+
+
+def fusion_weights(scale: FusionWeights | jax.Array | float, dtype: Dtype) -> FusionWeights:
+    """`scale` as FusionWeights: given ones as they are, an official fusion scale s as (s, 1.5 - s), with s cast to
+    `dtype` first (the official order of operations, so a bf16 pipeline rounds as the release's)."""
+    return scale if isinstance(scale, FusionWeights) else FusionWeights.inference(jnp.asarray(scale, dtype))
 
 
 class CrossAttention(nn.Module):
     """softmax(q k^T / sqrt(dim_head)) v with bias-free q/k/v and a biased `to_out_0`.
 
     With `ip=True` (every attn2 of the release) it also owns `to_k_ip`/`to_v_ip`; when image tokens are given,
-        out = scale * Attn(q, k(text), v(text)) + (1.5 - scale) * Attn(q, k_ip(img), v_ip(img))
-    combined before `to_out_0`. Without image tokens only the text term is used (no factor at all), as officially.
-    `scale` is a scalar or one value per row [b] (a batch of objects, each with its own fusion weight).
+        out = w_text * Attn(q, k(text), v(text)) + w_image * Attn(q, k_ip(img), v_ip(img))
+    combined before `to_out_0`, with (w_text, w_image) = fusion_weights(scale): an official fusion scale s (a
+    scalar or one value per row [b]: a batch of objects, each with its own fusion weight) gives (s, 1.5 - s), as
+    the release pipeline; FusionWeights give their own (training: (l, 1)). Without image tokens only the text term
+    is used (no factor at all), as officially.
     """
     heads: int
     dim_head: int
@@ -42,8 +70,8 @@ class CrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array | None = None, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0, segment_ids: tuple[jax.Array, jax.Array] | None = None
-                 ) -> jax.Array:
+                 scale: FusionWeights | jax.Array | float = 1.0,
+                 segment_ids: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """`segment_ids` (q [b, lq], kv [b, lk]: attend where equal) applies to the text/self term only."""
         inner = self.heads * self.dim_head
         project = lambda name: layers.dense(inner, (EMBED, HEADS), use_bias=False, dtype=self.dtype, name=name)
@@ -57,14 +85,18 @@ class CrossAttention(nn.Module):
             if image_tokens is not None:
                 k_ip, v_ip = to_k_ip(image_tokens), to_v_ip(image_tokens)  # [b, n, heads * dh]
                 out_ip = layers.attention(q, k_ip, v_ip, self.heads, kernel=self.attention_kernel)
-                scale = jnp.asarray(scale, out.dtype)
-                if scale.ndim == 1:  # one weight per row (object): [b] -> [b, 1, 1]
-                    scale = scale[:, None, None]
-                out = scale * out + (IP_TOTAL_WEIGHT - scale) * out_ip
+                text_weight, image_weight = (_per_row(w, out.dtype) for w in fusion_weights(scale, out.dtype))
+                out = text_weight * out + image_weight * out_ip
             elif self.is_initializing():
                 # The release has these params in every attn2: create them even when init sees no image tokens.
                 to_k_ip(context), to_v_ip(context)
         return layers.dense(self.query_dim, (HEADS, EMBED), dtype=self.dtype, name="to_out_0")(out)
+
+
+def _per_row(weight: jax.Array | float, dtype: Dtype) -> jax.Array:
+    """A scalar weight as it is; one weight per row (object) [b] -> [b, 1, 1] against [b, l, c]."""
+    weight = jnp.asarray(weight, dtype)
+    return weight[:, None, None] if weight.ndim == 1 else weight
 
 
 class GEGLU(nn.Module):
@@ -115,7 +147,7 @@ class BasicTransformerBlock3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None,
-                 scale: jax.Array | float, single_view: jax.Array | None = None) -> jax.Array:
+                 scale: FusionWeights | jax.Array | float, single_view: jax.Array | None = None) -> jax.Array:
         norm = lambda name: layers.layer_norm(TRANSFORMER_NORM_EPS, dtype=self.dtype, name=name)
         segments = None if single_view is None else single_view_segments(single_view, self.num_frames, x.shape[1])
         attention = lambda name, ip: CrossAttention(self.heads, self.dim_head, self.dim, ip=ip, dtype=self.dtype,
@@ -140,7 +172,7 @@ class SpatialTransformer3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, image_tokens: jax.Array | None = None,
-                 scale: jax.Array | float = 1.0, single_view: jax.Array | None = None) -> jax.Array:
+                 scale: FusionWeights | jax.Array | float = 1.0, single_view: jax.Array | None = None) -> jax.Array:
         inner = self.heads * self.dim_head
         _, height, width, _ = x.shape  # [b * views, h, w, c]
         h = layers.group_norm(NORM_GROUPS, SPATIAL_NORM_EPS, dtype=self.dtype, name="norm")(x)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mvrag_jax.models import layers
-from mvrag_jax.models.attention import NORM_GROUPS, SpatialTransformer3D
+from mvrag_jax.models.attention import NORM_GROUPS, FusionWeights, SpatialTransformer3D
 from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.models.embeddings import timestep_embedding
 from mvrag_jax.models.remat import ordered_remat
@@ -203,7 +203,8 @@ class Upsample(nn.Module):
 class MultiViewUNet(nn.Module):
     """eps = UNet(x [b*F, h, w, in], timesteps [b*F], context [b*F, L, ctx], camera [b*F, 16] | None,
     image_tokens [b*F, n, ctx] | None, scale: scalar or [b*F]) -> [b*F, h, w, out] in x's dtype.
-    F = config.num_frames (static)."""
+    F = config.num_frames (static). `scale` is the official fusion scale s (text x s, image x (1.5 - s)), or
+    attention.FusionWeights giving both weights (training: FusionWeights.training(l), the paper's l * txt + ret)."""
     config: UNetConfig
 
     def setup(self):
@@ -255,7 +256,7 @@ class MultiViewUNet(nn.Module):
         self.out_2 = layers.conv(c.out_channels, 3, dtype=dtype)
 
     def _run_block(self, group: str, index: int | None, h: jax.Array, emb: jax.Array, context: jax.Array,
-                   image_tokens: jax.Array | None, scale: jax.Array | float,
+                   image_tokens: jax.Array | None, scale: FusionWeights | jax.Array | float,
                    single_view: jax.Array | None) -> jax.Array:
         """One UNet block (the official CondSequential): its layers in order, each fed what it needs."""
         block = getattr(self, group)
@@ -269,7 +270,7 @@ class MultiViewUNet(nn.Module):
         return nn.with_logical_constraint(h, ACT_NHWC)
 
     def __call__(self, x: jax.Array, timesteps: jax.Array, context: jax.Array, camera: jax.Array | None = None,
-                 image_tokens: jax.Array | None = None, scale: jax.Array | float = 1.0,
+                 image_tokens: jax.Array | None = None, scale: FusionWeights | jax.Array | float = 1.0,
                  camera_mask: jax.Array | None = None, single_view: jax.Array | None = None) -> jax.Array:
         """`camera_mask` [b * views] and `single_view` [b] are for batches mixing 3D and 2D objects (training): rows
         with camera_mask 0 get no camera embedding, objects with single_view True attend within each view only

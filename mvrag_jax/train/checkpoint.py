@@ -6,7 +6,9 @@
     state, cfg_dict = restore(manager, step, trainer.abstract_state, data_iter)  # onto the mesh of abstract_state
 
 Items of CKPT_DIR/<step>/:
-  state/      the TrainState (orbax StandardCheckpointHandler; sharded arrays, restored with target shardings)
+  state/      the TrainState (orbax StandardCheckpointHandler; sharded arrays, restored with target shardings), the
+              EMA of the trained weights included (train.ema_decay > 0): a run resumes with the EMA setting it was
+              saved with (EMAMismatchError otherwise); a checkpoint from before the EMA existed restores without one
   data_iter/  the grain iterator state, one JSON file per process (process_<i>-of-<n>.json)
   config/     the run's config as JSON (what `mvrag export` needs to find the model checkpoint the run started from)
 
@@ -18,6 +20,7 @@ renames are copies) orbax instead writes `commit_success.txt` last and lists onl
 WORKDIR may be local or a bucket URI (train/workdir.py): orbax takes either (etils.epath; arrays via tensorstore).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -38,6 +41,14 @@ ITEMS = ("state", "data_iter", "config")
 
 class NoCheckpointError(FileNotFoundError):
     """A workdir has no complete training checkpoint."""
+
+
+class NoEMAError(ValueError):
+    """An export of the EMA weights was asked of a checkpoint that holds none."""
+
+
+class EMAMismatchError(ValueError):
+    """A run resumes with an EMA setting (train.ema_decay zero or not) other than its checkpoint's."""
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
@@ -88,11 +99,32 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: grain.DatasetIterator | None = None) -> tuple[Any, dict]:
     """(state, config dict) of `step`; arrays land with the shardings carried by `abstract_state`'s leaves (any mesh);
     `data_iter` (if given) is moved to the saved position in place."""
-    items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+    saved_ema = _check_ema(manager, step, abstract_state)
+    target = abstract_state if saved_ema else _fields(abstract_state, drop="ema")  # pre-EMA checkpoints: no item
+    items = {"state": ocp.args.StandardRestore(target), "config": ocp.args.JsonRestore()}
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], restored["config"]
+    state = restored["state"] if saved_ema else type(abstract_state)(**restored["state"], ema={})
+    return state, restored["config"]
+
+
+def _check_ema(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> bool:
+    """Whether the saved state has an `ema` item at all (checkpoints from before the EMA have none); raises when its
+    having EMA weights disagrees with `abstract_state`'s (train.ema_decay changed between save and resume)."""
+    saved = manager.item_metadata(step)["state"].tree
+    has, wants = bool(saved.get("ema")), bool(getattr(abstract_state, "ema", None))
+    if has != wants:
+        raise EMAMismatchError(
+            f"checkpoint step {step} in {manager.directory} was saved {'with' if has else 'without'} an EMA of the "
+            f"trained weights, but this run's train.ema_decay is {'0' if has else 'set'}; resume with the run's own "
+            "--config.train.ema_decay, or start a new --workdir with --config.train.init set to an export of it")
+    return "ema" in saved
+
+
+def _fields(state: Any, drop: str) -> dict:
+    """A state dataclass as {field: value} without the field `drop`."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != drop}
 
 
 def restore_config(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
@@ -136,10 +168,12 @@ def is_workdir(path: str | os.PathLike) -> bool:
     return checkpoint_dir(path).is_dir()
 
 
-def export_params(workdir: str | os.PathLike, step: int | None = None) -> tuple[pathlib.Path, dict]:
+def export_params(workdir: str | os.PathLike, step: int | None = None, *, ema: bool = False
+                  ) -> tuple[pathlib.Path, dict]:
     """(model checkpoint the run started from, its params with the trained ones merged in) for `step` (default:
-    the latest). Frozen weights come from that checkpoint, never from the run (which may hold them in bfloat16,
-    train.frozen_dtype); so do components the run does not hold (DINOv2)."""
+    the latest); `ema`: the EMA of the trained weights in their place (train.ema_decay > 0 runs). Frozen weights come
+    from that checkpoint, never from the run (which may hold them in bfloat16, train.frozen_dtype); so do components
+    the run does not hold (DINOv2)."""
     from mvrag_jax.convert import load_model_checkpoint
     step, cfg = restore_config(workdir, step)
     init = str(cfg.get("train", {}).get("init", ""))
@@ -148,9 +182,12 @@ def export_params(workdir: str | os.PathLike, step: int | None = None) -> tuple[
         raise NoCheckpointError(
             f"{workdir} started from train.init={init!r}, not from a converted checkpoint, so the release configs to "
             "export with are unknown; export runs whose --config.train.init is a `mvrag convert` folder")
-    _, params = load_model_checkpoint(init_dir)
     _, state = restore_state(workdir, step=step)
-    trained = jax.tree.map(np.asarray, state["trainable"])
+    if ema and not state.get("ema"):
+        raise NoEMAError(f"step {step} of {workdir} holds no EMA weights (the run had train.ema_decay=0); export "
+                         "without --ema, or train with --config.train.ema_decay=0.999")
+    _, params = load_model_checkpoint(init_dir)
+    trained = jax.tree.map(np.asarray, state["ema" if ema else "trainable"])
     for name, tree in trained.items():
         if name not in params:
             raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")
@@ -167,15 +204,18 @@ def _overlay(base: dict, trained: dict) -> dict:
 
 
 def export(ckpt_or_workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, dtype: str = "fp32",
-           overwrite: bool = False, step: int | None = None) -> pathlib.Path:
-    """`mvrag export`: a converted checkpoint, or a training workdir (its latest step, or `step`), written in the
-    official release layout at `out_dir`."""
+           overwrite: bool = False, step: int | None = None, ema: bool = False) -> pathlib.Path:
+    """`mvrag export`: a converted checkpoint, or a training workdir (its latest step, or `step`; with `ema` its
+    EMA weights in place of the trained ones), written in the official release layout at `out_dir`."""
     from mvrag_jax.convert import export_checkpoint
     from mvrag_jax.convert.export import export_release
     if not is_workdir(ckpt_or_workdir):
+        if ema:
+            raise NoEMAError(f"{ckpt_or_workdir} is not a training workdir (no {CHECKPOINT_DIR}/ folder), so it has no "
+                             "EMA weights; pass the --workdir of a run with train.ema_decay > 0, or drop --ema")
         if workdir_lib.is_remote(ckpt_or_workdir):
             raise NoCheckpointError(f"{ckpt_or_workdir} holds no {CHECKPOINT_DIR}/ folder: a --ckpt in a bucket must "
                                     "be a `mvrag train` --workdir; copy a converted checkpoint to local disk to export it")
         return export_checkpoint(ckpt_or_workdir, out_dir, dtype=dtype, overwrite=overwrite)
-    init_dir, params = export_params(ckpt_or_workdir, step)
+    init_dir, params = export_params(ckpt_or_workdir, step, ema=ema)
     return export_release(init_dir, params, out_dir, dtype=dtype, overwrite=overwrite)

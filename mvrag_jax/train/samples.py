@@ -17,7 +17,12 @@ DDIM steps: `train.sample_steps` (main pass) and `train.sample_prior_steps`; gui
 Where the host-side settings come from: a run initialised from a converted checkpoint uses its release files
 (tokenizer, scheduler, CLIP and DINOv2 processors), as `mvrag generate` on its export would, and its DINOv2 weights;
 a random / base run uses its own config (cfg.data.tokenizer_dir, cfg.train.scheduler, the CLIP size and statistics)
-and has no DINOv2, so it samples without the prior pass at the training fusion scale `train.ip_scale` (logged once).
+and has no DINOv2, so it samples without the prior pass at the fixed fusion weight `sample_fusion_weight` (logged
+once): the inference scale s whose weights (s, 1.5 - s) keep training's text : retrieval ratio l : 1
+(train.text_weight), s = 1.5 l / (1 + l); at the default l = 0.5, s = 0.5 and the sampled combination is exactly the
+trained one. (A fixed s, not the DINOv2 weight, so the grids of successive steps differ only by the weights.)
+
+Which weights: the EMA (train.ema_decay > 0: what `mvrag export --ema` would write), else the trained ones.
 
 Sharding: the weights stay on the train state's shardings and objects are split over the mesh's (data, fsdp) axes
 (the pipeline pads them to a multiple of that size), so every process takes part and each stage compiles once.
@@ -39,10 +44,12 @@ from mvrag_jax.inputs import images, text
 from mvrag_jax.convert.checkpoint import load_checkpoint, load_configs
 from mvrag_jax.convert.components import COMPONENTS as CONVERTED
 from mvrag_jax.diffusion.ddim import DDIMSchedule
+from mvrag_jax.models.attention import IP_TOTAL_WEIGHT
 from mvrag_jax.pipeline import ObjectRequest, Pipeline, SamplingOptions
 from mvrag_jax.inputs.release import Release
 from mvrag_jax.train import state as state_lib
-from mvrag_jax.train.trainer import Trainer, clip_statistics
+from mvrag_jax.train.ema import ema_decay_of
+from mvrag_jax.train.trainer import Trainer, clip_statistics, text_weight_of
 
 # What the MV-RAG (and SD2.1) scheduler_config.json sets beyond the betas; cfg.train.scheduler holds the betas only.
 RELEASE_DDIM = {"set_alpha_to_one": False, "steps_offset": 1}
@@ -89,6 +96,11 @@ def data_objects(data_cfg: mlc.ConfigDict, count: int) -> list[SampleObject]:
     return objects
 
 
+def sample_fusion_weight(text_weight: float) -> float:
+    """The inference fusion scale s whose weights (s, 1.5 - s) are in training's ratio l : 1 (l = text_weight)."""
+    return IP_TOTAL_WEIGHT * text_weight / (1.0 + text_weight)
+
+
 def _release_files(cfg: mlc.ConfigDict) -> pathlib.Path | None:
     init = str(cfg.train.init)
     if not state_lib.is_checkpoint_init(init):
@@ -121,19 +133,20 @@ def _dinov2(cfg: mlc.ConfigDict, trainer: Trainer) -> tuple[dict, dict]:
 
 class Sampler:
     """The loop's `sample_fn(state, step) -> {name: [H, W, 3] uint8}`: one grid (retrieved images | views) per
-    sample object, generated from the state's weights where they lie (see the module docstring)."""
+    sample object, generated from the state's weights where they lie (see the module docstring); `use_ema`: from
+    the state's EMA of the trainable weights instead."""
 
     def __init__(self, pipeline: Pipeline, objects: list[SampleObject], options: SamplingOptions,
-                 matmul_precision: str):
+                 matmul_precision: str, use_ema: bool = False):
         self.pipeline, self.objects, self.options = pipeline, objects, options
-        self.matmul_precision = matmul_precision
+        self.matmul_precision, self.use_ema = matmul_precision, use_ema
 
     @property
     def compile_seconds(self) -> float:
         return self.pipeline.programs.compile_seconds
 
     def __call__(self, state: state_lib.TrainState, step: int) -> dict[str, np.ndarray]:
-        params = {**self.pipeline.params, **state.params()}  # DINOv2 (if any) + the current weights
+        params = {**self.pipeline.params, **state.params(ema=self.use_ema)}  # DINOv2 (if any) + the current weights
         pipeline = dataclasses.replace(self.pipeline, params=params)
         with jax.default_matmul_precision(self.matmul_precision):
             results, timings = pipeline.generate([o.request for o in self.objects], self.options)
@@ -162,11 +175,16 @@ def make_sample_fn(cfg: mlc.ConfigDict, trainer: Trainer) -> Sampler:
                                         image_size=int(cfg.data.image_size),  # the training resolution
                                         dtype=str(cfg.runtime.dtype), mesh=trainer.mesh, replicate=False, **settings)
     use_prior = pipeline.has_dinov2
+    fusion_weight = sample_fusion_weight(text_weight_of(cfg))
     if not use_prior:
         logging.warning("samples: the run's models have no DINOv2 (train.init=%s), so they are generated without the "
-                        "prior pass, at fusion weight train.ip_scale=%s", t.init, t.ip_scale)
+                        "prior pass, at fusion weight %.4g (train.text_weight=%s at inference)", t.init,
+                        fusion_weight, t.text_weight)
     options = SamplingOptions(num_inference_steps=int(t.sample_steps), prior_steps=int(t.sample_prior_steps),
                               guidance_scale=float(t.sample_guidance), use_prior=use_prior,
-                              fusion_weight=None if use_prior else float(t.ip_scale))
+                              fusion_weight=None if use_prior else fusion_weight)
+    use_ema = ema_decay_of(cfg) > 0
+    if use_ema:
+        logging.info("samples: from the EMA of the trained weights (train.ema_decay=%s)", t.ema_decay)
     return Sampler(pipeline, data_objects(cfg.data, int(t.sample_count)), options,
-                   str(cfg.runtime.matmul_precision))
+                   str(cfg.runtime.matmul_precision), use_ema=use_ema)

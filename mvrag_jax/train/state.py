@@ -7,8 +7,9 @@
 `TrainState` holds the params split in two by train/trainable.py: `trainable` (updated, has optimizer state) and
 `frozen` (passed through untouched, stored in cfg.train.frozen_dtype: bfloat16 halves the resident weights of a
 bf16-compute run, whose layers cast every weight to bf16 anyway, and never rounds what is exported, since export takes
-frozen weights from the init checkpoint). Components: unet, resampler, clip_text, clip_vision, vae (DINOv2 is an
-inference-only fusion model and is not part of training).
+frozen weights from the init checkpoint), plus `ema`, the exponential moving average of `trainable` (train/ema.py;
+same tree and shardings, {} when cfg.train.ema_decay is 0). Components: unet, resampler, clip_text, clip_vision,
+vae (DINOv2 is an inference-only fusion model and is not part of training).
 
 Where weights come from (cfg.train.init):
 - a converted checkpoint folder: every weight loaded on the host and `jax.device_put` to its sharding;
@@ -77,10 +78,14 @@ class TrainState(flax.struct.PyTreeNode):
     frozen: dict               # every other param, same nesting; never updated
     opt_state: Any             # optax state of `trainable` only
     skipped_steps: jax.Array   # int32 scalar: steps whose loss or grads were not finite (no update applied)
+    ema: dict = flax.struct.field(default_factory=dict)  # EMA of `trainable` (same tree), {} without EMA
 
-    def params(self) -> dict:
-        """All params as one nested dict per component (for sampling and export)."""
-        return merge_params(self.trainable, self.frozen)
+    def params(self, ema: bool = False) -> dict:
+        """All params as one nested dict per component (for sampling and export); `ema`: the EMA in place of the
+        trainable weights."""
+        if ema and not self.ema:
+            raise ValueError("this train state holds no EMA (train.ema_decay=0); sample the trained weights instead")
+        return merge_params(self.ema if ema else self.trainable, self.frozen)
 
 
 def is_checkpoint_init(init: str) -> bool:
@@ -232,9 +237,11 @@ def _as_frozen_dtype(tree: Any, dtype: str) -> Any:
 
 
 def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.GradientTransformation, mesh: Mesh,
-               shapes: dict, shardings: dict, rules=sharding.DEFAULT_RULES, trainable: str = "ip") -> TrainState:
+               shapes: dict, shardings: dict, rules=sharding.DEFAULT_RULES, trainable: str = "ip",
+               ema: bool = False) -> TrainState:
     """A TrainState whose every array is born on its sharding (see the module docstring for the sources);
-    `shapes`/`shardings` are `abstract_params(models, mesh, rules)`."""
+    `shapes`/`shardings` are `abstract_params(models, mesh, rules)`. With `ema`, the EMA starts as a copy of the
+    initial trainable weights (its first update replaces it: train/ema.py)."""
     host = host_params(cfg, shapes)
     params = {name: jax.device_put(host[name], shardings[name]) for name in host}
     if "resampler" not in params:  # the one jitted init: small, and born sharded
@@ -249,14 +256,18 @@ def init_state(rng: jax.Array, cfg: Any, models: ModelConfigs, tx: optax.Gradien
     opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings(abstract_opt, train_shardings, mesh))(train_params)
     scalar = NamedSharding(mesh, PartitionSpec())
     zero = lambda: jax.device_put(np.zeros((), np.int32), scalar)  # host value: fine on every process
-    return TrainState(step=zero(), trainable=train_params, frozen=frozen, opt_state=opt_state, skipped_steps=zero())
+    # A copy in its own buffers (the step donates the state: no buffer may appear twice in it).
+    ema_params = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=train_shardings)(train_params) if ema \
+        else {}
+    return TrainState(step=zero(), trainable=train_params, frozen=frozen, opt_state=opt_state, skipped_steps=zero(),
+                      ema=ema_params)
 
 
 def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransformation, mesh: Mesh,
-                         trainable: str = "ip", frozen_dtype: str = "float32", frozen_sharding: str = "rules"
-                         ) -> tuple[TrainState, TrainState]:
+                         trainable: str = "ip", frozen_dtype: str = "float32", frozen_sharding: str = "rules",
+                         ema: bool = False) -> tuple[TrainState, TrainState]:
     """(abstract TrainState of ShapeDtypeStructs carrying their shardings, TrainState of NamedShardings) from
-    `abstract_params(models, mesh, rules)`."""
+    `abstract_params(models, mesh, rules)`; `ema`: with an EMA shaped and sharded like the trainable weights."""
     train_shapes, frozen_shapes = split_trainable(shapes, trainable)
     frozen_shapes = _as_frozen_dtype(frozen_shapes, frozen_dtype)
     train_shardings, frozen_shardings = split_trainable(shardings, trainable)
@@ -265,10 +276,11 @@ def abstract_train_state(shapes: dict, shardings: dict, tx: optax.GradientTransf
     scalar = NamedSharding(mesh, PartitionSpec())
     state_shardings = TrainState(step=scalar, trainable=train_shardings, frozen=frozen_shardings,
                                  opt_state=opt_state_shardings(abstract_opt, train_shardings, mesh),
-                                 skipped_steps=scalar)
+                                 skipped_steps=scalar, ema=train_shardings if ema else {})
     scalar_shape = jax.ShapeDtypeStruct((), jnp.int32)
     state_shapes = TrainState(step=scalar_shape, trainable=train_shapes, frozen=frozen_shapes,
-                              opt_state=abstract_opt, skipped_steps=scalar_shape)
+                              opt_state=abstract_opt, skipped_steps=scalar_shape,
+                              ema=train_shapes if ema else {})
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             state_shapes, state_shardings)
     return abstract, state_shardings

@@ -11,9 +11,11 @@ Inside, for B objects of F views (batch layout: configs/data.py):
 2. Trainable: resampler -> image tokens [B, k*Q, ctx] (the pipeline's "(b n) q c -> b (n q) c"), repeated per view.
 3. DDPM forward process with the release scheduler's alphas_cumprod: one timestep per object (uniform over
    [0, num_train_timesteps)), shared by its views as at sampling time; independent noise per view.
-4. UNet eps-prediction, MSE in float32 over the valid views only (view_mask); with train.microbatches > 1 the
-   UNet part runs over that many pieces of the batch in sequence and their gradients add up (gradient
-   accumulation: the same loss and gradient as one piece, a fraction of the activations).
+4. UNet eps-prediction with the paper's training fusion f = l * f_txt + 1 * f_ret in every decoupled cross-attention
+   (§3.3; l = train.text_weight; inference weights (s, 1.5 - s) instead: models/attention.py), MSE in float32
+   over the valid views only (view_mask); with train.microbatches > 1 the UNet part runs over that many pieces of
+   the batch in sequence and their gradients add up (gradient accumulation: the same loss and gradient as one
+   piece, a fraction of the activations).
 
 3D / 2D rows in one static-shape batch. 3D objects (mode 0): F views with cameras, cross-view self-attention across
 the F views. 2D objects (mode 1, the held-out-view objective): one target view (view 0), no camera. MVDream trains
@@ -31,7 +33,8 @@ only the UNet and resampler, so it compiles faster and its temporaries never inc
 
 Classifier-free guidance dropout, per object, three exclusive events (IP-Adapter): text only, image only, both.
 Optimisation: grads of the trainable subtree only; non-finite loss or grad norm -> the update is not applied and
-`skipped_steps` counts it (params and optimizer state keep their old values, the step counter still advances).
+`skipped_steps` counts it (params, optimizer state and EMA keep their old values, the step counter still advances).
+With train.ema_decay > 0 the state's EMA of the trainable weights follows each applied update (train/ema.py).
 """
 
 import dataclasses
@@ -44,8 +47,10 @@ import numpy as np
 import optax
 
 from mvrag_jax.models import clip, resampler, vae
+from mvrag_jax.models.attention import FusionWeights
 from mvrag_jax.models.unet import MultiViewUNet
 from mvrag_jax.sharding import batch_pieces, map_batch_chunks
+from mvrag_jax.train import ema as ema_lib
 from mvrag_jax.train.state import ModelConfigs, TrainState
 from mvrag_jax.train.trainable import merge_params
 
@@ -63,7 +68,8 @@ class StepOptions:
     cfg_drop_text: float = 0.05
     cfg_drop_image: float = 0.05
     cfg_drop_both: float = 0.05
-    ip_scale: float = 1.0
+    text_weight: float = 0.5            # l of the training fusion l * f_txt + f_ret (paper §3.3; train.text_weight)
+    ema_decay: float = 0.0              # train.ema_decay (train/ema.py); 0: the state holds no EMA
     encode_chunk_rows: int = 0          # VAE / CLIP vision rows per device at a time (sharding.map_batch_chunks)
 
 
@@ -142,7 +148,7 @@ def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
         camera = batch["camera"].reshape(b * f, -1).astype(jnp.float32)  # [B*F, 16]
     eps = MultiViewUNet(models.unet).apply(
         {"params": params["unet"]}, noisy, t_rows.astype(jnp.float32), jnp.repeat(context, f, axis=0), camera,
-        jnp.repeat(tokens, f, axis=0), options.ip_scale,
+        jnp.repeat(tokens, f, axis=0), FusionWeights.training(options.text_weight),
         camera_mask=jnp.repeat(batch["camera_mask"], f).astype(jnp.float32), single_view=~is_3d)
 
     per_view = jnp.mean(jnp.square(eps.astype(jnp.float32) - noise), axis=(1, 2, 3))  # [B*F]
@@ -241,8 +247,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, encoded: dict | N
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     skipped = (~finite).astype(jnp.int32)
     applied = state.step - state.skipped_steps  # = optax's update count, which the schedule reads
+    ema = state.ema
+    if options.ema_decay > 0:
+        if not state.ema:
+            raise ValueError("StepOptions.ema_decay > 0 but the state holds no EMA; build the state with the "
+                             "trainer of the same config (train.ema_decay)")
+        ema = keep(ema_lib.update(state.ema, trainable, applied, options.ema_decay), state.ema)
     new_state = state.replace(step=state.step + 1, trainable=keep(trainable, state.trainable),
-                              opt_state=keep(opt_state, state.opt_state),
+                              opt_state=keep(opt_state, state.opt_state), ema=ema,
                               skipped_steps=state.skipped_steps + skipped)
     views_2d = sums["views"] - sums["views_3d"]
     metrics = {

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mvrag_jax import sharding
 from mvrag_jax.diffusion.ddim import DDIMSchedule, SCHEDULER_CONFIG, alphas_cumprod
 from mvrag_jax.inputs.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESSOR_FILE, CLIPImageProcessorConfig
-from mvrag_jax.train import optimizer, state as state_lib
+from mvrag_jax.train import ema as ema_lib, optimizer, state as state_lib
 from mvrag_jax.train.step import ENCODER_INPUTS, ENCODERS, StepOptions, alphas_cumprod_tuple, encode_step, train_step
 from mvrag_jax.train.trainable import trainable_paths
 
@@ -232,6 +232,19 @@ def compiler_options_of(cfg: Any) -> dict[str, float] | None:
     return {"exec_time_optimization_effort": effort} if effort else None
 
 
+def text_weight_of(cfg: Any) -> float:
+    """cfg.train.text_weight: l of the training fusion l * f_txt + f_ret (paper §3.3), checked."""
+    if "ip_scale" in cfg.train:
+        raise TrainConfigError(f"train.ip_scale={cfg.train.ip_scale} is gone: training now fuses "
+                               "text_weight * text + 1 * retrieval (paper §3.3); set --config.train.text_weight "
+                               "(0.5 trains what inference computes at fusion weight 0.5) and drop ip_scale")
+    weight = float(cfg.train.text_weight)
+    if not weight >= 0:
+        raise TrainConfigError(f"train.text_weight={weight} is not a weight >= 0; set --config.train.text_weight "
+                               "to the text term's weight, e.g. 0.5")
+    return weight
+
+
 def microbatches_of(cfg: Any) -> int:
     """cfg.train.microbatches: gradient accumulation pieces per step (1 for configs without it or a train block)."""
     return int(cfg.get("train", {}).get("microbatches", 1))
@@ -250,12 +263,13 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
     rules = sharding.make_rules(tuple(cfg.get("sharding_rules", ())))
     trainable = str(cfg.train.trainable)
     tx, schedule = optimizer.make_tx(cfg.train.optimizer, int(cfg.train.steps))
+    ema_decay = ema_lib.ema_decay_of(cfg)
     with jax.set_mesh(mesh):
         shapes, param_shardings = state_lib.abstract_params(models, mesh, rules)
     paths = tuple(trainable_paths(shapes, trainable))  # raises for an unknown trainable set
     abstract, state_shardings = state_lib.abstract_train_state(shapes, param_shardings, tx, mesh, trainable,
                                                                    state_lib.frozen_dtype_of(cfg),
-                                                                   state_lib.frozen_sharding_of(cfg))
+                                                                   state_lib.frozen_sharding_of(cfg), ema_decay > 0)
     batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
     replicated = NamedSharding(mesh, PartitionSpec())
     mean, std = clip_statistics(cfg)
@@ -263,7 +277,8 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
         empty_input_ids=empty_prompt_ids(cfg), alphas_cumprod=alphas_cumprod_tuple(alphas_cumprod(schedule_of(cfg))),
         clip_mean=mean, clip_std=std, cfg_drop_text=float(cfg.train.cfg_drop_text),
         cfg_drop_image=float(cfg.train.cfg_drop_image), cfg_drop_both=float(cfg.train.cfg_drop_both),
-        ip_scale=float(cfg.train.ip_scale), encode_chunk_rows=int(cfg.train.get("encode_chunk_rows", 0)))
+        text_weight=text_weight_of(cfg), ema_decay=ema_decay,
+        encode_chunk_rows=int(cfg.train.get("encode_chunk_rows", 0)))
     if options.cfg_drop_text + options.cfg_drop_image + options.cfg_drop_both > 1:
         raise TrainConfigError("cfg_drop_text + cfg_drop_image + cfg_drop_both > 1; they are exclusive events")
     encoders = str(cfg.train.get("encoders", "in_step"))
@@ -289,7 +304,8 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
 
     def init(rng: jax.Array) -> state_lib.TrainState:
         with jax.set_mesh(mesh):
-            return state_lib.init_state(rng, cfg, models, tx, mesh, shapes, param_shardings, rules, trainable)
+            return state_lib.init_state(rng, cfg, models, tx, mesh, shapes, param_shardings, rules, trainable,
+                                        ema=ema_decay > 0)
 
     key = jax.random.key(0)
     return Trainer(mesh=mesh, rules=rules, models=models, abstract_state=abstract, state_shardings=state_shardings,

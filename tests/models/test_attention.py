@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvrag_jax.models.attention import BasicTransformerBlock3D, CrossAttention, SpatialTransformer3D
+from mvrag_jax.models.attention import BasicTransformerBlock3D, CrossAttention, FusionWeights, SpatialTransformer3D
 
 HEADS, DIM_HEAD, QUERY_DIM, CONTEXT_DIM = 2, 4, 8, 12
 
@@ -38,18 +38,38 @@ def _project(params: dict, name: str, inputs: np.ndarray) -> np.ndarray:
     return inputs.astype(np.float64) @ np.asarray(params[name]["kernel"], np.float64)
 
 
-def test_decoupled_attention_combines_text_and_image_terms_before_to_out(cross_attention):
-    module, params, x, context, image_tokens = cross_attention
-    scale = 0.7
-    with jax.default_matmul_precision("highest"):
-        ours = module.apply({"params": params}, x, context, image_tokens, jnp.float32(scale))
+def _by_hand(params: dict, x, context, image_tokens, text_weight: float, image_weight: float) -> np.ndarray:
+    """w_text * Attn(q, k, v) + w_image * Attn(q, k_ip, v_ip), then to_out_0, with numpy softmax attention."""
     q = _project(params, "to_q", x)
     text = _softmax_attention(q, _project(params, "to_k", context), _project(params, "to_v", context), HEADS)
     image = _softmax_attention(q, _project(params, "to_k_ip", image_tokens), _project(params, "to_v_ip", image_tokens),
                                HEADS)
-    combined = scale * text + (1.5 - scale) * image
-    expected = combined @ np.asarray(params["to_out_0"]["kernel"]) + np.asarray(params["to_out_0"]["bias"])
-    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=1e-5)
+    combined = text_weight * text + image_weight * image
+    return combined @ np.asarray(params["to_out_0"]["kernel"]) + np.asarray(params["to_out_0"]["bias"])
+
+
+# inference: the official scale s weights (s, 1.5 - s); training: the paper's l * txt + 1 * ret (§3.3). `other`:
+# the other mode's weights for the same number, which must give a different result.
+@pytest.mark.parametrize("mode, scale, weights, other", [
+    ("inference", jnp.float32(0.7), (0.7, 0.8), (0.7, 1.0)),
+    ("inference_weights", FusionWeights.inference(jnp.float32(0.7)), (0.7, 0.8), (0.7, 1.0)),
+    ("training", FusionWeights.training(jnp.float32(0.3)), (0.3, 1.0), (0.3, 1.2)),
+    ("training_python_float", FusionWeights.training(0.2), (0.2, 1.0), (0.2, 1.3)),
+])
+def test_decoupled_attention_combines_text_and_image_terms_before_to_out(cross_attention, mode, scale, weights,
+                                                                         other):
+    module, params, x, context, image_tokens = cross_attention
+    with jax.default_matmul_precision("highest"):
+        ours = module.apply({"params": params}, x, context, image_tokens, scale)
+    np.testing.assert_allclose(ours, _by_hand(params, x, context, image_tokens, *weights), atol=1e-5, rtol=1e-5)
+    assert np.abs(np.asarray(ours) - _by_hand(params, x, context, image_tokens, *other)).max() > 1e-3
+
+
+def test_training_weights_at_one_half_equal_the_inference_formula_at_scale_one_half(cross_attention):
+    module, params, x, context, image_tokens = cross_attention
+    trained = module.apply({"params": params}, x, context, image_tokens, FusionWeights.training(0.5))
+    inferred = module.apply({"params": params}, x, context, image_tokens, jnp.float32(0.5))
+    np.testing.assert_array_equal(trained, inferred)  # l' = l + 1 = 1.5: the same combination, bit for bit
 
 
 def test_per_row_scale_weights_each_row_like_its_scalar(cross_attention):
@@ -61,6 +81,18 @@ def test_per_row_scale_weights_each_row_like_its_scalar(cross_attention):
             alone = module.apply({"params": params}, x, context, image_tokens, jnp.float32(scale))
             np.testing.assert_allclose(per_row[row], alone[row], atol=1e-6, rtol=1e-6)
     assert np.abs(np.asarray(per_row[0]) - np.asarray(alone[0])).max() > 1e-3  # row 0 did not take row 1's scale
+
+
+def test_per_row_fusion_weights_weight_each_row_by_hand(cross_attention):
+    module, params, x, context, image_tokens = cross_attention
+    text_weights, image_weights = np.float32([0.2, 0.9]), np.float32([1.0, 0.4])
+    with jax.default_matmul_precision("highest"):
+        ours = module.apply({"params": params}, x, context, image_tokens,
+                            FusionWeights(jnp.asarray(text_weights), jnp.asarray(image_weights)))
+    for row in range(2):
+        expected = _by_hand(params, x[row:row + 1], context[row:row + 1], image_tokens[row:row + 1],
+                            text_weights[row], image_weights[row])
+        np.testing.assert_allclose(ours[row:row + 1], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_text_only_attention_has_no_image_projections():

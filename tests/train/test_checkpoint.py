@@ -1,5 +1,6 @@
 """mvrag_jax/train/checkpoint.py: a save killed with -9 is ignored, restores land on another mesh, exports merge."""
 
+import functools
 import json
 import os
 import signal
@@ -87,10 +88,12 @@ assert jax.device_count() == 8
 def trainer_on(data, fsdp):
     cfg = train.get_config("size=micro")
     cfg.train.batch_size = cfg.data.batch_size = 8
+    cfg.train.update(trainable="ip", ema_decay=0.999)  # the EMA travels with the weights it follows
     cfg.mesh.update(data=data, fsdp=fsdp, tensor=1)
     return cfg, make_trainer(cfg, make_mesh(cfg))
 cfg, saver = trainer_on(1, 8)
 state = saver.init(jax.random.key(0))
+state = state.replace(ema=jax.tree.map(lambda x: x + 2.0, state.ema))  # EMA values of its own
 manager = checkpoint.open_manager(sys.argv[1], save_every=1)
 checkpoint.save(manager, 1, state, None, cfg)
 manager.wait_until_finished()
@@ -101,7 +104,11 @@ for saved, got, target in pairs:
     assert got.sharding == target, (got.sharding, target)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(saved))
 moved = sum(a.sharding.spec != b.sharding.spec for a, b, _ in pairs)
-print("leaves", len(pairs), "resharded", moved, "config", config["mesh"])
+for got, target in zip(jax.tree.leaves(restored.ema), jax.tree.leaves(loader.state_shardings.trainable)):
+    assert got.sharding == target  # the EMA lands where the trainable weights do
+ema = len(jax.tree.leaves(restored.ema))
+assert ema == len(jax.tree.leaves(restored.trainable))
+print("leaves", len(pairs), "resharded", moved, "ema", ema, "config", config["mesh"])
 """
 
 
@@ -109,8 +116,9 @@ def test_a_checkpoint_saved_on_fsdp8_restores_on_data2_fsdp4(tmp_path):
     proc = run_python(_ANOTHER_MESH, tmp_path / "run", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = proc.stdout.strip().splitlines()[-1]
-    _, leaves, _, moved, _, mesh = line.split(" ", 5)
+    _, leaves, _, moved, _, ema, _, mesh = line.split(" ", 7)
     assert int(leaves) > 100 and int(moved) > 0, line  # the real state, and some leaves really changed layout
+    assert int(ema) > 10, line  # the EMA of every trainable param came back, bit for bit, on the new mesh
     assert "'fsdp': 8" in mesh
 
 
@@ -151,3 +159,96 @@ def test_export_of_a_training_workdir_merges_trained_params_into_the_init_checkp
     (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(checkpoint.NoCheckpointError, match="no complete training checkpoint"):
         checkpoint.export(tmp_path / "empty_run", tmp_path / "release2")
+
+
+def _saved_run(workdir, tiny_ckpt, ema_decay: float):
+    """A tiny run from the converted tiny release, saved at step 5 with trainable = init + 1 and EMA = init + 2."""
+    from configs import train
+    from mvrag_jax.train.trainer import make_mesh, make_trainer
+    cfg = train.get_config("size=tiny")
+    cfg.train.update(batch_size=2, init=str(tiny_ckpt), trainable="ip", ema_decay=ema_decay)
+    cfg.data.batch_size = 2
+    trainer = make_trainer(cfg, make_mesh(cfg))
+    state = trainer.init(jax.random.key(0))
+    state = state.replace(trainable=jax.tree.map(lambda x: x + 1.0, state.trainable),
+                          ema=jax.tree.map(lambda x: x + 2.0, state.ema))
+    manager = checkpoint.open_manager(workdir, save_every=1)
+    checkpoint.save(manager, 5, state, None, cfg)
+    manager.wait_until_finished()
+    return trainer, state, manager
+
+
+def test_ema_round_trips_and_export_ema_writes_it(tmp_path, tiny_ckpt, capsys):
+    from mvrag_jax.cli.main import main
+    from mvrag_jax.convert import convert_release, load_model_checkpoint
+    trainer, state, manager = _saved_run(tmp_path / "run", tiny_ckpt, 0.999)
+    restored, _ = checkpoint.restore(manager, 5, trainer.abstract_state)
+    pairs = list(zip(jax.tree.leaves(restored.ema), jax.tree.leaves(state.ema)))
+    assert len(pairs) == len(trainer.trainable_paths)
+    for got, saved in pairs:
+        assert got.sharding == saved.sharding
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(saved))
+
+    _, initial = load_model_checkpoint(tiny_ckpt)
+    ip_path = ("input_blocks_1_1", "transformer_blocks_0", "attn2", "to_k_ip", "kernel")
+    pick = lambda tree: functools.reduce(lambda t, k: t[k], ip_path, tree)
+    for flags, offset in (([], 1.0), (["--ema"], 2.0)):
+        out = tmp_path / f"release{offset:.0f}"
+        assert main(["mvrag", "export", "--ckpt", str(tmp_path / "run"), "--out", str(out), *flags,
+                     "--compile_cache_dir", "none"]) == 0
+        _, exported = load_model_checkpoint(convert_release(out, tmp_path / f"reconverted{offset:.0f}",
+                                                            show_progress=False))
+        np.testing.assert_array_equal(pick(exported["unet"]), pick(initial["unet"]) + offset)  # EMA or trained
+        frozen = exported["unet"]["input_blocks_1_1"]["transformer_blocks_0"]["attn2"]["to_k"]["kernel"]
+        np.testing.assert_array_equal(frozen, initial["unet"]["input_blocks_1_1"]["transformer_blocks_0"]["attn2"]
+                                      ["to_k"]["kernel"])  # frozen weights from the init checkpoint either way
+        latents = jax.tree.leaves(exported["resampler"])[0]
+        np.testing.assert_array_equal(latents, np.asarray(jax.tree.leaves(
+            state.ema["resampler"] if offset == 2.0 else state.trainable["resampler"])[0]))
+
+
+def test_export_ema_of_a_run_without_ema_is_a_one_line_error(tmp_path, tiny_ckpt, capsys):
+    from mvrag_jax.cli.main import main
+    _saved_run(tmp_path / "run", tiny_ckpt, 0.0)
+    capsys.readouterr()
+    assert main(["mvrag", "export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--ema",
+                 "--compile_cache_dir", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no EMA weights" in err and "train.ema_decay=0" in err, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(checkpoint.NoEMAError, match="not a training workdir"):
+        checkpoint.export(tiny_ckpt, tmp_path / "o2", ema=True)
+
+
+def _micro_trainer(ema_decay: float):
+    from configs import train
+    from mvrag_jax.train.trainer import make_mesh, make_trainer
+    cfg = train.get_config("size=micro")
+    cfg.train.update(batch_size=2, trainable="ip", ema_decay=ema_decay)
+    cfg.data.batch_size = 2
+    return cfg, make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+def test_a_checkpoint_from_before_the_ema_resumes_and_a_changed_ema_setting_names_the_fix(tmp_path):
+    import dataclasses
+    cfg, plain = _micro_trainer(0.0)
+    state = plain.init(jax.random.key(0))
+    old_layout = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "ema"}
+    manager = checkpoint.open_manager(tmp_path / "old", save_every=1)
+    checkpoint.save(manager, 3, old_layout, None, cfg)  # what TrainState saved before it had an `ema` field
+    manager.wait_until_finished()
+    restored, _ = checkpoint.restore(manager, 3, plain.abstract_state)
+    assert restored.ema == {} and int(restored.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, restored.trainable, state.trainable)
+
+    _, with_ema = _micro_trainer(0.999)
+    with pytest.raises(checkpoint.EMAMismatchError, match=r"saved without an EMA.*train\.ema_decay is set.*"
+                                                          r"--config\.train\.ema_decay"):
+        checkpoint.restore(manager, 3, with_ema.abstract_state)
+    manager = checkpoint.open_manager(tmp_path / "ema", save_every=1)
+    checkpoint.save(manager, 3, with_ema.init(jax.random.key(0)), None, cfg)
+    manager.wait_until_finished()
+    with pytest.raises(checkpoint.EMAMismatchError, match=r"saved with an EMA.*train\.ema_decay is 0"):
+        checkpoint.restore(manager, 3, plain.abstract_state)
+    restored, _ = checkpoint.restore(manager, 3, with_ema.abstract_state)
+    assert len(jax.tree.leaves(restored.ema)) == len(jax.tree.leaves(restored.trainable)) > 0

@@ -1,5 +1,5 @@
 """mvrag_jax/train/loop.py (+ metrics.py): config errors name the fix, records/TensorBoard/PNG, and a run stopped by
-SIGTERM at a random step resumes to losses bitwise equal to an unbroken run."""
+SIGTERM at a random step resumes to losses, weights and EMA bitwise equal to an unbroken run's."""
 
 import json
 import random
@@ -7,12 +7,13 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import train
-from mvrag_jax.train import loop, metrics
+from mvrag_jax.train import checkpoint, loop, metrics
 from tests.train.conftest import REPO, run_python, run_train, subprocess_env, train_argv
 
 
@@ -94,10 +95,11 @@ def _losses(workdir) -> dict[int, float]:
 @pytest.mark.slow
 def test_sigterm_at_a_random_step_then_resume_is_bitwise_identical(tmp_path, train_data_dir, compile_cache):
     # The signal lands within a step or two of the metrics record it waits for (steps take ~1 s with a warm compile
-    # cache): 8 steps leave room after the latest stop, 3, so the run is always cut short.
-    steps = 8
+    # cache): 8 steps leave room after the latest stop, 3, so the run is always cut short. With an EMA of the
+    # trained weights (train/ema.py), which must come out bit for bit too.
+    steps, ema = 8, "--config.train.ema_decay=0.9"
     whole = run_train(tmp_path / "whole", train_data_dir, compile_cache, f"--config.train.steps={steps}",
-                      "--config.train.ckpt_every=2")
+                      "--config.train.ckpt_every=2", ema)
     assert whole["step"] == steps and not whole["preempted"]
     assert list((tmp_path / "whole" / metrics.TB_DIR).glob("events.out.tfevents.*"))
     assert (tmp_path / "whole" / metrics.LOSS_PNG).stat().st_size > 1000
@@ -105,7 +107,7 @@ def test_sigterm_at_a_random_step_then_resume_is_bitwise_identical(tmp_path, tra
     stop_after = random.Random().randint(1, steps - 5)
     broken = tmp_path / "broken"
     proc = subprocess.Popen(train_argv(broken, train_data_dir, compile_cache, f"--config.train.steps={steps}",
-                                       "--config.train.ckpt_every=2"),
+                                       "--config.train.ckpt_every=2", ema),
                             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 900
     while len(_losses(broken)) < stop_after:
@@ -118,9 +120,18 @@ def test_sigterm_at_a_random_step_then_resume_is_bitwise_identical(tmp_path, tra
     assert stopped["preempted"] and stop_after <= stopped["step"] < steps, (stop_after, stopped)
 
     resumed = run_train(broken, train_data_dir, compile_cache, f"--config.train.steps={steps}",
-                        "--config.train.ckpt_every=2")
+                        "--config.train.ckpt_every=2", ema)
     assert resumed["start_step"] == stopped["step"] and resumed["step"] == steps
     assert _losses(broken) == _losses(tmp_path / "whole"), f"stopped after step {stopped['step']}"
+    (step_a, straight), (step_b, cut) = checkpoint.restore_state(tmp_path / "whole"), checkpoint.restore_state(broken)
+    assert step_a == step_b == steps
+    for part in ("ema", "trainable"):
+        leaves = jax.tree.leaves(straight[part])
+        assert leaves and len(leaves) == len(jax.tree.leaves(cut[part])), part
+        for a, b in zip(leaves, jax.tree.leaves(cut[part])):
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=part)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))  # the EMA is not just the weights
+               for a, b in zip(jax.tree.leaves(straight["ema"]), jax.tree.leaves(straight["trainable"])))
 
 
 def test_sample_hook_output_becomes_pngs_and_tensorboard_images(tmp_path):

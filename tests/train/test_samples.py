@@ -1,7 +1,9 @@
 """mvrag_jax/train/samples.py through `mvrag train`: sample grids every N steps from the train state, fixed objects
 and seeds, and the sampler's time (its compile included) kept out of the step timings."""
 
+import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -96,8 +98,9 @@ def test_samples_of_a_checkpoint_run_take_the_prior_pass(tmp_path, train_data_di
 
 
 def test_sampler_settings_follow_the_init(train_data_dir, tiny_ckpt):
-    """Random init: the run's own settings, no DINOv2, so no prior pass and the training fusion scale. Checkpoint
-    init: its release files and DINOv2. Both: the same fixed objects (prompts and retrieved images)."""
+    """Random init: the run's own settings, no DINOv2, so no prior pass, at the fusion weight that keeps training's
+    text : retrieval ratio. Checkpoint init: its release files and DINOv2. Both: the same fixed objects (prompts and
+    retrieved images). EMA runs sample from the EMA."""
     from configs import train
     from mvrag_jax.train import samples
     from mvrag_jax.train.trainer import make_mesh, make_trainer
@@ -106,17 +109,63 @@ def test_sampler_settings_follow_the_init(train_data_dir, tiny_ckpt):
     cfg.data.data_dir = str(train_data_dir)
     random = samples.make_sample_fn(cfg, make_trainer(cfg, make_mesh(cfg)))
     assert random.pipeline.release is None and not random.pipeline.has_dinov2
-    assert not random.options.use_prior and random.options.fusion_weight == cfg.train.ip_scale
+    assert not random.options.use_prior and random.options.fusion_weight == 0.5 == cfg.train.text_weight
+    assert not random.use_ema  # the small sizes train without EMA
     assert random.options.num_inference_steps == cfg.train.sample_steps == 10  # the small sizes' default
-    cfg.train.init = str(tiny_ckpt)
+    cfg.train.update(init=str(tiny_ckpt), ema_decay=0.999)
     ckpt = samples.make_sample_fn(cfg, make_trainer(cfg, make_mesh(cfg)))
     assert ckpt.pipeline.release.root == tiny_ckpt / "release_files" and ckpt.pipeline.has_dinov2
-    assert ckpt.options.use_prior and ckpt.options.fusion_weight is None
+    assert ckpt.options.use_prior and ckpt.options.fusion_weight is None and ckpt.use_ema
     assert [o.name for o in ckpt.objects] == [o.name for o in random.objects] and len(random.objects) == 2
     for a, b in zip(random.objects, ckpt.objects):
         assert a.request.seed == b.request.seed and len(a.request.retrieved) == cfg.data.num_retrieved
         for x, y in zip(a.request.retrieved, b.request.retrieved):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("text_weight, scale", [(0.5, 0.5), (0.25, 0.3), (1.0, 0.75)])
+def test_sample_fusion_weight_keeps_the_training_ratio(text_weight, scale):
+    from mvrag_jax.train.samples import sample_fusion_weight
+    s = sample_fusion_weight(text_weight)
+    assert s == pytest.approx(scale, abs=1e-12)
+    assert s / (1.5 - s) == pytest.approx(text_weight / 1.0, abs=1e-12)  # inference (s, 1.5 - s) ~ training (l, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordingPipeline:
+    """Stands in for the Pipeline: records the params each generate call sees (no compile)."""
+    params: dict
+    seen: list
+
+    def generate(self, requests, options):
+        self.seen.append(self.params)
+        return [types.SimpleNamespace(images=np.zeros((1, 2, 2, 3), np.uint8)) for _ in requests], {"compile": 0.0}
+
+    @property
+    def programs(self):
+        return types.SimpleNamespace(compile_seconds=0.0)
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_the_sampler_generates_from_the_ema_when_asked(use_ema):
+    from mvrag_jax.pipeline import ObjectRequest
+    from mvrag_jax.train import samples
+    from mvrag_jax.train.state import TrainState
+    zero = np.zeros((), np.int32)
+    state = TrainState(step=zero, trainable={"resampler": {"w": np.full(2, 1.0)}}, frozen={"vae": {"b": np.ones(1)}},
+                       opt_state=(), skipped_steps=zero, ema={"resampler": {"w": np.full(2, 7.0)}})
+    seen = []
+    request = ObjectRequest("a cube", (np.zeros((2, 2, 3), np.uint8),), seed=0)
+    sampler = samples.Sampler(_RecordingPipeline({"dinov2": {}}, seen), [samples.SampleObject("0_a-cube", request)],
+                              options=None, matmul_precision="default", use_ema=use_ema)
+    grids = sampler(state, 1)
+    assert list(grids) == ["0_a-cube"] and len(seen) == 1
+    assert set(seen[0]) == {"dinov2", "resampler", "vae"}
+    np.testing.assert_array_equal(seen[0]["resampler"]["w"], np.full(2, 7.0 if use_ema else 1.0))
+    no_ema = state.replace(ema={})
+    if use_ema:
+        with pytest.raises(ValueError, match="holds no EMA"):
+            sampler(no_ema, 1)
 
 
 def test_a_sample_count_below_one_names_the_fields(train_data_dir):

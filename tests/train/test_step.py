@@ -304,3 +304,40 @@ def test_compile_effort_outside_its_range_names_the_fix(effort):
     cfg = micro_config(compile_effort=effort)
     with pytest.raises(TrainConfigError, match=r"train\.compile_effort=.*outside \[-1, 1\].*--config\.train"):
         make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+def _first_loss(cfg) -> float:
+    """Loss of one step of `cfg` from init key 0 on the example batch (trainer.step: traced at this call)."""
+    trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+    state = trainer.init(jax.random.key(0))
+    _, metrics = trainer.step(state, to_global(host_batch_example(cfg), trainer.batch_sharding), jax.random.key(1))
+    return float(metrics["loss"])
+
+
+def test_text_weight_reaches_the_loss_and_one_half_is_the_inference_formula(monkeypatch):
+    """train.text_weight is the paper's l in l * txt + 1 * ret (§3.3): it changes the loss; at 0.5 the loss equals
+    that of the official inference combination s * txt + (1.5 - s) * ret at s = 0.5, bit for bit."""
+    from mvrag_jax.models.attention import FusionWeights
+    from mvrag_jax.train import step as step_lib
+    losses = {weight: _first_loss(micro_config(text_weight=weight)) for weight in (0.5, 0.2)}
+    assert np.isfinite(losses[0.5]) and abs(losses[0.2] - losses[0.5]) > 1e-6 * abs(losses[0.5]), losses
+
+    class OfficialScale:  # the step as before: a plain fusion scale, weights (s, 1.5 - s)
+        training = staticmethod(lambda text_weight: jax.numpy.float32(0.5))
+    monkeypatch.setattr(step_lib, "FusionWeights", OfficialScale)
+    assert FusionWeights.inference(0.5) == (0.5, 1.0) == FusionWeights.training(0.5)
+    assert _first_loss(micro_config(text_weight=0.5)) == losses[0.5]
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan")])
+def test_a_negative_text_weight_names_the_fix(weight):
+    with pytest.raises(TrainConfigError, match=r"train\.text_weight=.*--config\.train\.text_weight"):
+        make_trainer(micro_config(text_weight=weight), make_mesh(micro_config(), jax.devices()[:1]))
+
+
+def test_the_removed_ip_scale_names_its_replacement():
+    cfg = micro_config()
+    cfg.train.unlock()
+    cfg.train.ip_scale = 1.0
+    with pytest.raises(TrainConfigError, match=r"train\.ip_scale=1\.0 is gone.*--config\.train\.text_weight"):
+        make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
