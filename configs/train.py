@@ -147,6 +147,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # diffusion runs of 100k+ steps) would average over ~10k, nearly the whole run including the barely adapted
         # start; with the warm-up the decay is (1 + n) / (10 + n) until it reaches 0.999 at n ~ 9,000, so the EMA
         # covers about the last n / 9 updates until then. One fp32 copy of the trainable weights, sharded like them.
+        # (A run of this config's full 100k steps may prefer 0.9999: --config.train.ema_decay=0.9999.)
         c.train.ema_decay = 0.999
         c.mesh.update(data=1, fsdp=-1, tensor=1)
     else:
