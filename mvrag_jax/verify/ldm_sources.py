@@ -12,19 +12,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.convert.ldm_sources import Converted, load_source
 from mvrag_jax.models import clip, resampler, vae
-from mvrag_jax.models.attention import IP_TOTAL_WEIGHT
+from mvrag_jax.models.attention import FusionWeights
 from mvrag_jax.models.unet import MultiViewUNet
 from mvrag_jax.verify.arrays import nchw, nhwc
 from mvrag_jax.verify.models import NotImplementedYet
 
-# ImageDream adds `out + ip_weight * out_ip` (ip_weight 1.0); MV-RAG's attention adds
-# `scale * out + (1.5 - scale) * out_ip`. Attention is linear in v, so at scale 1 with to_v_ip scaled by
-# 1 / (1.5 - 1) = 2 the second is the first: Attn(q, k, 2v) = 2 Attn(q, k, v) exactly in binary floating point.
-IMAGEDREAM_SCALE = 1.0
-_V_IP_FACTOR = 1.0 / (IP_TOTAL_WEIGHT - IMAGEDREAM_SCALE)
+# ImageDream adds `out + ip_weight * out_ip` (ip_weight 1.0), not MV-RAG's `scale * out + (1.5 - scale) * out_ip`:
+# the decoupled cross-attention takes the two weights explicitly.
+IMAGEDREAM_WEIGHTS = FusionWeights(text=1.0, image=1.0)
 
 
 @dataclasses.dataclass
@@ -57,10 +54,8 @@ def check_imagedream_forward(models, case: dict[str, np.ndarray]) -> dict[str, t
     res_config, res_params = models.get("resampler")
     config = dataclasses.replace(config, num_frames=int(case["num_frames"]))
     tokens = resampler.resample(res_config, res_params, case["ip"])  # [rows, queries, ctx]
-    params = unflatten({path: value * _V_IP_FACTOR if path[-2] == "to_v_ip" else value
-                        for path, value in flatten(params).items()})
     eps = jax.jit(MultiViewUNet(config).apply)({"params": params}, nhwc(case["x"]), case["timesteps"],
-                                               case["context"], case["camera"], tokens, IMAGEDREAM_SCALE)
+                                               case["context"], case["camera"], tokens, IMAGEDREAM_WEIGHTS)
     return {"eps": (nchw(eps), case["eps"])}
 
 

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models import resampler
+from mvrag_jax.models.attention import FusionWeights
 from mvrag_jax.models.unet import MultiViewUNet
 from mvrag_jax.verify import COMPONENT_TOL, compare, run_case, run_cases
 from mvrag_jax.verify.arrays import nchw, nhwc
@@ -63,8 +63,7 @@ def test_imagedream_case_needs_its_image_tokens_at_imagedreams_weight(ldm_source
     for eps in (half, none):
         ok, err = compare(nchw(eps), case["eps"], COMPONENT_TOL)
         assert not ok and err > 1e-2, err
-    doubled = unflatten({p: 2 * v if p[-2] == "to_v_ip" else v for p, v in flatten(params).items()})
-    with jax.default_matmul_precision("highest"):
-        eps = apply({"params": doubled}, nhwc(case["x"]), case["timesteps"], case["context"], case["camera"], tokens,
-                    1.0)
+    with jax.default_matmul_precision("highest"):  # ImageDream's own weighting: out + out_ip
+        eps = apply({"params": params}, nhwc(case["x"]), case["timesteps"], case["context"], case["camera"], tokens,
+                    FusionWeights(1.0, 1.0))
     assert compare(nchw(eps), case["eps"], COMPONENT_TOL)[0]
