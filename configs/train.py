@@ -65,6 +65,9 @@ def train_block() -> mlc.ConfigDict:
         # model). A checkpoint without to_k_ip/to_v_ip or resampler (a base MVDream) gets the same base init.
         "init": "random",
         "reset_ip": False,           # True: re-initialise the image branch even if the checkpoint has one
+        # False: the UNet trains without image tokens (every attn2 is text cross-attention alone, as in text-only
+        # sampling): MVDream's text -> multiview base stage before the image branch exists (`make demo` runs one).
+        "image_tokens": True,
         # Storage dtype of the frozen weights (float32 | bfloat16). Layers compute in runtime.dtype, so with bf16
         # compute a bf16 copy changes nothing but the norm/bias values' rounding and halves their memory. Export
         # always takes frozen weights from the init checkpoint.
@@ -130,7 +133,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # temporaries at batch 24 on v5e:2x4 were 9.95 GiB with dots_saveable, 2.07 with full, 1.48 with ordered
         c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="ordered")
     elif args.size in ("tiny", "medium", "micro", "demo"):
-        c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
+        c = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny")
+        d = data.get_config("size=demo" if args.size == "demo" else "size=tiny")
     else:
         raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium, full or paper")
     if args.size == "micro":
@@ -164,9 +168,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.optimizer.update(learning_rate=5e-6, schedule="constant")
         c.data.mix.update(weight_3d=1.0, weight_2d=1.0, per="batch")
     if args.size == "demo":
-        # 8x8 pixels per latent: 32 px views diffuse as 4x4 latents, which minutes of CPU training can fit
-        c.model.vae.update(block_out_channels=(32, 32, 32, 32), norm_num_groups=1, scaling_factor=1.0)
-        c.model.unet.image_size = 4
+        # 4x4 pixels per latent: 32 px views diffuse as 8x8 latents (4x4 latents cannot draw a shape; 16x16 cost
+        # 10 s per step on 2 cores). 8 channels: the pooling VAE's zeroed convs still run at 32x32 (at 32 wide
+        # they were most of the step: 1.12 -> 0.65 s at 8).
+        c.model.vae.update(block_out_channels=(8, 8, 8), norm_num_groups=1, scaling_factor=3.5)  # demo/base.py
+        c.model.unet.image_size = 8
         c.train.update(init="", batch_size=16, steps=400, log_every=25, ckpt_every=100, sample_every=0)
         c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="constant")
         c.mesh.update(data=2, fsdp=4, tensor=1)

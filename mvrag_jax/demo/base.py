@@ -17,6 +17,10 @@ from mvrag_jax.convert.checkpoint import check_target, save_checkpoint
 from mvrag_jax.demo.pixel_vae import demo_vae_config, pixel_vae_params
 
 VAE_CONFIG = "vae/config.json"
+# The UNet's latents are the pooled pixels (in [-1, 1]) times this: 1 / 0.29, the std of the demo's pooled
+# training views, so they have unit variance as SD's latents do (its 0.18215) and the DDPM schedule's noise levels
+# mean what they were made for. At 1.0 the 8x8 demo sampled saturated noise from most seeds after 400 steps.
+SCALING_FACTOR = 3.5
 UNET_CONFIG = "unet/config.json"
 
 
@@ -25,16 +29,17 @@ def _write_json(path: pathlib.Path, values: dict) -> pathlib.Path:
     return path
 
 
-def write_base_checkpoint(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, vae_levels: int = 4,
-                          image_size: int = 32, overwrite: bool = False) -> pathlib.Path:
-    """Convert `release_dir` and swap its VAE for the pooling autoencoder with `vae_levels` resolution levels
-    (4: 8x8 pixels per latent, so 32 px views diffuse as 4x4 latents, which minutes of CPU training can fit).
-    The UNet's image_size (its latent side, from which the pipeline sizes its output) follows."""
+def write_base_checkpoint(release_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, vae_levels: int = 3,
+                          vae_width: int = 8, image_size: int = 32, scaling_factor: float = SCALING_FACTOR,
+                          overwrite: bool = False) -> pathlib.Path:
+    """Convert `release_dir` and swap its VAE for the pooling autoencoder with `vae_levels` resolution levels of
+    `vae_width` channels (3: 4x4 pixels per latent, so 32 px views diffuse as 8x8 latents; configs/train.py
+    size=demo says why). The UNet's image_size (its latent side, from which the pipeline sizes its output) follows."""
     check_target(out_dir, overwrite)
     with tempfile.TemporaryDirectory() as tmp:
         converted = convert_release(release_dir, pathlib.Path(tmp) / "ckpt", show_progress=False)
         configs, params = load_model_checkpoint(converted)
-        vae = demo_vae_config(configs["vae"], levels=vae_levels)
+        vae = demo_vae_config(configs["vae"], levels=vae_levels, width=vae_width, scaling_factor=scaling_factor)
         configs["vae"], params["vae"] = vae, pixel_vae_params(vae)
         latent_side = image_size // vae.downscale_factor
         configs["unet"] = dataclasses.replace(configs["unet"], image_size=latent_side)
@@ -58,11 +63,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--release", required=True, help="e.g. tests/reference/tiny_release (the bundled tiny release)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--vae_levels", type=int, default=4)
+    parser.add_argument("--vae_levels", type=int, default=3, help="3: 4x4 pixels per latent")
+    parser.add_argument("--vae_width", type=int, default=8, help="channels of every VAE level (>= 6)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     try:
-        print(f"wrote {write_base_checkpoint(args.release, args.out, vae_levels=args.vae_levels, overwrite=args.overwrite)}")
+        written = write_base_checkpoint(args.release, args.out, vae_levels=args.vae_levels, vae_width=args.vae_width,
+                                        overwrite=args.overwrite)
+        print(f"wrote {written}")
     except (ValueError, FileNotFoundError) as e:
         print(f"demo base: error: {e}", file=sys.stderr)
         return 2

@@ -41,10 +41,11 @@ class PixelVAEConfigError(ValueError):
     """The VAE sizes cannot carry the pooling autoencoder."""
 
 
-def demo_vae_config(base: vae.VAEConfig, levels: int, width: int = 32) -> vae.VAEConfig:
-    """A small VAE config with `levels` resolution levels (downscale 2**(levels-1)) and one norm group."""
+def demo_vae_config(base: vae.VAEConfig, levels: int, width: int = 32, scaling_factor: float = 1.0) -> vae.VAEConfig:
+    """A small VAE config with `levels` resolution levels (downscale 2**(levels-1)) and one norm group.
+    `scaling_factor` multiplies the latents the UNet sees (the weights do not depend on it)."""
     return dataclasses.replace(base, block_out_channels=(width,) * levels, layers_per_block=1, norm_num_groups=1,
-                               latent_channels=4, scaling_factor=1.0, in_channels=3, out_channels=3)
+                               latent_channels=4, scaling_factor=scaling_factor, in_channels=3, out_channels=3)
 
 
 def _group_size(config: vae.VAEConfig) -> int:

@@ -1,6 +1,7 @@
 """data_pipelines/shape_collection.py: the synthetic class images exported as a captioned collection, BM25-indexable."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs import data
@@ -22,3 +23,27 @@ def test_export_is_the_class_images_with_captions_and_bm25_finds_them(tmp_path):
     hits = open_retriever(index=str(build_index(path, tmp_path / "idx", show_progress=False))).retrieve(
         "a green cube", 2)
     assert [h.caption for h in hits] == ["a green cube", "a green cube"]
+
+
+def test_named_concepts_join_the_collection_under_their_names_only(tmp_path):
+    """configs/demo_concepts.json: each name gets renders of its look, captioned "a NAME"; its real class is held
+    out of the data, so BM25 finds it by the new name and the old words find other classes."""
+    cfg = data.get_config("size=demo")
+    concepts = shape_collection.read_concepts("configs/demo_concepts.json")
+    assert sorted(f"{c} {s}" for c, s in concepts.values()) == sorted(data.DEMO_HELD_OUT)
+    path = shape_collection.export_collection(cfg, tmp_path / "shapes", per_class=1, concepts=concepts)
+    root, records = read_collection(path)
+    assert len(records) == 15 + 6 and records[-6].caption == "a dax"
+    first = synthetic_shapes.render_class_image(synthetic_shapes.make_config(cfg, "classes"), "blue", "torus",
+                                                np.random.default_rng([0, shape_collection.CONCEPT_SEED, 0, 0]))
+    assert np.array_equal(np.asarray(Image.open(root / records[-6].image)), first)
+    retriever = open_retriever(index=str(build_index(path, tmp_path / "idx", show_progress=False)))
+    assert [h.caption for h in retriever.retrieve("a dax", 1)] == ["a dax"]
+    assert "a blue torus" not in {r.caption for r in records}
+
+
+def test_bad_concepts_file_names_the_format(tmp_path):
+    bad = tmp_path / "concepts.json"
+    bad.write_text('{"dax": "blue blob"}')
+    with pytest.raises(shape_collection.ConceptError, match="colour shape"):
+        shape_collection.read_concepts(bad)

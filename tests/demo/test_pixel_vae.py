@@ -7,9 +7,9 @@ from mvrag_jax.demo.pixel_vae import PixelVAEConfigError, demo_vae_config, pixel
 from mvrag_jax.models import vae
 
 
-@pytest.mark.parametrize("levels", [2, 3])
-def test_pixel_vae_pools_and_upsamples(levels):
-    config = demo_vae_config(vae.VAEConfig(), levels=levels)
+@pytest.mark.parametrize("levels,width", [(2, 32), (3, 32), (3, 8)])  # (3, 8): the demo's
+def test_pixel_vae_pools_and_upsamples(levels, width):
+    config = demo_vae_config(vae.VAEConfig(), levels=levels, width=width)
     params = pixel_vae_params(config)
     f = config.downscale_factor
     image = np.random.default_rng(levels).uniform(-1, 1, (2, 8 * f, 8 * f, 3)).astype(np.float32)
