@@ -10,6 +10,8 @@ TINY := tests/reference/tiny_release
 # DEMO_HELD_OUT); only the retrieval collection shows them.
 CONCEPTS := configs/demo_concepts.json
 PROMPTS := configs/demo_prompts.txt
+# The demo's training pod: 8 fake CPU devices (data=2 x fsdp=4 in configs/train.py:size=demo).
+FAKE_POD := XLA_FLAGS=--xla_force_host_platform_device_count=8
 
 .PHONY: install demo test test-all clean
 
@@ -26,7 +28,12 @@ install: $(VENV)/.installed
 demo: install
 	$(MVRAG) convert --release $(TINY) --out out/tiny_ckpt --overwrite
 	$(PY) -m mvrag_jax.demo.base --release $(TINY) --out $(DEMO)/base --overwrite
-	$(MVRAG) train --config configs/train.py:size=demo --workdir $(DEMO)/train --config.train.init=$(DEMO)/base
+	$(FAKE_POD) $(MVRAG) train --config configs/train.py:size=demo,stage=base --workdir $(DEMO)/base_train \
+	    --config.train.init=$(DEMO)/base
+	$(MVRAG) export --ckpt $(DEMO)/base_train --out $(DEMO)/base_model --overwrite
+	$(MVRAG) convert --release $(DEMO)/base_model --out $(DEMO)/base_ckpt --overwrite
+	$(FAKE_POD) $(MVRAG) train --config configs/train.py:size=demo,stage=adapter --workdir $(DEMO)/train \
+	    --config.train.init=$(DEMO)/base_ckpt
 	$(MVRAG) export --ckpt $(DEMO)/train --out $(DEMO)/model --overwrite
 	$(PY) -m data_pipelines.shape_collection --config configs/data.py:size=demo --concepts $(CONCEPTS) \
 	    --out $(DEMO)/collection --overwrite

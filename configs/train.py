@@ -25,9 +25,11 @@ Variants (arg string):
 - `size=medium`: configs/tiny.py:size=medium (full depth, 1/4 width) on tiny data: a CPU-sized benchmark.
 - `size=tiny`: configs/tiny.py with tiny data (32 px, k=2): tests and the laptop demo. fp32, random init, whole-UNet
   training (`trainable=unet`), since random weights have nothing to fine-tune from.
-- `size=demo`: tiny, with the demo's pooling VAE (mvrag_jax/demo/pixel_vae.py: decoded colours are learned colours)
-  and a learning rate for minutes of training from random weights; `make demo` runs it on 8 fake CPU devices
-  (data=2, fsdp=4) from the checkpoint `python -m mvrag_jax.demo.base` writes (--config.train.init).
+- `size=demo,stage=base|adapter` (adapter by default): tiny on configs/data.py:size=demo, with the demo's pooling VAE
+  (mvrag_jax/demo/pixel_vae.py: decoded colours are learned colours) and learning rates for minutes of training
+  from random weights. `make demo` runs stage=base (the whole UNet, text -> 4 views, 3D only, no image tokens) from
+  the checkpoint `python -m mvrag_jax.demo.base` writes, then stage=adapter (resampler + to_k_ip/to_v_ip, hybrid
+  3D/2D) from the converted base (--config.train.init each time).
 - `size=micro`: tiny, shrunk to a one-level UNet and a one-block VAE on 16 px views: the smallest consistent model,
   for tests of the training machinery (compiles in a fraction of tiny's time).
 
@@ -125,7 +127,7 @@ def train_block() -> mlc.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    args = common.parse_arg(arg, size="full")
+    args = common.parse_arg(arg, size="full", stage="adapter")
     if args.size in ("full", "paper"):
         source = "real" if args.size == "paper" else "synthetic"  # the paper's run reads its renders and class sets
         c, d = mvrag_sd21.get_config(), data.get_config(f"size=paper,source={source}")
@@ -170,12 +172,29 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     if args.size == "demo":
         # 4x4 pixels per latent: 32 px views diffuse as 8x8 latents (4x4 latents cannot draw a shape; 16x16 cost
         # 10 s per step on 2 cores). 8 channels: the pooling VAE's zeroed convs still run at 32x32 (at 32 wide
-        # they were most of the step: 1.12 -> 0.65 s at 8).
-        c.model.vae.update(block_out_channels=(8, 8, 8), norm_num_groups=1, scaling_factor=3.5)  # demo/base.py
+        # they were most of the step: 1.12 -> 0.65 s at 8). Scaling factor: mvrag_jax/demo/base.py SCALING_FACTOR.
+        c.model.vae.update(block_out_channels=(8, 8, 8), norm_num_groups=1, scaling_factor=12.0)
         c.model.unet.image_size = 8
-        c.train.update(init="", batch_size=16, steps=400, log_every=25, ckpt_every=100, sample_every=0)
-        c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="constant")
+        c.train.update(init="", batch_size=16, log_every=25, ckpt_every=100, sample_every=0)
+        # cosine to 0: at a constant 3e-3 the eps prediction stayed too coarse at high noise to sample from
+        c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="cosine", end_factor=0.0)
+        # 8 fake CPU devices (make demo sets XLA_FLAGS), objects over data x fsdp and the weights fsdp-sharded, to
+        # show the sharding: on the 2-core box it costs nothing measurable (mvrag bench train, base stage, one
+        # 8-device process: data=1 1.07 s per step, compile 186 s; data=2,fsdp=4 1.00 s, 162 s; machine busy).
         c.mesh.update(data=2, fsdp=4, tensor=1)
+        if args.stage == "base":
+            # MVDream's stage: the whole UNet learns text -> 4 views from 3D renders alone, with no image tokens
+            # (a random-init base has no 2D prior to keep, which is what MVDream's 2D half is for).
+            c.train.update(steps=400, trainable="unet", image_tokens=False)
+            c.data.mix.weight_2d = 0.0
+        elif args.stage == "adapter":
+            # MV-RAG's stage (paper 3.3): only the resampler and to_k_ip/to_v_ip train (IP-Adapter init: copies of
+            # to_k/to_v, a fresh resampler), 3D and 2D (held-out view) batches alternating 1:1, the simulated
+            # retrievals augmented (configs/data.py mode_3d.augment).
+            c.train.update(steps=200, trainable="ip", reset_ip=True)
+            c.train.optimizer.learning_rate = 1e-3
+        else:
+            raise ValueError(f"configs/train.py: stage={args.stage!r}; choose base or adapter")
     # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
     # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
     c.data.batch_size = c.train.batch_size

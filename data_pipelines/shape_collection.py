@@ -56,7 +56,8 @@ def read_concepts(path: str | pathlib.Path) -> dict[str, tuple[str, str]]:
         colour, _, shape = str(look).partition(" ")
         if shape not in shapes.SHAPE_NAMES or colour not in [c for c, _ in shapes.COLOURS] or " " in name:
             raise ConceptError(f"concepts file {path}: {name!r}: {look!r} must be \"colour shape\" with a colour of "
-                               f"data_pipelines/shapes.py COLOURS and a shape of {shapes.SHAPE_NAMES}, the name one word")
+                               f"data_pipelines/shapes.py COLOURS and a shape of {shapes.SHAPE_NAMES}, the name one "
+                               "word")
         concepts[name] = (colour, shape)
     if not concepts:
         raise ConceptError(f"concepts file {path} names no concept; write {{\"dax\": \"blue torus\", ...}}")

@@ -20,7 +20,7 @@ VAE_CONFIG = "vae/config.json"
 # The UNet's latents are the pooled pixels (in [-1, 1]) times this: 1 / 0.29, the std of the demo's pooled
 # training views, so they have unit variance as SD's latents do (its 0.18215) and the DDPM schedule's noise levels
 # mean what they were made for. At 1.0 the 8x8 demo sampled saturated noise from most seeds after 400 steps.
-SCALING_FACTOR = 3.5
+SCALING_FACTOR = 12.0
 UNET_CONFIG = "unet/config.json"
 
 

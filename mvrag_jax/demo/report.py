@@ -188,7 +188,8 @@ def main(argv: list[str]) -> int:
     from data_pipelines.shape_collection import ConceptError, read_concepts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="`mvrag generate` output folders")
-    parser.add_argument("--concepts", required=True, help="JSON {name: \"colour shape\"}, e.g. configs/demo_concepts.json")
+    parser.add_argument("--concepts", required=True,
+                        help="JSON {name: \"colour shape\"}, e.g. configs/demo_concepts.json")
     parser.add_argument("--out", required=True)
     parser.add_argument("--colours", default=",".join(DEFAULT_PALETTE), help="the palette the demo trained on")
     args = parser.parse_args(argv)

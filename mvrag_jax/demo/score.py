@@ -6,8 +6,8 @@ views' cameras (elevation, azimuths 0, 90, 180, 270 as `mvrag generate` uses the
 training scales, as a shading map in the detected colour on the detected background; the shape whose best template
 is closest (mean absolute difference over all views, after average pooling by `pool` so the comparison happens at
 the latent resolution) wins. One yaw serves all views of an object, so views that disagree about the object score
-worse than consistent ones. The background is the median of each view's 1-pixel border (renders and generated
-views both have the object in the middle).
+worse than consistent ones. Each view's background is the median of its 1-pixel border (renders and generated
+views both have the object in the middle; generated views' backgrounds drift apart in tint).
 
     scorer = ShapeScorer(image_size=32)
     colour, shape = scorer.classify(views)          # uint8 [views, 32, 32, 3]
@@ -21,7 +21,7 @@ import numpy as np
 
 from data_pipelines import raster, shapes
 from mvrag_jax.inputs.camera import get_camera
-from mvrag_jax.demo.colour import dominant_colour
+from mvrag_jax.demo.colour import MIN_OBJECT_FRACTION, OBJECT_THRESHOLD
 
 DEFAULT_PALETTE = ("red", "green", "blue")
 SCALES = (0.4, 0.475, 0.55)   # configs/data.py synthetic.scale_range (0.4, 0.55), ends and middle
@@ -45,10 +45,10 @@ class Classification:
 
 
 def border_background(views: np.ndarray) -> np.ndarray:
-    """[3] float: the median colour of the views' 1-pixel borders."""
+    """[views, 3] float: the median colour of each view's 1-pixel border."""
     views = np.asarray(views, np.float32)
     border = np.concatenate([views[:, 0], views[:, -1], views[:, :, 0], views[:, :, -1]], axis=1)  # [n, 4s, 3]
-    return np.median(border.reshape(-1, 3), axis=0)
+    return np.median(border, axis=1)
 
 
 def _pool(x: np.ndarray, factor: int) -> np.ndarray:
@@ -81,6 +81,18 @@ def _templates(image_size: int, elevation: float, num_views: int) -> dict[str, t
     return out
 
 
+def object_colour(views: np.ndarray, background: np.ndarray, palette: Sequence[str]) -> str | None:
+    """colour.py's rule with a background per view ([views, 1, 1, 3]): the palette colour closest in RGB direction to
+    the mean of the pixels that differ from their view's background; None when (almost) nothing differs."""
+    pixels = np.asarray(views, np.float32)
+    is_object = np.abs(pixels - background).sum(axis=-1) > OBJECT_THRESHOLD
+    if is_object.mean() < MIN_OBJECT_FRACTION:
+        return None
+    mean = pixels[is_object].mean(axis=0)
+    unit = lambda v: np.asarray(v, np.float32) / max(float(np.linalg.norm(v)), 1e-6)
+    return max(palette, key=lambda name: float(unit(mean) @ unit(shapes.colour_rgb(name))))
+
+
 class ShapeScorer:
     """Classifies uint8 views [views, s, s, 3] as (colour, shape); see the module docstring."""
 
@@ -97,13 +109,13 @@ class ShapeScorer:
         if views.shape != expected:
             raise ScoreError(f"views have shape {views.shape}; the scorer was built for {expected} (views, side, "
                              "side, RGB): pass image_size/num_views of the generated views")
-        background = border_background(views)
-        colour = dominant_colour(views, self.palette, background=background)
+        background = border_background(views)[:, None, None, :]  # [views, 1, 1, 3]: each view its own
+        colour = object_colour(views, background, self.palette)
         albedo = np.asarray(shapes.colour_rgb(colour or self.palette[0]), np.float32)
         target = _pool(views.astype(np.float32) / 255.0, self.pool)[None]  # [1, views, s', s', 3]
         distances = {}
         for shape, (shading, mask) in _templates(self.image_size, float(self.elevation), self.num_views).items():
-            template = np.clip(mask * shading * albedo + (1.0 - mask) * background / 255.0, 0.0, 1.0)
+            template = np.clip(mask * shading * albedo + (1.0 - mask) * background[None] / 255.0, 0.0, 1.0)
             error = np.abs(_pool(template, self.pool) - target).mean(axis=(1, 2, 3, 4))  # [t]
             distances[shape] = float(error.min())
         return Classification(colour, min(distances, key=distances.get), distances)

@@ -43,9 +43,20 @@ def test_empty_views_have_no_colour():
     assert result.colour is None
 
 
-def test_border_background_is_the_grey_around_the_object():
+def test_border_background_is_each_views_grey():
     views = render_views("red", "cube", np.random.default_rng(0), background=101)
-    np.testing.assert_array_equal(border_background(views), [101, 101, 101])
+    views[2][views[2] == 101] = 140  # one view on another grey
+    np.testing.assert_array_equal(border_background(views), [[101] * 3, [101] * 3, [140] * 3, [101] * 3])
+
+
+def test_views_on_different_backgrounds_still_read_right():
+    """Generated views' backgrounds drift apart in tint: each view is read against its own."""
+    rng = np.random.default_rng(3)
+    views = render_views("blue", "cone", rng)
+    greys = (127, 100, 150, 90)
+    tinted = np.stack([np.where(view == 127, np.uint8(grey), view) for view, grey in zip(views, greys)])
+    result = ShapeScorer(palette=PALETTE).classify(tinted)
+    assert (result.colour, result.shape) == ("blue", "cone")
 
 
 def test_views_of_another_size_are_refused():
