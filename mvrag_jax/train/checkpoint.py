@@ -99,13 +99,15 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: grain.DatasetIterator | None = None) -> tuple[Any, dict]:
     """(state, config dict) of `step`; arrays land with the shardings carried by `abstract_state`'s leaves (any mesh);
     `data_iter` (if given) is moved to the saved position in place."""
-    saved_ema = _check_ema(manager, step, abstract_state)
-    target = abstract_state if saved_ema else _fields(abstract_state, drop="ema")  # pre-EMA checkpoints: no item
+    # A TrainState saved before the EMA existed has no `ema` item: restore the other fields, then an empty EMA.
+    # (Plain pytrees, e.g. a dict state, restore as they were saved.)
+    drop_ema = not _check_ema(manager, step, abstract_state) and dataclasses.is_dataclass(abstract_state)
+    target = _fields(abstract_state, drop="ema") if drop_ema else abstract_state
     items = {"state": ocp.args.StandardRestore(target), "config": ocp.args.JsonRestore()}
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    state = restored["state"] if saved_ema else type(abstract_state)(**restored["state"], ema={})
+    state = type(abstract_state)(**restored["state"], ema={}) if drop_ema else restored["state"]
     return state, restored["config"]
 
 
