@@ -18,7 +18,7 @@ FLOORS = (
     ("models",),
     ("convert", "diffusion"),
     ("retrieval",),
-    ("pipeline",),
+    ("pipeline", "recon"),
     ("data_pipelines",),
     ("train", "eval", "verify"),
     ("bench", "demo"),
