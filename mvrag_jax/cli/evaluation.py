@@ -50,8 +50,9 @@ def run_eval(fv, argv):
     if fv.study == "retrieval":
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
     else:
-        print(f"wrote {run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, lgm=fv.lgm, lgm_input_size=fv.lgm_input_size, "
-              f"elevation=fv.elevation, rerender_size=fv.rerender_size, **common)}")
+        out = run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, lgm=fv.lgm, lgm_input_size=fv.lgm_input_size,
+                      elevation=fv.elevation, rerender_size=fv.rerender_size, **common)
+        print(f"wrote {out}")
     return 0
 
 

@@ -51,12 +51,13 @@ class ReconstructSettings:
     render_size: int = 256      # the generated views' size; LGM trains its renders at 512
     render_elevation: float | None = None  # MV-RAG sign (> 0 above); None: the generation elevation
     batch: int = 1
+    view_batch: int = 1         # renders computed at once per object (memory: tiles x N table + chunk per view)
     gif_ms: int = 100           # per frame
 
     def check(self) -> "ReconstructSettings":
-        if self.num_renders < 1 or self.render_size < 1 or self.batch < 1:
-            raise ReconstructError(f"num_renders {self.num_renders}, render_size {self.render_size} and batch "
-                                   f"{self.batch} must all be >= 1")
+        if min(self.num_renders, self.render_size, self.batch, self.view_batch) < 1:
+            raise ReconstructError(f"num_renders {self.num_renders}, render_size {self.render_size}, batch "
+                                   f"{self.batch} and view_batch {self.view_batch} must all be >= 1")
         return self
 
 
@@ -103,6 +104,11 @@ def _placement(batch: int) -> tuple[int, Any, Any]:
     return -(-batch // devices) * devices, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
+def place_params(params: Any) -> Any:
+    """LGM params replicated over the local devices once, so batches do not copy them again."""
+    return jax.device_put(params, _placement(1)[2])
+
+
 def reconstruct_batch(config: lgm.LGMConfig, params: Any, views: np.ndarray, elevations: Sequence[float],
                       settings: ReconstructSettings) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Views [b, 4, H, W, 3] uint8 (MVDream order) at generation `elevations` (MV-RAG sign) -> Gaussians
@@ -117,14 +123,14 @@ def reconstruct_batch(config: lgm.LGMConfig, params: Any, views: np.ndarray, ele
     render_elevations = [e if settings.render_elevation is None else settings.render_elevation for e in elevations]
     azimuths = cameras.circle_azimuths(settings.num_renders)
     orbit = np.stack([cameras.orbit_views(cameras.lgm_elevation(e), azimuths) for e in render_elevations])
-    params = jax.device_put(params, replicated)
+    params = jax.device_put(params, replicated)  # a no-op when the caller placed them already (`place_params`)
     gaussians = lgm.forward_gaussians(config, params, jax.device_put(pad(inputs), batch_sharding))
     gaussians.block_until_ready()
     seconds = {"lgm": time.perf_counter() - began}
     began = time.perf_counter()
     size = settings.render_size
     images, _ = render.render_views(gaussians, jax.device_put(pad(orbit), batch_sharding),
-                                    render.RenderSettings(height=size, width=size), view_batch=1)
+                                    render.RenderSettings(height=size, width=size), view_batch=settings.view_batch)
     images = np.asarray(images)[:b]
     seconds["render"] = time.perf_counter() - began
     return np.asarray(gaussians)[:b], np.round(images * 255).astype(np.uint8), seconds
@@ -135,7 +141,7 @@ def rerender_views(config: lgm.LGMConfig, params: Any, views: Sequence[np.ndarra
     """The re-rendered setting (paper C.5): each object's 4 views [4, H, W, 3] uint8 -> its `num_renders` renders
     [num_renders, S, S, 3] uint8 of the LGM reconstruction, `settings.batch` objects per call."""
     settings.check()
-    out = []
+    params, out = place_params(params), []
     for start in range(0, len(views), settings.batch):
         chunk = np.stack(views[start:start + settings.batch])
         _, renders, _ = reconstruct_batch(config, params, chunk, [elevation] * len(chunk), settings)
@@ -182,6 +188,7 @@ def run(*, views: str | os.PathLike, lgm_path: str | os.PathLike, out: str | os.
     if not todo:
         return summary
     config, params = load_lgm(lgm_path, input_size=input_size, dtype=dtype)
+    params = place_params(params)
     seconds: dict[str, float] = {}
     for start in range(0, len(todo), settings.batch):
         chunk = todo[start:start + settings.batch]
