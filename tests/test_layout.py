@@ -19,6 +19,7 @@ FLOORS = (
     ("convert", "diffusion"),
     ("retrieval",),
     ("pipeline",),
+    ("recon",),
     ("data_pipelines",),
     ("train", "eval", "verify"),
     ("bench", "demo"),

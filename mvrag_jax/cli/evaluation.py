@@ -4,6 +4,7 @@
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.cli.reconstruct import define_lgm
 
 
 def define_eval(fv):
@@ -29,6 +30,12 @@ def define_eval(fv):
                         "release or a checkpoint (default with --ckpt: its own).", flag_values=fv)
     flags.DEFINE_string("inception", None, "FID and IS: pytorch-fid's pt_inception-2015-12-05 weights as "
                         ".safetensors (conversion command: mvrag_jax/eval/encoders.py).", flag_values=fv)
+    flags.DEFINE_bool("rerender", False, "Also score the re-rendered setting (paper C.5): LGM 3D from each object's 4 "
+                      "views, 18 renders on a circle (needs --lgm).", flag_values=fv)
+    flags.DEFINE_float("elevation", 15.0, "--rerender: the views' generation elevation (degrees, > 0 = above).",
+                       flag_values=fv)
+    flags.DEFINE_integer("rerender_size", 256, "--rerender: render resolution.", flag_values=fv)
+    define_lgm(fv)
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
     flags.mark_flags_as_required(["out"], flag_values=fv)
 
@@ -38,10 +45,14 @@ def run_eval(fv, argv):
     common = dict(out=fv.out, dataset=fv.dataset, seeds=[int(s) for s in fv.seeds], clip_model=fv.clip_model,
                   dinov2=fv.dinov2, inception=fv.inception, steps=fv.steps, guidance_scale=fv.guidance_scale,
                   num_views=fv.num_views, batch_size=fv.batch_size, overwrite=fv.overwrite)
+    if fv.rerender != (fv.lgm is not None):
+        raise ValueError("--rerender needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
     if fv.study == "retrieval":
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
     else:
-        print(f"wrote {run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, **common)}")
+        out = run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, lgm=fv.lgm, lgm_input_size=fv.lgm_input_size,
+                      elevation=fv.elevation, rerender_size=fv.rerender_size, **common)
+        print(f"wrote {out}")
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 from absl import flags
 
 from mvrag_jax.cli.flags import Command, define_processes, use_cpu_collectives
+from mvrag_jax.cli.reconstruct import define_lgm
 
 
 def define_generate(fv):
@@ -39,6 +40,10 @@ def define_generate(fv):
                          flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder: one subfolder per object (views, grid.png, record.json); "
                         "a rerun skips complete objects.", flag_values=fv)
+    flags.DEFINE_bool("reconstruct", False, "Then turn every object into a 3D asset with LGM (needs --lgm): "
+                      "gaussians.ply, 18 renders and turntable.gif in its folder (as `mvrag reconstruct`).",
+                      flag_values=fv)
+    define_lgm(fv)
     define_processes(fv)  # every process takes its own share of the objects and writes to the shared --out
     flags.mark_flags_as_required(["out"], flag_values=fv)
 
@@ -46,6 +51,8 @@ def define_generate(fv):
 def run_generate(fv, argv):
     from mvrag_jax.cluster import distributed
     from mvrag_jax.pipeline import generate
+    if fv.reconstruct != (fv.lgm is not None):
+        raise ValueError("--reconstruct needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
     use_cpu_collectives(fv)
     distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id, timeout_s=fv.init_timeout,
                            auto=fv.multihost)
@@ -56,6 +63,10 @@ def run_generate(fv, argv):
                                  relevance_clip=fv.relevance_clip)
     summary = generate.run(out=fv.out, ckpt=fv.ckpt, release=fv.release, prompt=fv.prompt, prompts=fv.prompts,
                            retrieved=fv.retrieved, index=fv.index, seeds=fv.seeds, settings=settings)
+    if fv.reconstruct:  # every object folder of --out, at the elevation its record.json holds
+        from mvrag_jax.recon import reconstruct
+        summary["reconstruct"] = reconstruct.run(views=fv.out, lgm_path=fv.lgm, out=fv.out,
+                                                 input_size=fv.lgm_input_size)
     print(json.dumps(summary))
     return 0
 

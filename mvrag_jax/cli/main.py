@@ -5,6 +5,7 @@
     mvrag export --ckpt CKPT_DIR|WORKDIR --out DIR [--dtype fp32|fp16|bf16] [--ema]
     mvrag verify-reference --release DIR|--mvdream FILE|--imagedream FILE --cases DIR [--json] [--only NAME ...]
     mvrag generate --ckpt DIR|--release DIR --prompt TEXT|--prompts FILE [--retrieved DIR|--index IDX] --out DIR
+    mvrag reconstruct --views DIR --lgm model_fp16_fixrot.safetensors --out DIR     # LGM 3D Gaussians + renders
     mvrag bench unet|sample --config configs/tiny.py
     mvrag bench train --config configs/train.py:size=tiny --meshes data=1 --meshes data=2,fsdp=4 [--batch 8]
     mvrag bench all --out FILE.json | mvrag bench compare A.json B.json
@@ -26,7 +27,8 @@ from absl import flags
 from ml_collections import config_flags
 
 import configs
-from mvrag_jax.cli import bench, data, evaluation, flags as cli_flags, generate, release, retrieval, train
+from mvrag_jax.cli import (bench, data, evaluation, flags as cli_flags, generate, reconstruct, release, retrieval,
+                           train)
 from mvrag_jax.cli.flags import Command
 from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
 
@@ -34,7 +36,8 @@ from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
 _USER_ERRORS = (CheckpointError, CheckpointKeyError, ReleaseError, FileNotFoundError, ValueError)
 
 # In the order `mvrag --help` lists them; each module holds its subcommands' flags and runners.
-COMMANDS = {c.name: c for module in (release, generate, data, bench, retrieval, evaluation, train) for c in module.COMMANDS}
+COMMANDS = {c.name: c for module in (release, generate, reconstruct, data, bench, retrieval, evaluation, train)
+            for c in module.COMMANDS}
 
 
 def _setup_jax(fv: flags.FlagValues) -> None:

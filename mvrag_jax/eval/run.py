@@ -29,6 +29,7 @@ from tqdm import tqdm
 from mvrag_jax.convert.checkpoint import CONFIG_FILE, atomic_directory
 from mvrag_jax.eval.dataset import EvalDataset, load_dataset
 from mvrag_jax.eval.encoders import Encoders, load_encoders
+from mvrag_jax.eval import rerender
 from mvrag_jax.eval.report import write_report
 from mvrag_jax.eval.score import Sample, score_samples
 
@@ -138,8 +139,10 @@ def evaluate(encoders: Encoders, dataset: EvalDataset, samples: Sequence[Sample]
 def run(*, out: str, dataset: str, images: str | None = None, ckpt: str | None = None, k: int = 4,
         seeds: Sequence[int] = (0,), clip_model: str | None = None, dinov2: str | None = None,
         inception: str | None = None, steps: int = 50, guidance_scale: float = 5.0, num_views: int = 4,
-        batch_size: int = 4, overwrite: bool = False, show_progress: bool = True) -> pathlib.Path:
-    """`mvrag eval`: returns the OUT folder (see the module docstring)."""
+        batch_size: int = 4, overwrite: bool = False, show_progress: bool = True, lgm: str | None = None,
+        lgm_input_size: int = 256, elevation: float = 15.0, rerender_size: int = 256) -> pathlib.Path:
+    """`mvrag eval`: returns the OUT folder (see the module docstring). `lgm`: also score the re-rendered setting
+    (eval/rerender.py) with these LGM weights; `elevation` is the views' generation elevation."""
     if (images is None) == (ckpt is None):
         raise ValueError("pass exactly one of --images DIR (score existing views) or --ckpt DIR (generate, then "
                          "score)")
@@ -172,5 +175,14 @@ def run(*, out: str, dataset: str, images: str | None = None, ckpt: str | None =
             result.update(k=k, steps=steps, guidance_scale=guidance_scale, num_views=num_views)
         views = {(s.prompt_id, s.seed): s.views for s in samples}
         references = {p.prompt_id: p.reference for p in data.prompts}
+        if lgm is not None:
+            rerendered, seconds = rerender.rerender_samples(samples, lgm, elevation=elevation,
+                                                           input_size=lgm_input_size, render_size=rerender_size)
+            scored = evaluate(encoders, data, rerendered, method=result["method"], seeds=result["seeds"],
+                              show_progress=show_progress)
+            result["rerendered"] = {**{k: scored[k] for k in ("metrics", "samples", "missing_encoders")},
+                                    "lgm": str(pathlib.Path(lgm).absolute()), "seconds": seconds}
         write_report(folder, result, views, references)
+        if lgm is not None:
+            rerender.write_rerendered(folder, rerendered, result["rerendered"]["metrics"])
     return pathlib.Path(out).expanduser().absolute()

@@ -1,0 +1,1 @@
+"""3D from generated views: LGM cameras, a Gaussian-splatting renderer, PLY files and `mvrag reconstruct`."""
