@@ -13,6 +13,8 @@ Variants (arg string):
   paper's C.1 protocol (random grey backgrounds, orbits at -5..30 degrees, augmented retrievals and variants).
 - `size=tiny`: 32x32 views, F=4, k=2 retrieved at 32 (the tiny release's CLIP), a small synthetic set for tests,
   on a fixed grey 127 (`--config.background=random` for the paper's).
+- `size=demo`: tiny with the `make demo` set: DEMO_SHAPES x DEMO_COLOURS, shapes that stay distinct at the demo's
+  16x16 latents, more objects per class.
 - `source=synthetic` (default): both modes read the procedural `synthetic_shapes` dataset (built on first use).
 - `source=real`: 3D mode reads `mv_renders`, 2D mode `class_images`, both from their `manual_dir`.
 
@@ -30,6 +32,13 @@ Batch layout (numpy, per host; B = batch_size, F = num_views, k = num_retrieved)
 import ml_collections as mlc
 
 from configs import common
+
+
+# The demo's set (make demo): four shapes whose silhouettes differ at 16x16 latents (a cylinder reads as a cube from
+# the side, a pyramid as a cone) in four colours, 16 classes.
+DEMO_SHAPES = ("cube", "sphere", "cone", "torus")
+DEMO_COLOURS = ("red", "green", "blue", "yellow")
+DEMO_PER_CLASS = 8
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -102,6 +111,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         "shapes": ("cube", "sphere", "cylinder", "cone", "torus", "pyramid", "wedge"),
         "colours": ("red", "green", "blue", "yellow", "orange", "purple", "white", "cyan"),
         "train_per_class": 20, "validation_per_class": 2,
+        # "colour shape" classes rendered into no split: concepts no training step sees (the demo's OOD ones)
+        "held_out": (),
         "extra_views": 3,                # per object, beside the orbit (at random azimuths, mode_3d.elevation_range)
         "scale_range": (0.4, 0.55),
         "fov_deg": 50.0,
@@ -125,7 +136,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
                                     # finite run) stops the run: the data is broken
     })
 
-    if args.size == "tiny":
+    if args.size in ("tiny", "demo"):
         c.update(batch_size=4, image_size=32, num_retrieved=2, retrieved_size=32)
         # A fixed grey: the demo's colour scorer (mvrag_jax/demo/colour.py) and tests compare against 127;
         # --config.background=random gives the paper's protocol at this size too.
@@ -135,7 +146,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.class_images.store_size = 64
         c.loader.update(num_workers=0, read_threads=1, read_buffer_size=4, prefetch=0)
     elif args.size != "paper":
-        raise ValueError(f"configs/data.py: size={args.size!r}; choose paper or tiny")
+        raise ValueError(f"configs/data.py: size={args.size!r}; choose paper, tiny or demo")
+    if args.size == "demo":
+        c.synthetic.update(shapes=DEMO_SHAPES, colours=DEMO_COLOURS, train_per_class=DEMO_PER_CLASS,
+                           extra_views=3)
     if args.source == "real":
         c.mode_3d.dataset, c.mode_2d.dataset = "mv_renders", "class_images"
     elif args.source != "synthetic":

@@ -65,6 +65,9 @@ def train_block() -> mlc.ConfigDict:
         # model). A checkpoint without to_k_ip/to_v_ip or resampler (a base MVDream) gets the same base init.
         "init": "random",
         "reset_ip": False,           # True: re-initialise the image branch even if the checkpoint has one
+        # False: the UNet trains without image tokens (every attn2 is text cross-attention alone, as in text-only
+        # sampling): MVDream's text -> multiview base stage before the image branch exists (`make demo` runs one).
+        "image_tokens": True,
         # Storage dtype of the frozen weights (float32 | bfloat16). Layers compute in runtime.dtype, so with bf16
         # compute a bf16 copy changes nothing but the norm/bias values' rounding and halves their memory. Export
         # always takes frozen weights from the init checkpoint.
@@ -122,7 +125,7 @@ def train_block() -> mlc.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    args = common.parse_arg(arg, size="full")
+    args = common.parse_arg(arg, size="full", stage="adapter")
     if args.size in ("full", "paper"):
         source = "real" if args.size == "paper" else "synthetic"  # the paper's run reads its renders and class sets
         c, d = mvrag_sd21.get_config(), data.get_config(f"size=paper,source={source}")
@@ -130,7 +133,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # temporaries at batch 24 on v5e:2x4 were 9.95 GiB with dots_saveable, 2.07 with full, 1.48 with ordered
         c.runtime.update(dtype="bfloat16", matmul_precision="default", remat="ordered")
     elif args.size in ("tiny", "medium", "micro", "demo"):
-        c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
+        c = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny")
+        d = data.get_config("size=demo" if args.size == "demo" else "size=tiny")
     else:
         raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium, full or paper")
     if args.size == "micro":
@@ -164,12 +168,29 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.optimizer.update(learning_rate=5e-6, schedule="constant")
         c.data.mix.update(weight_3d=1.0, weight_2d=1.0, per="batch")
     if args.size == "demo":
-        # 8x8 pixels per latent: 32 px views diffuse as 4x4 latents, which minutes of CPU training can fit
-        c.model.vae.update(block_out_channels=(32, 32, 32, 32), norm_num_groups=1, scaling_factor=1.0)
-        c.model.unet.image_size = 4
-        c.train.update(init="", batch_size=16, steps=400, log_every=25, ckpt_every=100, sample_every=0)
-        c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="constant")
+        # The sizes come from the base checkpoint (mvrag_jax/demo/base.py: 16x16 latents of 32 px views, the demo
+        # UNet, the pooling VAE, the colour DINOv2); these describe it for the data and the sample programs.
+        c.model.unet.update(image_size=8, channel_mult=(1, 2, 2), attention_resolutions=(1, 2))
+        c.model.vae.update(block_out_channels=(8, 8, 8), norm_num_groups=1, scaling_factor=12.0)
+        c.train.update(init="", batch_size=16, log_every=25, sample_every=0)
+        # cosine to 0: at a constant rate the eps prediction stays too coarse at high noise to sample from
+        c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="cosine", end_factor=0.0)
+        # 8 fake CPU devices (make demo sets XLA_FLAGS): objects over data x fsdp and the weights fsdp-sharded, to
+        # show the sharding at work
         c.mesh.update(data=2, fsdp=4, tensor=1)
+        if args.stage == "base":
+            # MVDream's stage: the whole UNet learns text -> 4 views from 3D renders alone, with no image tokens
+            # (a random-init base has no 2D prior to keep, which is what MVDream's 2D half is for).
+            c.train.update(steps=400, ckpt_every=400, trainable="unet", image_tokens=False)
+            c.data.mix.update(weight_3d=3.0, weight_2d=1.0)  # MVDream trains on 3D renders and 2D images
+        elif args.stage == "adapter":
+            # MV-RAG's stage (paper 3.3): only the resampler and to_k_ip/to_v_ip train (IP-Adapter init: copies of
+            # to_k/to_v, a fresh resampler), 3D and 2D (held-out view) batches alternating 1:1, the simulated
+            # retrievals augmented (configs/data.py mode_3d.augment), the paper's fusion l * f_txt + f_ret.
+            c.train.update(steps=200, ckpt_every=200, trainable="ip", reset_ip=True)
+            c.train.optimizer.learning_rate = 1e-3
+        else:
+            raise ValueError(f"configs/train.py: stage={args.stage!r}; choose base or adapter")
     # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
     # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
     c.data.batch_size = c.train.batch_size

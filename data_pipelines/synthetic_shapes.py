@@ -37,6 +37,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
     extra_views: int = 3
     shape_names: tuple = shapes.SHAPE_NAMES
     colour_names: tuple = tuple(name for name, _ in shapes.COLOURS)
+    held_out: tuple = ()             # "colour shape" classes left out of every split (the demo's unseen concepts)
     train_per_class: int = 20        # objects (multiview) or images (classes) per class
     validation_per_class: int = 2
     elevation_range: tuple = (-5.0, 30.0)
@@ -51,8 +52,9 @@ def article(word: str) -> str:
 
 
 def class_list(config: SyntheticShapesConfig) -> list[tuple[str, str]]:
-    """(colour, shape) per label, in label order."""
-    return [(colour, shape) for shape in config.shape_names for colour in config.colour_names]
+    """(colour, shape) per label, in label order; `held_out` classes are not in it."""
+    return [(colour, shape) for shape in config.shape_names for colour in config.colour_names
+            if f"{colour} {shape}" not in config.held_out]
 
 
 def make_config(cfg: mlc.ConfigDict, kind: str) -> SyntheticShapesConfig:
@@ -68,6 +70,14 @@ def make_config(cfg: mlc.ConfigDict, kind: str) -> SyntheticShapesConfig:
                   seed=syn.seed)
     for shape in params["shape_names"]:
         shapes.make_mesh(shape, params["colour_names"][0])  # fail now, with the bad name, not in the middle of a build
+    held_out = tuple(syn.get("held_out", ()))
+    classes = {f"{colour} {shape}" for shape in params["shape_names"] for colour in params["colour_names"]}
+    unknown = sorted(set(held_out) - classes)
+    if unknown:
+        raise ValueError(f"synthetic.held_out {unknown} are not classes of this config (\"colour shape\" with colours "
+                         f"{params['colour_names']} and shapes {params['shape_names']}); fix the names")
+    if held_out:  # only then part of the name: datasets without held-out classes keep their directories
+        params["held_out"] = held_out
     name = f"{kind}_{cfg.image_size}px_{records.config_digest(params)}"
     return SyntheticShapesConfig(name=name, description=f"synthetic_shapes {params}", **params)
 
@@ -104,12 +114,15 @@ def render_object(config: SyntheticShapesConfig, mesh: shapes.Mesh, angles: list
             "variants": records.image_bytes_list([])}
 
 
-def render_class_image(config: SyntheticShapesConfig, colour: str, shape: str, rng: np.random.Generator) -> np.ndarray:
-    """A 2D-mode "photo": random view, size, offset and a light background tint, so images of a class vary."""
+def render_class_image(config: SyntheticShapesConfig, colour: str, shape: str, rng: np.random.Generator,
+                       background: int | None = None) -> np.ndarray:
+    """A 2D-mode "photo": random view, size, offset and a light background tint, so images of a class vary; a
+    `background` grey level instead of the tint (the same random draws otherwise)."""
     scale = rng.uniform(0.7, 1.25) * np.mean(config.scale_range)
     offset = (rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), rng.uniform(-0.05, 0.05))
     mesh = shapes.make_mesh(shape, colour, scale=scale, yaw_deg=rng.uniform(0, 360), offset=offset)
-    background = tuple(int(v) for v in rng.integers(150, 236, size=3))
+    tint = tuple(int(v) for v in rng.integers(150, 236, size=3))
+    background = tint if background is None else (int(background),) * 3
     camera = _camera(rng.uniform(-10, 45), rng.uniform(0, 360))
     return raster.render(mesh, camera, size=config.image_size, fov_deg=config.fov_deg, background=background,
                          supersample=config.supersample)

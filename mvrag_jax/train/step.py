@@ -70,6 +70,7 @@ class StepOptions:
     cfg_drop_both: float = 0.05
     text_weight: float = 0.5            # l of the training fusion l * f_txt + f_ret (paper §3.3; train.text_weight)
     ema_decay: float = 0.0              # train.ema_decay (train/ema.py); 0: the state holds no EMA
+    image_tokens: bool = True           # False: no image tokens reach the UNet (the text-only base stage)
     encode_chunk_rows: int = 0          # VAE / CLIP vision rows per device at a time (sharding.map_batch_chunks)
 
 
@@ -134,8 +135,10 @@ def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
     params = merge_params(trainable, frozen)
     b = batch["mode"].shape[0]
     f, k = latents.shape[0] // b, features.shape[0] // b  # views and retrieved images per object
-    tokens = resampler.Resampler(models.resampler).apply({"params": params["resampler"]}, features)  # [B*k, Q, ctx]
-    tokens = tokens.reshape(b, k * tokens.shape[1], tokens.shape[2])  # [B, k*Q, ctx]
+    tokens = None  # image_tokens=False: every attn2 is text cross-attention alone, as in text-only sampling
+    if options.image_tokens:
+        tokens = resampler.Resampler(models.resampler).apply({"params": params["resampler"]}, features)  # [B*k,Q,ctx]
+        tokens = jnp.repeat(tokens.reshape(b, k * tokens.shape[1], tokens.shape[2]), f, axis=0)  # [B*F, k*Q, ctx]
 
     alphas = jnp.asarray(options.alphas_cumprod, jnp.float32)
     t_rows = jnp.repeat(t, f)  # [B*F]: one timestep per object, shared by its views
@@ -148,7 +151,7 @@ def diffusion_loss(trainable: dict, frozen: dict, batch: dict, latents: jax.Arra
         camera = batch["camera"].reshape(b * f, -1).astype(jnp.float32)  # [B*F, 16]
     eps = MultiViewUNet(models.unet).apply(
         {"params": params["unet"]}, noisy, t_rows.astype(jnp.float32), jnp.repeat(context, f, axis=0), camera,
-        jnp.repeat(tokens, f, axis=0), FusionWeights.training(options.text_weight),
+        tokens, FusionWeights.training(options.text_weight),
         camera_mask=jnp.repeat(batch["camera_mask"], f).astype(jnp.float32), single_view=~is_3d)
 
     per_view = jnp.mean(jnp.square(eps.astype(jnp.float32) - noise), axis=(1, 2, 3))  # [B*F]

@@ -278,7 +278,11 @@ def make_trainer(cfg: Any, mesh: Mesh) -> Trainer:
         clip_mean=mean, clip_std=std, cfg_drop_text=float(cfg.train.cfg_drop_text),
         cfg_drop_image=float(cfg.train.cfg_drop_image), cfg_drop_both=float(cfg.train.cfg_drop_both),
         text_weight=text_weight_of(cfg), ema_decay=ema_decay,
-        encode_chunk_rows=int(cfg.train.get("encode_chunk_rows", 0)))
+        encode_chunk_rows=int(cfg.train.get("encode_chunk_rows", 0)),
+        image_tokens=bool(cfg.train.get("image_tokens", True)))
+    if not options.image_tokens and trainable == "ip":
+        raise TrainConfigError("train.image_tokens=False with train.trainable=ip: without image tokens nothing of "
+                               "the image branch gets a gradient; train the base with --config.train.trainable=unet")
     if options.cfg_drop_text + options.cfg_drop_image + options.cfg_drop_both > 1:
         raise TrainConfigError("cfg_drop_text + cfg_drop_image + cfg_drop_both > 1; they are exclusive events")
     encoders = str(cfg.train.get("encoders", "in_step"))

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from configs import data
 from data_pipelines import background, build, raster, records, synthetic_shapes, transforms
 from mvrag_jax.inputs.camera import get_camera
 
@@ -106,3 +107,17 @@ def test_config_name_tracks_every_parameter(tiny_cfg):
     tiny_cfg.synthetic.fov_deg = 40.0
     assert synthetic_shapes.make_config(tiny_cfg, "multiview").name != name
     assert synthetic_shapes.make_config(tiny_cfg, "classes").name.startswith("classes_32px_")
+
+
+def test_held_out_classes_are_in_no_split_and_bad_names_are_refused():
+    cfg = data.get_config("size=tiny")
+    held_out = ("blue torus", "red cone")
+    cfg.synthetic.held_out = held_out
+    config = synthetic_shapes.make_config(cfg, "multiview")
+    classes = {f"{colour} {shape}" for colour, shape in synthetic_shapes.class_list(config)}
+    assert len(classes) == 21 - 2 and not classes & set(held_out)
+    plain = data.get_config("size=tiny")  # no held-out classes: the dataset keeps its name (and directory)
+    assert "held_out" not in synthetic_shapes.make_config(plain, "multiview").description
+    cfg.synthetic.held_out = ("purple cube",)  # not among size=tiny's colours
+    with pytest.raises(ValueError, match=r"\['purple cube'\] are not classes"):
+        synthetic_shapes.make_config(cfg, "multiview")

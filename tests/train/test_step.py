@@ -341,3 +341,29 @@ def test_the_removed_ip_scale_names_its_replacement():
     cfg.train.ip_scale = 1.0
     with pytest.raises(TrainConfigError, match=r"train\.ip_scale=1\.0 is gone.*--config\.train\.text_weight"):
         make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+
+
+@pytest.mark.slow  # two micro compiles: ~60 s of CPU
+def test_without_image_tokens_the_retrieved_images_do_not_reach_the_loss():
+    """train.image_tokens=False (the text-only base stage): the same step on other retrieved images gives the
+    identical loss; with image tokens it does not."""
+    losses = {}
+    for image_tokens in (True, False):
+        cfg = micro_config(trainable="unet", image_tokens=image_tokens)
+        trainer = make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
+        compiled, _ = trainer.compile()
+        batch = host_batch_example(cfg)
+        other = dict(batch, retrieved=255 - batch["retrieved"])
+        state = trainer.init(jax.random.key(0))
+        for name, b in (("batch", batch), ("other", other)):
+            _, metrics = compiled(jax.tree.map(lambda x: x.copy(), state), to_global(b, trainer.batch_sharding),
+                                  jax.random.key(1))
+            losses[image_tokens, name] = float(metrics["loss"])
+    assert losses[False, "batch"] == losses[False, "other"]
+    assert losses[True, "batch"] != losses[True, "other"]
+
+
+def test_image_tokens_off_with_the_ip_set_names_the_fix():
+    cfg = micro_config(trainable="ip", image_tokens=False)
+    with pytest.raises(TrainConfigError, match="trainable=unet"):
+        make_trainer(cfg, make_mesh(cfg, jax.devices()[:1]))
