@@ -29,6 +29,12 @@ def define_eval(fv):
                         "release or a checkpoint (default with --ckpt: its own).", flag_values=fv)
     flags.DEFINE_string("inception", None, "FID and IS: pytorch-fid's pt_inception-2015-12-05 weights as "
                         ".safetensors (conversion command: mvrag_jax/eval/encoders.py).", flag_values=fv)
+    flags.DEFINE_string("ir", None, "IR (instance retrieval) similarity: a folder with the GUIE model's weights as "
+                        "model.safetensors (conversion command: mvrag_jax/eval/ir.py); without it the metric is "
+                        "reported missing.", flag_values=fv)
+    flags.DEFINE_enum("ir_output", "embedding", ["embedding", "projection"], "IR embedding scored: the 64-d fc1 "
+                      "embedding the GUIE model was trained and judged on (default) or its 1024-d CLIP projection.",
+                      flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
     flags.mark_flags_as_required(["out"], flag_values=fv)
 
@@ -36,7 +42,7 @@ def define_eval(fv):
 def run_eval(fv, argv):
     from mvrag_jax.eval import run, study
     common = dict(out=fv.out, dataset=fv.dataset, seeds=[int(s) for s in fv.seeds], clip_model=fv.clip_model,
-                  dinov2=fv.dinov2, inception=fv.inception, steps=fv.steps, guidance_scale=fv.guidance_scale,
+                  dinov2=fv.dinov2, inception=fv.inception, ir=fv.ir, ir_output=fv.ir_output, steps=fv.steps, guidance_scale=fv.guidance_scale,
                   num_views=fv.num_views, batch_size=fv.batch_size, overwrite=fv.overwrite)
     if fv.study == "retrieval":
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
@@ -46,6 +52,6 @@ def run_eval(fv, argv):
 
 
 COMMANDS = (
-    Command("eval", "Score a checkpoint or another method's views: CLIP/DINOv2 similarity, consistency, FID, IS.",
+    Command("eval", "Score a checkpoint or another method's views: CLIP/DINOv2/IR similarity, consistency, FID, IS.",
             define_eval, run_eval),
 )
