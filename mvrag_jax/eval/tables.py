@@ -169,7 +169,8 @@ def _plot(path: pathlib.Path, metrics: Sequence[str], labels: dict, methods: dic
                 ax.axhline(values[m], ls="--", lw=1, color=f"C{i + 1}", label=f"paper {pname}")
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
         ax.set_title(labels[m], fontsize=9)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
