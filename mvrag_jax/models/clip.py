@@ -125,6 +125,9 @@ class CLIPVisionConfig:
         if not isinstance(stride, (int, np.integer)) or not 1 <= stride <= self.patch_size:
             raise CLIPConfigError(f"CLIPVisionConfig: patch_stride={self.patch_stride} must be an integer in [1, "
                                   f"patch_size={self.patch_size}]")
+        if stride == self.patch_size and self.image_size % self.patch_size:
+            raise CLIPConfigError(f"CLIPVisionConfig: image_size={self.image_size} is not a multiple of patch_size="
+                                  f"{self.patch_size}; the patch grid must tile the image")
         if self.image_size < self.patch_size or (self.image_size - self.patch_size) % stride:
             raise CLIPConfigError(f"CLIPVisionConfig: image_size={self.image_size} is not patch_size="
                                   f"{self.patch_size} + a multiple of the stride {stride}; the patch grid must tile "
