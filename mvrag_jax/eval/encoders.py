@@ -13,8 +13,8 @@ guessed (its metrics are then reported as missing with the reason).
       'pt_inception-2015-12-05-6726825d.pth', map_location='cpu').items()}, 'pt_inception.safetensors')"
   Every tensor key must map onto models/inception.py (BatchNorm's `num_batches_tracked` counters are dropped, they
   are not weights); a missing or unexpected key raises CheckpointKeyError.
-* ImageReward: its encoder is a BLIP model, which this port does not implement; the metric is always reported
-  missing.
+* IR (instance retrieval): `--ir DIR`, Shao & Cui's GUIE model as the paper uses it (eval/ir.py: weights, their
+  one-line conversion, and why the 64-d embedding is the one scored).
 """
 
 import dataclasses
@@ -34,8 +34,6 @@ from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import dinov2, inception
 from mvrag_jax.inputs.release import COMPONENT_FOLDERS, read_safetensors
 
-IMAGE_REWARD_MISSING = ("ImageReward's encoder is a BLIP model, which mvrag-jax does not implement; "
-                        "score with the ImageReward package and merge its numbers")
 BATCH = 16  # images per encoder call; batches are zero-padded to it so each encoder compiles once
 
 
@@ -52,6 +50,7 @@ class Encoders:
     dinov2: Callable[[Sequence[np.ndarray]], np.ndarray] | None
     inception: Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]] | None
     missing: dict[str, str]   # encoder name -> why it is absent
+    ir: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
 
 
 def _batched(fn: Callable[[np.ndarray], Any], pixels: np.ndarray) -> list:
@@ -180,9 +179,11 @@ def _same_size(picture: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 # ---- all -------------------------------------------------------------------------------------------------------------
 def load_encoders(*, clip_model: str | None = None, dinov2_path: str | None = None,
-                  inception_path: str | None = None) -> Encoders:
-    missing = {"image_reward": IMAGE_REWARD_MISSING}
-    clip = dino = incep = None
+                  inception_path: str | None = None, ir_path: str | None = None, ir_output: str = "embedding"
+                  ) -> Encoders:
+    from mvrag_jax.eval import ir as ir_model
+    missing = {}
+    clip = dino = incep = ir = None
     if clip_model:
         clip = clip_encoder(clip_model)
     else:
@@ -196,4 +197,9 @@ def load_encoders(*, clip_model: str | None = None, dinov2_path: str | None = No
     else:
         missing["inception"] = ("no Inception weights given (--inception FILE: pt_inception-2015-12-05 as "
                                 "safetensors)")
-    return Encoders(clip, dino, incep, missing)
+    if ir_path:
+        ir = ir_model.ir_encoder(*ir_model.load_ir(ir_path), output=ir_output)
+    else:
+        missing["ir"] = ("no IR weights given (--ir DIR: the GUIE instance-retrieval model as safetensors, see "
+                         "mvrag_jax/eval/ir.py)")
+    return Encoders(clip, dino, incep, missing, ir)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from mvrag_jax.eval.score import HIGHER_IS_BETTER, LABELS, METRICS
 
 # The paper's Table (MV-RAG, OOD-Eval, 4 views): shown next to ours for orientation, not as a target we computed.
-PAPER_MVRAG = {"clip": 71.77, "dinov2": 50.19, "image_reward": 67.41, "fid": 54.79, "inception_score": 13.20}
+PAPER_MVRAG = {"clip": 71.77, "dinov2": 50.19, "ir": 67.41, "fid": 54.79, "inception_score": 13.20}
 GRID_ROWS = 3       # best and worst samples shown each
 TILE = 128          # grid tile side in pixels
 
@@ -73,7 +73,7 @@ def plots(folder: pathlib.Path, rows: Sequence[dict]) -> list[str]:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     written = []
-    names = [m for m in ("clip", "dinov2", "consistency") if any(m in r for r in rows)]
+    names = [m for m in ("clip", "dinov2", "ir", "consistency") if any(m in r for r in rows)]
     if names:
         fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
         for ax, name in zip(axes[0], names):
@@ -103,7 +103,7 @@ def write_rows(folder: pathlib.Path, rows: Sequence[dict]) -> None:
     with open(folder / "per_sample.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    columns = ["prompt_id", "seed", "prompt", "views", "references", "fusion_weight", "clip", "dinov2",
+    columns = ["prompt_id", "seed", "prompt", "views", "references", "fusion_weight", "clip", "dinov2", "ir",
                "consistency"]
     with open(folder / "per_sample.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -44,3 +44,22 @@ def write_rerendered(folder: pathlib.Path, samples: Sequence[Sample], summary: d
         f.write("\n## Re-rendered (LGM reconstruction, 18 views on a circle; paper C.5)\n\n"
                 "The paper's re-rendered MV-RAG column: CLIP 74.28, DINOv2 39.61, IR 66.59, FID 80.54, IS 12.33.\n\n"
                 + markdown_table(summary) + "\n")
+
+
+def rerender_folder(views_dir: str | pathlib.Path, out_dir: str | pathlib.Path, lgm_path: str, *, elevation: float,
+                    input_size: int = 256, render_size: int = 256) -> pathlib.Path:
+    """`mvrag eval --tables --rerender`'s re-renderer (eval/tables.py Rerender): every <id>/view_<i>.png object of
+    `views_dir` -> its 18 LGM re-renders as `out_dir`/<id>/view_<i>.png; returns `out_dir`."""
+    from mvrag_jax.eval.run import read_views
+    folders = sorted(p for p in pathlib.Path(views_dir).iterdir() if p.is_dir() and any(p.glob("view_*.png")))
+    if not folders:
+        raise ValueError(f"--rerender: no <id>/view_<i>.png objects in {views_dir}; point --images at generated views")
+    samples = [Sample(prompt_id=f.name, seed=None, views=read_views(f)) for f in folders]
+    rendered, _ = rerender_samples(samples, lgm_path, elevation=elevation, input_size=input_size,
+                                   render_size=render_size)
+    out = pathlib.Path(out_dir)
+    for sample in rendered:
+        (out / sample.prompt_id).mkdir(parents=True, exist_ok=True)
+        for i, view in enumerate(sample.views):
+            Image.fromarray(view).save(out / sample.prompt_id / f"view_{i}.png")
+    return out

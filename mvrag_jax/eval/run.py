@@ -138,7 +138,8 @@ def evaluate(encoders: Encoders, dataset: EvalDataset, samples: Sequence[Sample]
 
 def run(*, out: str, dataset: str, images: str | None = None, ckpt: str | None = None, k: int = 4,
         seeds: Sequence[int] = (0,), clip_model: str | None = None, dinov2: str | None = None,
-        inception: str | None = None, steps: int = 50, guidance_scale: float = 5.0, num_views: int = 4,
+        inception: str | None = None, ir: str | None = None, ir_output: str = "embedding",
+        steps: int = 50, guidance_scale: float = 5.0, num_views: int = 4,
         batch_size: int = 4, overwrite: bool = False, show_progress: bool = True, lgm: str | None = None,
         lgm_input_size: int = 256, elevation: float = 15.0, rerender_size: int = 256) -> pathlib.Path:
     """`mvrag eval`: returns the OUT folder (see the module docstring). `lgm`: also score the re-rendered setting
@@ -150,7 +151,7 @@ def run(*, out: str, dataset: str, images: str | None = None, ckpt: str | None =
         raise ValueError(f"--k={k}; it must be >= 0 (0: text-only generation)")
     data = load_dataset(dataset)
     encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or default_dinov2(ckpt),
-                             inception_path=inception)
+                             inception_path=inception, ir_path=ir, ir_output=ir_output)
     with atomic_directory(out, overwrite) as folder:
         if images is not None:
             samples, skipped = read_image_folder(images, data)

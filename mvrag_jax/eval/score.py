@@ -5,7 +5,7 @@ its fusion weight. Summary entries have one shape for every metric:
 
     {"mean": float | None, "n": int, "ci95": [low, high] | None, "missing": None | "why there is no number"}
 
-CLIP / DINOv2 similarity and consistency: mean over samples, n samples, bootstrap CI over samples. FID and IS are
+CLIP / DINOv2 / IR similarity and consistency: mean over samples, n samples, bootstrap CI over samples. FID and IS are
 set-level: the value over all samples, n generated images, CI from a bootstrap over prompts (FID_RESAMPLES
 resamples: each costs two eigendecompositions of a 2048 x 2048 matrix).
 """
@@ -20,12 +20,12 @@ from mvrag_jax.eval import metrics
 from mvrag_jax.eval.dataset import EvalDataset
 from mvrag_jax.eval.encoders import Encoders
 
-PER_SAMPLE = ("clip", "dinov2", "image_reward", "consistency")
+PER_SAMPLE = ("clip", "dinov2", "ir", "consistency")
 SET_LEVEL = ("fid", "inception_score")
 METRICS = PER_SAMPLE + SET_LEVEL
-LABELS = {"clip": "CLIP sim x100", "dinov2": "DINOv2 sim x100", "image_reward": "ImageReward sim x100",
+LABELS = {"clip": "CLIP sim x100", "dinov2": "DINOv2 sim x100", "ir": "IR (GUIE) sim x100",
           "consistency": "view consistency (DINOv2) x100", "fid": "FID", "inception_score": "IS"}
-HIGHER_IS_BETTER = {"clip": True, "dinov2": True, "image_reward": True, "consistency": True, "fid": False,
+HIGHER_IS_BETTER = {"clip": True, "dinov2": True, "ir": True, "consistency": True, "fid": False,
                     "inception_score": True}
 FID_RESAMPLES = 50
 IS_SPLITS = 10
@@ -84,7 +84,7 @@ def score_samples(encoders: Encoders, dataset: EvalDataset, samples: Sequence[Sa
         views = list(sample.views)
         row = {"prompt_id": sample.prompt_id, "prompt": prompt.prompt, "seed": sample.seed,
                "views": len(views), "references": len(prompt.reference), "fusion_weight": sample.fusion_weight}
-        for name, embed in (("clip", encoders.clip), ("dinov2", encoders.dinov2)):
+        for name, embed in (("clip", encoders.clip), ("dinov2", encoders.dinov2), ("ir", encoders.ir)):
             if embed is not None:
                 generated = embed(views)
                 row[name] = metrics.similarity_x100(generated, references(name, embed, sample.prompt_id))

@@ -92,7 +92,8 @@ def _markdown(table: dict[str, dict[int, dict]], ks: Sequence[int]) -> str:
 
 def run_study(*, out: str, dataset: str, ckpt: str | None, ks: Sequence[int] = (0, 1, 2, 4),
               seeds: Sequence[int] = (0,), clip_model: str | None = None, dinov2: str | None = None,
-              inception: str | None = None, steps: int = 50, guidance_scale: float = 5.0, num_views: int = 4,
+              inception: str | None = None, ir: str | None = None, ir_output: str = "embedding",
+              steps: int = 50, guidance_scale: float = 5.0, num_views: int = 4,
               batch_size: int = 4, overwrite: bool = False, show_progress: bool = True) -> pathlib.Path:
     if ckpt is None:
         raise ValueError("--study retrieval generates the views: pass --ckpt DIR")
@@ -100,7 +101,7 @@ def run_study(*, out: str, dataset: str, ckpt: str | None, ks: Sequence[int] = (
         raise ValueError(f"--ks={list(ks)}; give k values >= 0, e.g. --ks 0,1,2,4")
     data = load_dataset(dataset)
     encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or default_dinov2(ckpt),
-                             inception_path=inception)
+                             inception_path=inception, ir_path=ir, ir_output=ir_output)
     pipeline = load_pipeline(ckpt, num_views)
     options = sampling_options(steps, guidance_scale)
     table: dict[str, dict[int, dict]] = {c: {} for c in CONDITIONS}

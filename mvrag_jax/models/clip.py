@@ -115,17 +115,37 @@ class CLIPVisionConfig:
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     dtype: str = "float32"
+    # Patch-embedding stride; None = patch_size (non-overlapping patches, every CLIP release). The GUIE instance
+    # retrieval model (eval/ir.py) overlaps its 14 px patches with stride 12, a 24 x 24 grid at 290 px.
+    patch_stride: int | None = None
 
     def __post_init__(self):
         _check_sizes(self, VISION_FIELDS[:7])
-        if self.image_size % self.patch_size:
+        stride = self.stride
+        if not isinstance(stride, (int, np.integer)) or not 1 <= stride <= self.patch_size:
+            raise CLIPConfigError(f"CLIPVisionConfig: patch_stride={self.patch_stride} must be an integer in [1, "
+                                  f"patch_size={self.patch_size}]")
+        if stride == self.patch_size and self.image_size % self.patch_size:
             raise CLIPConfigError(f"CLIPVisionConfig: image_size={self.image_size} is not a multiple of patch_size="
                                   f"{self.patch_size}; the patch grid must tile the image")
+        if self.image_size < self.patch_size or (self.image_size - self.patch_size) % stride:
+            raise CLIPConfigError(f"CLIPVisionConfig: image_size={self.image_size} is not patch_size="
+                                  f"{self.patch_size} + a multiple of the stride {stride}; the patch grid must tile "
+                                  "the image")
+
+    @property
+    def stride(self) -> int:
+        return self.patch_size if self.patch_stride is None else self.patch_stride
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side: (image - kernel) / stride + 1 (= image / patch for non-overlapping patches)."""
+        return (self.image_size - self.patch_size) // self.stride + 1
 
     @property
     def num_positions(self) -> int:
         """CLS + one position per patch."""
-        return (self.image_size // self.patch_size) ** 2 + 1
+        return self.grid_size ** 2 + 1
 
     @classmethod
     def from_config(cls, cfg: Any) -> "CLIPVisionConfig":
@@ -282,7 +302,7 @@ class CLIPVisionEmbeddings(nn.Module):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         class_embedding = self.param("class_embedding", nn.with_logical_partitioning(
             nn.initializers.normal(1.0), (NORM,)), (cfg.hidden_size,), jnp.float32)
-        patches = conv(cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size, padding=0, use_bias=False, dtype=dtype,
+        patches = conv(cfg.hidden_size, cfg.patch_size, stride=cfg.stride, padding=0, use_bias=False, dtype=dtype,
                        name="patch_embedding")(pixel_values)  # [b, grid, grid, hidden]
         patches = patches.reshape(patches.shape[0], -1, cfg.hidden_size)  # [b, grid * grid, hidden], row-major
         cls = jnp.broadcast_to(class_embedding.astype(dtype), (patches.shape[0], 1, cfg.hidden_size))

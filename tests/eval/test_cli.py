@@ -5,6 +5,7 @@ import json
 
 from mvrag_jax.cli import main
 from tests.eval.conftest import MISMATCH
+from tests.eval.test_ir import FIXTURE as IR_TINY
 
 NO_CACHE = ["--compile_cache_dir", "none"]
 ENTRY_KEYS = {"mean", "n", "ci95", "missing"}
@@ -14,18 +15,17 @@ def test_eval_images_end_to_end(eval_inputs, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["mvrag", "eval", "--images", str(eval_inputs["views"]), "--dataset", str(eval_inputs["dataset"]),
             "--out", str(out), "--clip_model", str(eval_inputs["clip"]), "--dinov2", str(eval_inputs["dinov2"]),
-            "--inception", str(eval_inputs["inception"])] + NO_CACHE
+            "--inception", str(eval_inputs["inception"]), "--ir", str(IR_TINY)] + NO_CACHE
     assert main(argv) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     result = json.loads((out / "metrics.json").read_text())
     m = result["metrics"]
-    assert set(m) == {"clip", "dinov2", "image_reward", "consistency", "fid", "inception_score"}
+    assert set(m) == {"clip", "dinov2", "ir", "consistency", "fid", "inception_score"}
     assert all(ENTRY_KEYS <= set(entry) for entry in m.values())
-    for name in ("clip", "dinov2", "consistency"):
+    for name in ("clip", "dinov2", "ir", "consistency"):
         assert m[name]["missing"] is None and m[name]["n"] == 3 and -100 <= m[name]["mean"] <= 100
         low, high = m[name]["ci95"]
         assert low <= m[name]["mean"] <= high
-    assert m["image_reward"]["mean"] is None and "BLIP" in m["image_reward"]["missing"]
     assert m["fid"]["n"] == 12 and m["fid"]["n_reference"] == 6 and m["fid"]["mean"] >= 0
     assert 1.0 - 1e-6 <= m["inception_score"]["mean"] <= 1008
     assert result["split_rules"] == {"reference/ folder": 3} and result["samples"] == 3
@@ -35,7 +35,7 @@ def test_eval_images_end_to_end(eval_inputs, tmp_path, capsys):
     assert worst["prompt_id"] == f"p{MISMATCH}"  # the views of another prompt's colour score lowest
     report = (out / "report.md").read_text()
     assert "| metric | ours | 95 % CI | n |" in report and "| FID (lower is better) |" in report
-    assert "missing: ImageReward" in report
+    assert "| IR (GUIE) sim x100 (higher is better) |" in report and "missing" not in report
     assert {"best_worst.png", "histograms.png", "per_sample.jsonl"} <= {p.name for p in out.iterdir()}
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err  # never clobbers an earlier result
 
@@ -46,7 +46,8 @@ def test_metrics_without_weights_are_missing_not_numbers(eval_inputs, tmp_path):
                  "--out", str(out), "--dinov2", str(eval_inputs["dinov2"])] + NO_CACHE) == 0
     m = json.loads((out / "metrics.json").read_text())["metrics"]
     assert m["dinov2"]["mean"] is not None
-    for name, word in (("clip", "--clip_model"), ("fid", "--inception"), ("inception_score", "--inception")):
+    for name, word in (("clip", "--clip_model"), ("fid", "--inception"), ("inception_score", "--inception"),
+                       ("ir", "--ir")):
         assert m[name]["mean"] is None and m[name]["n"] == 0 and word in m[name]["missing"]
 
 

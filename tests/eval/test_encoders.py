@@ -23,5 +23,5 @@ def test_bad_sources_name_the_fix(tmp_path):
     with pytest.raises(EncoderError, match="no config.json"):
         load_dinov2(tmp_path)
     encoders = load_encoders()
-    assert encoders.clip is encoders.dinov2 is encoders.inception is None
-    assert set(encoders.missing) == {"clip", "dinov2", "inception", "image_reward"}
+    assert encoders.clip is encoders.dinov2 is encoders.inception is encoders.ir is None
+    assert set(encoders.missing) == {"clip", "dinov2", "inception", "ir"}
