@@ -155,6 +155,16 @@ class Postings:
         t = self.term_id(term)
         return 0 if t is None else int(self.indptr[t + 1] - self.indptr[t])
 
+    def length_norms(self, mean_length: float, k1: float, b: float) -> np.ndarray:
+        """k1 (1 - b + b dl / avgdl) per document [n] float32, kept for the last statistics asked (4 bytes a
+        document: one pass over the lengths at the first query instead of one per query term)."""
+        key = (mean_length, k1, b)
+        if getattr(self, "_norms_key", None) != key:
+            lengths = np.asarray(self.lengths, np.float32)
+            self._norms = np.float32(k1) * (np.float32(1 - b) + np.float32(b / mean_length) * lengths)
+            self._norms_key = key
+        return self._norms
+
     def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
         """(documents, term frequencies) of `term`; empty when no document holds it."""
         t = self.term_id(term)
@@ -207,13 +217,12 @@ def score_shard(shard: Postings, weights: Sequence[tuple[str, float]], mean_leng
     """BM25 (Lucene, without the constant (k1 + 1)) of every document of `shard` [n] float32; 0 where no term
     occurs. The same inputs give the same floats whichever shard a document lives in."""
     scores = np.zeros(shard.num_docs, np.float32)
+    norms = shard.length_norms(mean_length, k1, b)
     for term, weight in weights:
         docs, tfs = shard.postings(term)
-        if not len(docs):
-            continue
-        tf = tfs.astype(np.float32)
-        norm = np.float32(k1) * (np.float32(1 - b) + np.float32(b / mean_length) * shard.lengths[docs])
-        scores[docs] += np.float32(weight) * tf / (tf + norm)
+        if len(docs):
+            tf = tfs.astype(np.float32)
+            scores[docs] += np.float32(weight) * tf / (tf + norms[docs])
     return scores
 
 
