@@ -7,7 +7,7 @@
 
 Below EXACT_BELOW vectors: `IndexFlatIP`, exact. Above: IVF-PQ (the family of LAION's published autofaiss indexes,
 e.g. "OPQ256_768,IVF131072_HNSW32,PQ256x8" for LAION-5B ViT-L/14): NLIST_PER_SQRT x sqrt(n) inverted lists (a
-power of two), product codes of d/4 bytes per vector, and NPROBE lists visited per query. PQ codes alone rank
+power of two; more lists make queries cheaper and builds dearer), product codes of d/4 bytes per vector, and NPROBE lists visited per query. PQ codes alone rank
 neighbours only roughly, so the top RERANK x k candidates are re-scored exactly against the float32 embeddings,
 memory-mapped (the page cache holds the rows queries touch, not all of them): recall@10 >= 0.95 at 1M vectors with a
 small index (bench/retrieval.py). HNSW (graph) indexes are the other choice FAISS offers; they keep every vector plus
@@ -26,8 +26,8 @@ from mvrag_jax.retrieval.base import RetrievalError
 INDEX_FILE = "ann.faiss"
 EMBEDDINGS_FILE = "embeddings.npy"  # the dense index's file (dense.py), re-used for re-ranking
 EXACT_BELOW = 100_000
-NLIST_PER_SQRT = 4
-NPROBE = 64
+NLIST_PER_SQRT = 1  # FAISS's guide says 4-16 x sqrt(n); 1 x keeps k-means and list assignment (the build) 4x cheaper
+NPROBE = 32
 RERANK = 10
 CHUNK = 100_000
 
@@ -61,7 +61,7 @@ def build(embeddings: np.ndarray, *, description: str | None = None, seed: int =
         index.do_polysemous_training = False  # Hamming pre-filtering we never use; it was 95% of the build time
     if not index.is_trained:
         nlist = lib.extract_index_ivf(index).nlist
-        size = min(n, max(64 * nlist, 100_000))  # what k-means of the lists and the PQ codebooks need
+        size = min(n, max(64 * nlist, 256 * 39))  # k-means wants >= 39 points per list, the 256 PQ centroids too
         rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
         index.train(np.ascontiguousarray(embeddings[rows], np.float32))
     for start in range(0, n, CHUNK):

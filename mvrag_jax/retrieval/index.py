@@ -178,7 +178,14 @@ def read_manifest(index: str | pathlib.Path) -> tuple[pathlib.Path, dict[str, An
 
 def open_index(index: str | pathlib.Path, *, clip_model: str | None = None):
     """The retriever of an index folder (bm25, sharded bm25 or dense; `clip_model` overrides the dense index's
-    model path)."""
+    model path), or of a published LAION knn index folder (retrieval/laion.py; `clip_model` required)."""
+    folder = pathlib.Path(index).expanduser().absolute()
+    from mvrag_jax.retrieval import laion
+    if not (folder / MANIFEST_FILE).is_file() and laion.is_laion_index(folder):
+        if clip_model is None:
+            raise RetrievalError(f"{folder} is a LAION (clip-retrieval) index; pass --clip_model with the CLIP model "
+                                 "its embeddings were made with, as a transformers CLIPModel folder")
+        return laion.LaionRetriever(folder, clip_model)
     index, manifest = read_manifest(index)
     if manifest["kind"] == "bm25":
         if clip_model is not None:
