@@ -27,8 +27,8 @@ INDEX_FILE = "ann.faiss"
 EMBEDDINGS_FILE = "embeddings.npy"  # the dense index's file (dense.py), re-used for re-ranking
 EXACT_BELOW = 100_000
 NLIST_PER_SQRT = 1  # FAISS's guide says 4-16 x sqrt(n); 1 x keeps k-means and list assignment (the build) 4x cheaper
-NPROBE = 32
-RERANK = 10
+NPROBE = 64
+RERANK = 50  # PQ codes only roughly order the near neighbours of a cluster: re-score 50 k exactly
 CHUNK = 100_000
 
 
