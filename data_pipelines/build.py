@@ -4,6 +4,7 @@
     python -m data_pipelines.build --config configs/data.py:source=real --config.mv_renders.manual_dir /renders \
         --config.class_images.manual_dir /imagenet21k --datasets mode_3d,mode_2d
     python -m data_pipelines.build --config configs/data.py --config.ood_eval.manual_dir /ood --datasets ood_eval
+    mvrag data build --beam --beam_options="--direct_num_workers=2 --direct_running_mode=multi_processing" --hosts 4
 
 The synthetic dataset builds itself on first use; manual datasets need their `manual_dir` once, then read from
 `data_dir`. Builds write ArrayRecord files with tfds and need no TensorFlow.
@@ -45,8 +46,11 @@ def manual_dir(cfg: mlc.ConfigDict, dataset: str) -> str:
     return "" if dataset == "synthetic_shapes" else os.path.expanduser(cfg[dataset].manual_dir)
 
 
-def prepare(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview") -> tfds.core.DatasetBuilder:
-    """The builder, built first if needed (synthetic: always possible; manual datasets: from their manual_dir)."""
+def prepare(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview", *, beam_options: list[str] | None = None,
+            num_shards: int | None = None) -> tfds.core.DatasetBuilder:
+    """The builder, built first if needed (synthetic: always possible; manual datasets: from their manual_dir).
+    `beam_options` (a list, maybe empty): build on Apache Beam with these pipeline flags (see `beam_pipeline`);
+    `num_shards`: write exactly this many ArrayRecord files per split (default: tfds' size-based count)."""
     builder = make_builder(cfg, dataset, kind)
     if builder.is_prepared():
         return builder
@@ -55,10 +59,37 @@ def prepare(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview") -> tfds.
         raise DatasetNotBuiltError(
             f"{dataset} is not built in {builder.data_dir} and --config.{dataset}.manual_dir is empty; set it to the "
             f"folder described in data_pipelines/{dataset}.py and run python -m data_pipelines.build")
-    logging.info("building %s into %s", dataset, builder.data_dir)
-    download_config = tfds.download.DownloadConfig(manual_dir=folder) if folder else None
+    options = {}
+    if beam_options is not None:
+        if dataset != "synthetic_shapes":
+            raise ValueError(f"--beam builds synthetic_shapes so far; {dataset} still builds on one host (drop --beam)")
+        options["beam_options"] = beam_pipeline(beam_options)
+        builder.use_beam = True
+    logging.info("building %s into %s%s", dataset, builder.data_dir, " on Apache Beam" if options else "")
+    download_config = tfds.download.DownloadConfig(manual_dir=folder or None, num_shards=num_shards, **options)
     builder.download_and_prepare(file_format="array_record", download_config=download_config)
     return builder
+
+
+def beam_pipeline(flags_: list[str]):
+    """Beam PipelineOptions from command-line flags (default runner: DirectRunner, on this host). On Dataflow:
+        --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --staging_location=gs://B/stage
+        --requirements_file=requirements.txt --setup_file=./setup.py --num_workers=N --max_num_workers=M
+    with --config.data_dir=gs://B/data so workers write where the trainers read; DirectRunner takes
+    --direct_num_workers=K --direct_running_mode=multi_processing to use K local processes."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise ImportError("--beam needs Apache Beam: pip install -r requirements-beam.txt (apache-beam==2.71.0, the "
+                          "newest release that accepts our pillow and pyarrow pins)") from e
+    return PipelineOptions(flags_)
+
+
+def loader_shards(cfg: mlc.ConfigDict, hosts: int) -> int:
+    """ArrayRecord files per split so that every loader worker of every host reads its own: hosts x workers."""
+    if hosts < 1:
+        raise ValueError(f"--hosts {hosts}: pass the number of hosts that will read the dataset (>= 1)")
+    return hosts * max(1, int(cfg.loader.num_workers))
 
 
 def mode_dataset(cfg: mlc.ConfigDict, mode_key: str) -> tuple[str, str]:
@@ -69,16 +100,20 @@ def mode_dataset(cfg: mlc.ConfigDict, mode_key: str) -> tuple[str, str]:
     return dataset, "multiview" if mode_key == "mode_3d" else "classes"
 
 
-def build_all(cfg: mlc.ConfigDict, names: list[str]) -> list[str]:
+def build_all(cfg: mlc.ConfigDict, names: list[str], *, beam_options: list[str] | None = None,
+              hosts: int | None = None) -> list[str]:
     """Prepare each of `names` (mode_3d, mode_2d, ood_eval or a dataset name); one report line per dataset, then
-    one per skipped input (the first 20)."""
+    one per skipped input (the first 20). `hosts`: write hosts x loader workers shards per split."""
+    num_shards = None if hosts is None else loader_shards(cfg, hosts)
     lines = []
     for name in names:
         dataset, kind = mode_dataset(cfg, name) if name in MODE_DATASETS else (name, "multiview")
-        builder = prepare(cfg, dataset, kind)
+        builder = prepare(cfg, dataset, kind, beam_options=beam_options, num_shards=num_shards)
         skipped = builder.info.metadata.get("skipped", [])
         sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
-        lines.append(f"{name}: {dataset} -> {builder.data_dir} {sizes}; {len(skipped)} inputs skipped")
+        shards = {split: info.num_shards for split, info in builder.info.splits.items()}
+        lines.append(f"{name}: {dataset} -> {builder.data_dir} {sizes} in {shards} shards; {len(skipped)} inputs "
+                     "skipped")
         lines += [f"  skipped {item['item']}: {item['reason']}" for item in skipped[:20]]
     return lines
 

@@ -137,28 +137,54 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
+        config = self.builder_config
+        classes = class_list(config)
+        # Set here, in the driver: under Beam `_generate_examples` runs in workers, whose changes are lost.
+        self.info.metadata["class_names"] = [f"{colour} {shape}" for colour, shape in classes]
+        for split in SPLITS:
+            self.info.metadata.setdefault("class_counts", {})[split] = [per_class(config, split)] * len(classes)
+        if getattr(self, "use_beam", False):
+            return {split: self._beam_examples(split) for split in SPLITS}
         return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str):
+        for key, label, i in record_keys(self.builder_config, split):
+            yield key, make_record(self.builder_config, split, label, i)
+
+    def _beam_examples(self, split: str):
+        """The same records as `_generate_examples`, one Beam element each: workers render them in parallel
+        (DirectRunner here, Dataflow or Flink on a cluster: build.py)."""
+        import apache_beam as beam
         config = self.builder_config
-        per_class = config.train_per_class if split == "train" else config.validation_per_class
-        classes = class_list(config)
-        self.info.metadata["class_names"] = [f"{colour} {shape}" for colour, shape in classes]
-        self.info.metadata.setdefault("class_counts", {})[split] = [per_class] * len(classes)
-        key = 0
-        for label, (colour, shape) in enumerate(classes):
-            for i in range(per_class):
-                rng = object_rng(config, split, label, i)
-                object_id = f"{colour}_{shape}_{split}_{i:05d}"
-                if config.kind == "multiview":
-                    record = render_object(config, *sample_object(config, colour, shape, rng))
-                    record.update(object_id=object_id, caption=f"{article(colour)} {colour} {shape}",
-                                  views=[records.encode_png(view) for view in record["views"]])
-                else:
-                    record = {"image_id": object_id, "label": label, "class_name": f"{colour} {shape}",
-                              "image": records.encode_png(render_class_image(config, colour, shape, rng))}
-                yield key, record
-                key += 1
+        return (beam.Create(list(record_keys(config, split)))
+                | beam.Map(lambda item: (item[0], make_record(config, split, item[1], item[2]))))
+
+
+def per_class(config: SyntheticShapesConfig, split: str) -> int:
+    return config.train_per_class if split == "train" else config.validation_per_class
+
+
+def record_keys(config: SyntheticShapesConfig, split: str):
+    """(key, label, index) of every record of `split`, in key order."""
+    key = 0
+    for label in range(len(class_list(config))):
+        for i in range(per_class(config, split)):
+            yield key, label, i
+            key += 1
+
+
+def make_record(config: SyntheticShapesConfig, split: str, label: int, i: int) -> dict:
+    """Record `i` of class `label`: a pure function of the config (what lets any worker render any record)."""
+    colour, shape = class_list(config)[label]
+    rng = object_rng(config, split, label, i)
+    object_id = f"{colour}_{shape}_{split}_{i:05d}"
+    if config.kind == "multiview":
+        record = render_object(config, *sample_object(config, colour, shape, rng))
+        record.update(object_id=object_id, caption=f"{article(colour)} {colour} {shape}",
+                      views=[records.encode_png(view) for view in record["views"]])
+        return record
+    return {"image_id": object_id, "label": label, "class_name": f"{colour} {shape}",
+            "image": records.encode_png(render_class_image(config, colour, shape, rng))}
 
 
 def make_builder(cfg: mlc.ConfigDict, kind: str, data_dir: str) -> SyntheticShapes:

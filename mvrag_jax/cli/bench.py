@@ -1,4 +1,4 @@
-"""`mvrag bench unet|sample|train|all|compare`: compile and call timings (mvrag_jax/bench/)."""
+"""`mvrag bench unet|sample|train|retrieval|all|compare`: compile and call timings (mvrag_jax/bench/)."""
 
 import json
 import os
@@ -27,6 +27,19 @@ def define_bench(fv):
     flags.DEFINE_bool("find_max_batch", False, "train, on a GPU/TPU machine: the largest batch whose step runs "
                       "(doubling, then bisection) on the first --meshes mesh, with its figures.", flag_values=fv)
     flags.DEFINE_integer("max_batch", 1024, "train --find_max_batch: largest batch tried.", flag_values=fv)
+    flags.DEFINE_integer("docs", 100_000, "retrieval: synthetic captions (bm25) or embeddings (dense) to index.",
+                         flag_values=fv)
+    flags.DEFINE_enum("kind", "bm25", ["bm25", "dense"], "retrieval: bm25 (captions, the real build_index/open_index "
+                      "path) or dense (FAISS over CLIP-like embeddings, with recall@10 against exact search).",
+                      flag_values=fv)
+    flags.DEFINE_integer("num_shards", 1, "retrieval --kind bm25: build the index as this many shards.",
+                         flag_values=fv)
+    flags.DEFINE_integer("dim", 64, "retrieval --kind dense: embedding width (CLIP ViT-L/14: 768).", flag_values=fv)
+    flags.DEFINE_integer("queries", 200, "retrieval: timed queries.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "retrieval: folder for the temporary collection and index (default: the "
+                        "system's temporary folder; 1M captions need ~1 GB).", flag_values=fv)
+    flags.DEFINE_bool("json", False, "retrieval: print the figures as one JSON object (default: one per line).",
+                      flag_values=fv)
 
 
 def _setup_fake_devices(count: int) -> None:
@@ -63,9 +76,20 @@ def _run_bench_suite(fv, argv):
     return 1 if failed else 0
 
 
+def _run_bench_retrieval(fv):
+    from mvrag_jax.bench import retrieval as bench_retrieval
+    options = {"queries": fv.queries, "workdir": fv.workdir}
+    options.update(num_shards=fv.num_shards) if fv.kind == "bm25" else options.update(dim=fv.dim)
+    figures = bench_retrieval.bench_retrieval(fv.docs, fv.kind, **options)
+    print(json.dumps(figures) if fv.json else "\n".join(f"{key}: {value}" for key, value in figures.items()))
+    return 0
+
+
 def run_bench(fv, argv):
     if argv[1:2] in (["all"], ["compare"]):
         return _run_bench_suite(fv, argv)
+    if argv[1:] == ["retrieval"]:
+        return _run_bench_retrieval(fv)
     from mvrag_jax.bench import sample as bench_sample, unet as bench
     targets = {
         "unet": lambda: bench.bench_unet(fv.config, batch_size=fv.batch_size, steps=fv.steps),
@@ -75,13 +99,14 @@ def run_bench(fv, argv):
         "train": lambda: _run_bench_train(fv),
     }
     if len(argv) != 2 or argv[1] not in targets:
-        raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}}} [--config ...]; got {argv[1:]}")
+        raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}|retrieval}} [--config ...]; got {argv[1:]}")
     print(json.dumps(targets[argv[1]](), indent=1))
     return 0
 
 
 COMMANDS = (
-    Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train`; every benchmark to one JSON: "
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train`; retrieval at scale: `mvrag bench "
+            "retrieval --docs N [--kind bm25|dense] [--json]`; every benchmark to one JSON: "
             "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
             define_bench, run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
 )

@@ -1,6 +1,7 @@
 """`mvrag data build|preview|bench`: the tfds datasets and grain loaders of data_pipelines/."""
 
 import json
+import shlex
 import time
 
 from absl import flags
@@ -23,6 +24,15 @@ def define_data(fv):
     flags.DEFINE_float("guidance", 5.0, "variants: classifier-free guidance scale.", flag_values=fv)
     flags.DEFINE_float("fusion_weight", 0.5, "variants: text weight (image: 1.5 - it).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "variants: seed of the views and samples.", flag_values=fv)
+    flags.DEFINE_bool("beam", False, "build: render on Apache Beam (DirectRunner here unless --beam_options names "
+                      "another runner; synthetic_shapes so far). Records are identical to the plain build.",
+                      flag_values=fv)
+    flags.DEFINE_string("beam_options", "", "build --beam: Beam pipeline flags, e.g. \"--runner=DataflowRunner "
+                        "--project=P --region=R --temp_location=gs://B/tmp --num_workers=32\" (data_pipelines/"
+                        "build.py: beam_pipeline).", flag_values=fv)
+    flags.DEFINE_integer("hosts", None, "build: write hosts x loader workers ArrayRecord shards per split, so every "
+                         "loader worker of every host reads its own (default: tfds' size-based count).",
+                         flag_values=fv)
 
 
 def run_data(fv, argv):
@@ -33,7 +43,10 @@ def run_data(fv, argv):
                          f"got {argv[1:]}")
     flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
     if argv[1] == "build":
-        print("\n".join(build.build_all(fv.config, fv.datasets)))
+        if fv.beam_options and not fv.beam:
+            raise ValueError("--beam_options only applies with --beam; add --beam or drop them")
+        beam_options = shlex.split(fv.beam_options) if fv.beam else None
+        print("\n".join(build.build_all(fv.config, fv.datasets, beam_options=beam_options, hosts=fv.hosts)))
     elif argv[1] == "preview":
         print(f"wrote {preview.write_preview(fv.config, fv.out, fv.batches)}")
     elif argv[1] == "variants":

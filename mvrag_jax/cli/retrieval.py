@@ -15,12 +15,26 @@ def define_index(fv):
     flags.DEFINE_string("clip_model", None, "dense: a transformers CLIPModel folder (config.json, *.safetensors, "
                         "tokenizer files).", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.", flag_values=fv)
-    flags.mark_flags_as_required(["collection", "out"], flag_values=fv)
+    flags.DEFINE_integer("num_shards", 1, "bm25: split the index into this many shards (queried together, with the "
+                         "hits of one index).", flag_values=fv)
+    flags.DEFINE_integer("shard_index", None, "bm25 with --num_shards N: build only shard i (host i of a job), an "
+                         "ordinary index at --out; join the N with --join.", flag_values=fv)
+    flags.DEFINE_list("join", None, "Instead of --collection: BM25 index folders (e.g. the shards of a job) to join "
+                      "into one sharded index at --out (nothing is copied).", flag_values=fv)
+    flags.mark_flags_as_required(["out"], flag_values=fv)
 
 
 def run_index(fv, argv):
-    from mvrag_jax.retrieval import build_index
-    print(f"wrote {build_index(fv.collection, fv.out, kind=fv.kind, clip_model=fv.clip_model, overwrite=fv.overwrite)}")
+    from mvrag_jax.retrieval import RetrievalError, build_index
+    if (fv.collection is None) == (fv.join is None):
+        raise RetrievalError("pass --collection FILE.jsonl to build an index, or --join DIR,DIR to join BM25 shards")
+    if fv.join is not None:
+        from mvrag_jax.retrieval.index import join_shards
+        print(f"wrote {join_shards(fv.join, fv.out, overwrite=fv.overwrite)}")
+        return 0
+    out = build_index(fv.collection, fv.out, kind=fv.kind, clip_model=fv.clip_model, overwrite=fv.overwrite,
+                      num_shards=fv.num_shards, shard_index=fv.shard_index)
+    print(f"wrote {out}")
     return 0
 
 

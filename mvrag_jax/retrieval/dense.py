@@ -33,6 +33,7 @@ from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import clip
 from mvrag_jax.inputs.release import read_safetensors
+from mvrag_jax.retrieval import ann
 from mvrag_jax.retrieval.base import Candidate, RetrievalError, RetrievedImage, collect, read_image
 from mvrag_jax.retrieval.collection import CollectionError, CollectionRecord
 
@@ -227,8 +228,13 @@ def write_index(folder: pathlib.Path, root: pathlib.Path, records: Sequence[Coll
         raise CollectionError(f"no image of the collection under {root} could be read; dense indexing needs images")
     _LOG.info("embedded %d images: first batch (with compile) %.1f s, the rest %.1f s", len(kept), compile_s, run_s)
     np.save(folder / EMBEDDINGS_FILE, np.concatenate(embeddings).astype(np.float32))
-    return kept, {"clip_model": str(model.folder), "projection_dim": model.projection_dim,
-                  "image_size": model.vision_config.image_size}
+    settings = {"clip_model": str(model.folder), "projection_dim": model.projection_dim,
+                "image_size": model.vision_config.image_size}
+    if len(kept) >= ann.EXACT_BELOW:  # a full scan per query no longer pays: FAISS IVF-PQ + exact re-ranking
+        index = ann.build(np.load(folder / EMBEDDINGS_FILE, mmap_mode="r"))
+        ann.save(index, folder / ann.INDEX_FILE)
+        settings["ann"] = ann.factory_string(len(kept), model.projection_dim)
+    return kept, settings
 
 
 class DenseRetriever:
@@ -238,7 +244,8 @@ class DenseRetriever:
                  records: Sequence[CollectionRecord], clip_model: str | None = None):
         self.index_dir, self.root, self.records = index_dir, root, list(records)
         self.model = load_dual_encoder(clip_model or manifest["dense"]["clip_model"])
-        self.embeddings = np.load(index_dir / EMBEDDINGS_FILE)  # [n, projection_dim], rows L2-normalised
+        self.embeddings = np.load(index_dir / EMBEDDINGS_FILE, mmap_mode="r")  # [n, projection_dim], L2-normalised
+        self.searcher = ann.Searcher.open(index_dir) if (index_dir / ann.INDEX_FILE).is_file() else None
         if self.embeddings.shape != (len(self.records), self.model.projection_dim):
             raise RetrievalError(f"index {index_dir} holds embeddings {self.embeddings.shape} for {len(self.records)} "
                                  f"records, but {self.model.folder} projects to {self.model.projection_dim}; use the "
@@ -248,10 +255,23 @@ class DenseRetriever:
         """Cosine similarity of every indexed image with `prompt` [n]."""
         return self.embeddings @ normalize(text_features(self.model, [prompt]))[0]
 
+    def _ranked(self, prompt: str, k: int):
+        """(score, record index) best first: a full sort, or FAISS's top-k, widened while the caller reads on."""
+        if self.searcher is None:
+            scores = self.scores(prompt)
+            order = np.argsort(-scores, kind="stable")  # ties: image path order (records are sorted by path)
+            yield from ((float(scores[i]), int(i)) for i in order)
+            return
+        query, done, want = normalize(text_features(self.model, [prompt]))[0], 0, k
+        while done < len(self.records):
+            scores, ids = self.searcher.search(query, want)
+            yield from ((float(s), int(i)) for s, i in zip(scores[done:], ids[done:]))
+            done, want = len(ids), 2 * want
+            if len(ids) < want // 2:  # the index has no more candidates for this query
+                return
+
     def retrieve(self, prompt: str, k: int) -> list[RetrievedImage]:
-        scores = self.scores(prompt)
-        order = np.argsort(-scores, kind="stable")  # ties: image path order (records are sorted by path)
-        candidates = (Candidate(self.root / self.records[i].image, float(scores[i]), self.records[i].caption)
-                      for i in order)
+        candidates = (Candidate(self.root / self.records[i].image, score, self.records[i].caption)
+                      for score, i in self._ranked(prompt, k))
         return collect(candidates, k, empty_message=f"no indexed image of {self.index_dir} could be read under "
                                                     f"{self.root}; the images moved: rebuild the index")

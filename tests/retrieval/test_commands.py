@@ -61,3 +61,18 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, setup, args, message)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith(f"mvrag {args[0]}: error:")
     assert not (tmp_path / "i").exists()
+
+
+def test_index_shards_on_two_hosts_then_join(collection, tmp_path, capsys):
+    shards = [str(tmp_path / f"shard_{i}") for i in range(2)]
+    for i, shard in enumerate(shards):
+        assert main(["mvrag", "index", "--collection", str(collection), "--out", shard, "--num_shards", "2",
+                     "--shard_index", str(i)] + NO_CACHE) == 0
+    assert main(["mvrag", "index", "--join", ",".join(shards), "--out", str(tmp_path / "all")] + NO_CACHE) == 0
+    capsys.readouterr()
+    assert main(["mvrag", "retrieve", "--index", str(tmp_path / "all"), "--prompt", "red sphere", "--k", "3"]
+                + NO_CACHE) == 0
+    names = [line.split("\t")[2].rsplit("/", 1)[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names == ["img_3.png", "img_0.png", "img_1.png"]  # test_bm25's one-index ranking, ties included
+    assert main(["mvrag", "index", "--out", str(tmp_path / "x")] + NO_CACHE) == 2
+    assert "pass --collection FILE.jsonl to build an index, or --join" in capsys.readouterr().err
