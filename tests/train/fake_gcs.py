@@ -5,7 +5,8 @@ It keeps GCS's semantics where they differ from a disk, so code that only works 
     no-op (as gcsfs does below the bucket level);
   - an upload becomes visible only when its file is closed, whole (so a reader never sees half an object);
   - appends are refused (GCS objects are immutable), and rename is copy + delete (fsspec's default `mv`).
-Every write is logged in `FakeGCS.uploads` (keys, in order), so tests can count uploads.
+Every write is logged in `FakeGCS.uploads` (keys, in order) and `FakeGCS.upload_sizes` (their bytes), so tests can
+count uploads and bytes uploaded.
 
 `serve()` also puts the same objects behind a small HTTP server speaking the part of the GCS JSON API that
 tensorstore's GCS driver uses (media download with ranges and generation conditions, media upload, list, delete);
@@ -31,6 +32,7 @@ class FakeGCS(AbstractFileSystem):
     root_marker = ""
     objects: dict[str, tuple[bytes, float, int]] = {}  # key -> (data, mtime, generation); reset by `install`
     uploads: list[str] = []
+    upload_sizes: list[int] = []
     generations = itertools.count(1)
 
     @classmethod
@@ -103,6 +105,7 @@ def put(key: str, data: bytes) -> int:
     generation = next(FakeGCS.generations)
     FakeGCS.objects[key] = (bytes(data), time.time(), generation)
     FakeGCS.uploads.append(key)
+    FakeGCS.upload_sizes.append(len(data))
     return generation
 
 
@@ -122,7 +125,7 @@ class _Upload(io.BytesIO):
 def install() -> type[FakeGCS]:
     """Route gs:// (fsspec and etils.epath) to an empty FakeGCS; `uninstall` undoes it."""
     from etils.epath import backend
-    FakeGCS.objects, FakeGCS.uploads = {}, []
+    FakeGCS.objects, FakeGCS.uploads, FakeGCS.upload_sizes = {}, [], []
     for scheme in SCHEMES:
         fsspec.register_implementation(scheme, FakeGCS, clobber=True)
     FakeGCS.clear_instance_cache()
@@ -136,7 +139,7 @@ def uninstall() -> None:
     for scheme in SCHEMES:
         _registry.pop(scheme, None)  # back to fsspec's known implementations (gcsfs, if installed)
     backend.fsspec_backend._get_filesystem.cache_clear()
-    FakeGCS.objects, FakeGCS.uploads = {}, []
+    FakeGCS.objects, FakeGCS.uploads, FakeGCS.upload_sizes = {}, [], []
 
 
 class _JsonApi(http.server.BaseHTTPRequestHandler):

@@ -80,33 +80,77 @@ def test_write_atomic_local_and_in_a_bucket(gcs, tmp_path):
     assert _object(gcs, f"{RUN}/x/b.bin") == b"three" and gcs.uploads == ["bucket/runs/r1/x/b.bin"]
 
 
-def test_metrics_in_a_bucket_are_staged_uploaded_whole_and_resumed(gcs):
+def _events(fake) -> list[str]:
+    return sorted(key for key in fake.objects if key.startswith("bucket/runs/r1/tb/events.out.tfevents."))
+
+
+def test_metrics_in_a_bucket_go_up_as_new_parts_and_resume(gcs):
     with metrics.MetricWriter(RUN, sync_every_s=3600) as writer:
         writer.write([{"step": 1, "loss": 0.5, "loss_3d": 0.5}, {"step": 2, "loss": 0.4, "loss_2d": 0.4}])
-        assert not gcs.objects  # staged locally until a sync
-        staging = writer._mirror.local
+        assert not gcs.objects  # held back until a sync
+        staging = writer._staging
         writer.sync()
         assert metrics.read_metrics(RUN) == [{"step": 1, "loss": 0.5, "loss_3d": 0.5},
                                              {"step": 2, "loss": 0.4, "loss_2d": 0.4}]
-        events = [key for key in gcs.objects if key.startswith("bucket/runs/r1/tb/events.out.tfevents.")]
+        assert sorted(k for k in gcs.objects if "/metrics/" in k) == ["bucket/runs/r1/metrics/00000-000000.jsonl"]
+        events = _events(gcs)
         assert len(events) == 1 and b"train/loss_3d" in gcs.objects[events[0]][0]
         uploads = len(gcs.uploads)
         writer.sync()
-        assert len(gcs.uploads) == uploads  # nothing changed: nothing uploaded
+        assert len(gcs.uploads) == uploads  # nothing new: nothing uploaded
+        writer.write([{"step": 3, "loss": 0.35}])
+        writer.sync()
+        assert gcs.uploads[uploads:] == ["bucket/runs/r1/metrics/00000-000001.jsonl", *_events(gcs)[1:]]
+        assert _object(gcs, f"{RUN}/metrics/00000-000001.jsonl") == b'{"step": 3, "loss": 0.35}\n'  # only the new
+        assert gcs.objects[events[0]] == gcs.objects[_events(gcs)[0]]  # the first event file was not uploaded again
     assert not staging.exists()
 
     with metrics.MetricWriter(RUN, sync_every_s=0) as writer:  # a resumed run; syncs on every write
-        writer.write([{"step": 2, "loss": 0.3, "loss_2d": 0.3}, {"step": 3, "loss": 0.2, "loss_3d": 0.2}])
-        assert [r["step"] for r in metrics.read_metrics(RUN)] == [1, 2, 3]
-    assert [(r["step"], r["loss"]) for r in metrics.read_metrics(RUN)] == [(1, 0.5), (2, 0.3), (3, 0.2)]
-    lines = _object(gcs, f"{RUN}/metrics.jsonl").decode().splitlines()
-    assert len(lines) == 4  # the first run's two records, then this run's two: the file was continued, not replaced
-    assert len([key for key in gcs.objects if "/tb/events.out.tfevents." in key]) == 2
+        writer.write([{"step": 3, "loss": 0.3, "loss_2d": 0.3}, {"step": 4, "loss": 0.2, "loss_3d": 0.2}])
+        assert [r["step"] for r in metrics.read_metrics(RUN)] == [1, 2, 3, 4]
+    assert [(r["step"], r["loss"]) for r in metrics.read_metrics(RUN)] == [(1, 0.5), (2, 0.4), (3, 0.3), (4, 0.2)]
+    assert sorted(k for k in gcs.objects if "/metrics/" in k) == [  # run 1 went on after run 0's parts
+        f"bucket/runs/r1/metrics/{name}.jsonl" for name in ("00000-000000", "00000-000001", "00001-000000")]
+    assert len(_events(gcs)) == 3  # one event file per sync that had events
+    assert not any(k.endswith("metrics.jsonl") for k in gcs.objects)
 
     png = metrics.plot_loss(RUN)
     assert str(png) == f"{RUN}/loss.png"
     with Image.open(io.BytesIO(_object(gcs, str(png)))) as image:
         assert image.format == "PNG" and image.size == (700, 400)
+
+
+def test_a_bucket_workdir_of_an_older_version_keeps_its_metrics_jsonl(gcs):
+    from etils import epath
+    (epath.Path(RUN) / "metrics.jsonl").write_text('{"step": 1, "loss": 0.9}\n{"step": 2, "loss": 0.8}\n')
+    with metrics.MetricWriter(RUN) as writer:
+        writer.write([{"step": 2, "loss": 0.7}, {"step": 3, "loss": 0.6}])
+    assert [(r["step"], r["loss"]) for r in metrics.read_metrics(RUN)] == [(1, 0.9), (2, 0.7), (3, 0.6)]
+
+
+def test_each_sync_uploads_only_what_is_new_over_a_long_run(gcs):
+    """A simulated long run: 2,000 steps, a record per step, a sync every 20 steps. Whole-file re-uploads (the
+    previous design) would send the sum of the growing files: quadratic in the run's length."""
+    syncs, steps_per_sync = 100, 20
+    per_sync, log, events = [], 0, 0
+    with metrics.MetricWriter(RUN, sync_every_s=3600) as writer:
+        for sync in range(syncs):
+            before = sum(gcs.upload_sizes)
+            for step in range(sync * steps_per_sync + 1, (sync + 1) * steps_per_sync + 1):
+                writer.write([{"step": step, "loss": 1.0 / step, "grad_norm": 0.5, "steps_per_s": 3.0}])
+            assert writer.sync() == sum(gcs.upload_sizes) - before  # what sync reports is what went up
+            per_sync.append(sum(gcs.upload_sizes) - before)
+    records = sum(len(v[0]) for k, v in gcs.objects.items() if "/metrics/" in k)
+    tb = sum(len(v[0]) for k, v in gcs.objects.items() if "/tb/" in k)
+    assert sum(gcs.upload_sizes) == records + tb  # every byte went up exactly once: no object was replaced
+    assert len(metrics.read_metrics(RUN)) == syncs * steps_per_sync
+    # Bytes per sync stay flat (a record's JSON grows by a digit or so), instead of growing with the step.
+    assert max(per_sync) < 1.2 * min(per_sync), per_sync
+    whole_files = sum(records * (i + 1) / syncs for i in range(syncs))  # re-uploading metrics.jsonl whole
+    assert whole_files > 40 * records
+    print(f"\n{syncs} syncs of {steps_per_sync} steps: {min(per_sync)}-{max(per_sync)} bytes per sync, "
+          f"{sum(per_sync)} in all ({records} of records, {tb} of TensorBoard events); whole-file re-uploads of "
+          f"metrics.jsonl alone: {whole_files:.0f}")
 
 
 def test_samples_in_a_bucket(gcs):
