@@ -227,7 +227,7 @@ def test_tpu_requirements_pin_what_bucket_workdirs_need():
 def test_a_training_run_in_a_bucket_then_resume(gcs_api, train_data_dir, tmp_path):
     from configs import train
     cfg = train.get_config("size=micro")
-    cfg.train.update(batch_size=2, steps=2, ckpt_every=1, log_every=1)
+    cfg.train.update(batch_size=2, steps=2, ckpt_every=1, log_every=1, keep_checkpoints=2)
     cfg.data.update(batch_size=2, data_dir=str(train_data_dir))
     first = loop.run(cfg, RUN)
     assert first["step"] == 2 and first["workdir"] == RUN and first["loss_png"] == f"{RUN}/loss.png"
@@ -237,4 +237,10 @@ def test_a_training_run_in_a_bucket_then_resume(gcs_api, train_data_dir, tmp_pat
     assert [r["step"] for r in metrics.read_metrics(RUN)] == [1, 2, 3]
     keys = set(gcs_api.objects)
     assert {f"bucket/runs/r1/checkpoints/{s}/commit_success.txt" for s in (2, 3)} <= keys
-    assert len([k for k in keys if "/tb/events.out.tfevents." in k]) == 2
+    assert not any(k.startswith("bucket/runs/r1/checkpoints/1/") for k in keys)  # train.keep_checkpoints=2
+    # Process 0 writes the records and events: one part per sync with new records, none rewritten.
+    parts = sorted(k for k in keys if k.startswith("bucket/runs/r1/metrics/"))
+    assert parts and all(gcs_api.uploads.count(k) == 1 for k in parts)
+    assert {k.split("/")[-1].split("-")[0] for k in parts} == {"00000", "00001"}  # the first run's, the resumed one's
+    events = [k for k in keys if "/tb/events.out.tfevents." in k]
+    assert len(events) >= 2 and all(gcs_api.uploads.count(k) == 1 for k in events)
