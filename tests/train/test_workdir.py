@@ -244,3 +244,25 @@ def test_a_training_run_in_a_bucket_then_resume(gcs_api, train_data_dir, tmp_pat
     assert {k.split("/")[-1].split("-")[0] for k in parts} == {"00000", "00001"}  # the first run's, the resumed one's
     events = [k for k in keys if "/tb/events.out.tfevents." in k]
     assert len(events) >= 2 and all(gcs_api.uploads.count(k) == 1 for k in events)
+
+
+def test_another_process_reaches_the_same_fake_bucket_over_http(gcs_api):
+    """The multi-process tests' plumbing: a process's gs:// through fake_gcs.install_http lands in this process's
+    fake bucket, with its writer tag."""
+    from tests.train.conftest import run_python
+    url = os.environ["TENSORSTORE_GCS_HTTP_URL"]
+    (workdir.as_path(RUN) / "seen.txt").write_text("0")  # written here, listed there
+    proc = run_python(f"""
+from etils import epath
+from tests.train import fake_gcs
+fake_gcs.install_http({url!r}, "process-1")
+root = epath.Path("{RUN}")
+(root / "a" / "b.txt").write_text("hello")
+assert (root / "a" / "b.txt").read_text() == "hello" and (root / "a").is_dir() and not (root / "nope").exists()
+assert sorted(p.name for p in root.iterdir()) == ["a", "seen.txt"], list(root.iterdir())
+(root / "a" / "b.txt").unlink()
+(root / "c.txt").write_bytes(b"x")
+""", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bucket/runs/r1/a/b.txt" not in gcs_api.objects and _object(gcs_api, f"{RUN}/c.txt") == b"x"
+    assert ("bucket/runs/r1/c.txt", "process-1") in gcs_api.writers
