@@ -266,3 +266,57 @@ assert sorted(p.name for p in root.iterdir()) == ["a", "seen.txt"], list(root.it
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bucket/runs/r1/a/b.txt" not in gcs_api.objects and _object(gcs_api, f"{RUN}/c.txt") == b"x"
     assert ("bucket/runs/r1/c.txt", "process-1") in gcs_api.writers
+
+
+# A `mvrag train` process whose gs:// is the test's fake bucket (over its JSON API), tagging its uploads.
+_TRAIN_IN_FAKE_BUCKET = """
+import os, sys, types
+from tests.train import fake_gcs
+fake_gcs.install_http(os.environ["TENSORSTORE_GCS_HTTP_URL"], os.environ["FAKE_GCS_WRITER"])
+from orbax.checkpoint._src.path import gcs_utils
+gcs_utils.get_bucket = lambda name: types.SimpleNamespace(name=name, hierarchical_namespace_enabled=False)
+from mvrag_jax.cli import main
+sys.exit(main(["mvrag", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow  # two training processes (the step compile is test_distributed's, from the session's cache)
+def test_two_processes_in_a_bucket_write_what_the_readme_says(gcs_api, train_data_dir, compile_cache):
+    import json
+    import subprocess
+    import sys
+    from tests.conftest import free_port
+    from tests.train.conftest import subprocess_env, train_argv
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _TRAIN_IN_FAKE_BUCKET, *train_argv(RUN, train_data_dir, compile_cache,
+                                                                "--config.train.steps=2", "--config.train.ckpt_every=1",
+                                                                "--config.data.batch_size=1",
+                                                                # as tests/train/test_distributed.py: its compile
+                                                                "--config.train.optimizer.learning_rate=1e-3",
+                                                                f"--coordinator={address}",
+                                                                "--num_processes=2", f"--process_id={i}",
+                                                                "--init_timeout=120")[3:]],
+        cwd=REPO, env=subprocess_env(FAKE_GCS_WRITER=f"process-{i}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=1500) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    assert [json.loads(out.strip().splitlines()[-1])["step"] for out, _ in outputs] == [2, 2]
+
+    wrote = {}  # writer -> keys (relative to the run) it uploaded through epath; "" = tensorstore (orbax's arrays)
+    for key, writer in gcs_api.writers:
+        wrote.setdefault(writer, set()).add(key.removeprefix("bucket/runs/r1/"))
+    print("\n" + "\n".join(f"{w or 'tensorstore'}: {sorted(keys)}" for w, keys in sorted(wrote.items())))
+    main_only = [k for k in gcs_api.objects if re.match(r"bucket/runs/r1/(metrics/|tb/|loss\.png)", k)]
+    assert main_only and all(k.removeprefix("bucket/runs/r1/") in wrote["process-0"] for k in main_only)
+    assert not any(re.match(r"(metrics/|tb/|loss\.png|samples/)", k) for k in wrote["process-1"])
+    # every process writes its own loader position; nothing of process 1 lies outside checkpoints/
+    assert {"checkpoints/2/data_iter/process_1-of-2.json"} <= wrote["process-1"]
+    assert all(k.startswith("checkpoints/") for k in wrote["process-1"]), wrote["process-1"]
+    assert "checkpoints/2/data_iter/process_0-of-2.json" in wrote["process-0"]
+    assert "checkpoints/2/commit_success.txt" in wrote["process-0"]  # the primary host commits the step
+    arrays = [k for k in gcs_api.objects if "/checkpoints/2/state/ocdbt.process_" in k]
+    assert {re.search(r"ocdbt\.process_(\d)", k)[1] for k in arrays} == {"0", "1"}  # both write array shards
+    step, state = checkpoint.restore_state(RUN)  # this one process restores what two wrote in the bucket
+    assert step == 2 and int(state["step"]) == 2
