@@ -135,7 +135,7 @@ def _supervise(tmp_path, state: dict, *args: str) -> tuple[subprocess.CompletedP
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_STATE": str(state_file),
            "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", str(SCRIPT), *BASE, "--skip_plan", "--poll_s", "0", *args], capture_output=True,
-                          text=True, timeout=60, cwd="/", env=env)
+                          text=True, timeout=300, cwd="/", env=env)  # ~20 gcloud calls: slow on a busy machine
     return proc, json.loads(state_file.read_text())
 
 
