@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (install + the main job: train a tiny MV-RAG on 8 fake CPU devices,
-# then generate with retrieval and check what it learned), `make test`.
+# then generate with retrieval and check what it learned), `make test`. CI runs `make test-all` and the demo.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -34,11 +34,21 @@ demo: install
 	$(PY) -m mvrag_jax.demo.colour $(DEMO)/generated --json $(DEMO)/colour.json
 	@echo "demo outputs: $(DEMO)/train/loss.png, $(DEMO)/generated/*/grid.png, $(DEMO)/colour.json"
 
+# The development loop: every test but the slow ones (about 8 min on 2 quiet cores).
 test: install
 	$(PY) -m pytest -m "not slow"
 
-test-all: install
-	$(PY) -m pytest
+# Everything CI proves (.ci/run): the slow tests too (SIGTERM resume, two processes, meshes, a bucket run, 8-device
+# generation, config C) and the libtpu ones (TPU plans, Pallas kernels, compile_effort), in their own venv with
+# requirements-tpu.txt on top, so `make test` stays the fast loop (libtpu there would add its compiles).
+ALL_VENV ?= .venv-all
+test-all:
+	$(MAKE) VENV=$(ALL_VENV) $(ALL_VENV)/.installed $(ALL_VENV)/.installed-tpu
+	$(ALL_VENV)/bin/python -m pytest --durations=30
+
+$(VENV)/.installed-tpu: $(VENV)/.installed requirements-tpu.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-tpu.txt
+	touch $@
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(ALL_VENV) out .pytest_cache

@@ -6,10 +6,18 @@
 #       --workdir gs://my-bucket/runs/r1 --data gs://my-bucket/mvrag_data --data_mode gcsfuse \
 #       --config configs/train.py:size=full -- --config.train.init=/ckpt/mvrag --config.train.batch_size=24
 #
-# Everything after `--` is passed to both `mvrag plan` and `mvrag train` (config overrides).
-# --dry_run prints every command instead of running it. Before touching the cloud, `mvrag plan` compiles the train
+# Everything after `--` is passed to both `mvrag plan` and `mvrag train` (config overrides). Flags take dashes or
+# underscores (--dry-run, --dry_run). --dry_run prints every command instead of running it. Before touching the cloud, `mvrag plan` compiles the train
 # step for the accelerator type (libtpu, no TPU needed; see requirements-tpu.txt) and a config that does not fit the
 # chip's HBM is refused. --plan_json FILE uses a saved plan report (`mvrag plan --json` output) instead.
+#
+# --supervise keeps the run going through preemptions (spot VMs: --spot; queued resources: --queued_resource): every
+# --poll_s seconds it asks for the VM's state and each worker's trainer. A preempted, failed or missing VM is deleted
+# and created again, set up again, and `mvrag train` started on every worker; a trainer gone, failed or preempted on
+# any worker is stopped on all (SIGTERM: a live one saves) and started again. Each start resumes from the latest
+# checkpoint in the gs:// workdir. Two trainers on one workdir are refused by the trainer's workdir lock, so a
+# supervisor that restarts while an old trainer still runs cannot double it. It returns 0 once the trainer on every
+# worker exits 0 without being preempted (train.steps reached), and 2 after --max_failures failed starts in a row.
 set -euo pipefail
 
 usage() {
@@ -17,7 +25,9 @@ usage() {
 usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --workdir gs://... --data gs://...
                            [--project P] [--runtime_version V] [--config FILE[:ARGS]] [--mesh data=1,fsdp=8]
                            [--data_mode gcsfuse|copy] [--data_dir DIR] [--plan_json FILE] [--skip_plan]
+                           [--spot | --queued_resource] [--supervise [--poll_s 300] [--max_failures 3]]
                            [--dry_run] [-- CONFIG_OVERRIDES...]
+  Multi-word flags take dashes or underscores (--dry-run = --dry_run).
   --tpu               TPU VM name (created if absent, reused if present)
   --zone              GCP zone, e.g. us-west4-a
   --project           GCP project (default: gcloud's configured project)
@@ -32,7 +42,13 @@ usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --work
   --data_dir          where the data appears on the workers (default /tmp/mvrag_data or /mnt/gcs/BUCKET/PATH)
   --plan_json         use this saved `mvrag plan --json` report instead of compiling the plan
   --skip_plan         do not check the plan (not recommended)
-  --dry_run           print the commands instead of running them
+  --spot              create a spot TPU VM (preemptible; use with --supervise)
+  --queued_resource   create the TPU through a queued resource (spot), waiting until it is granted
+  --supervise         watch the VM and the trainers; recreate, set up and restart after a preemption or failure
+  --poll_s            seconds between supervisor polls (default 300)
+  --max_failures      stop supervising after this many failed (non-zero) trainer starts in a row (default 3)
+  --dry_run           print the commands instead of running them (with --supervise: the launch, then every
+                      command of one preempt-and-resume cycle)
 EOF
 }
 
@@ -40,9 +56,14 @@ die() { echo "tpu_train.sh: error: $*" >&2; exit 2; }
 
 TPU="" ZONE="" PROJECT="" ACCELERATOR="" RUNTIME="" WORKDIR="" CONFIG="configs/train.py:size=full" MESH=""
 DATA="" DATA_MODE="gcsfuse" DATA_DIR="" PLAN_JSON="" SKIP_PLAN=0 DRY_RUN=0
+SPOT=0 QUEUED=0 SUPERVISE=0 POLL_S=300 MAX_FAILURES=3
 OVERRIDES=()
 while (($#)); do
-  case "$1" in
+  flag="$1"
+  if [[ "$flag" == --?*-* ]]; then  # --dry-run -> --dry_run (not the `--` separator, not the values)
+    flag="--$(tr - _ <<< "${flag#--}")"
+  fi
+  case "$flag" in
     --tpu) TPU="$2"; shift 2 ;;
     --zone) ZONE="$2"; shift 2 ;;
     --project) PROJECT="$2"; shift 2 ;;
@@ -57,6 +78,11 @@ while (($#)); do
     --plan_json) PLAN_JSON="$2"; shift 2 ;;
     --skip_plan) SKIP_PLAN=1; shift ;;
     --dry_run) DRY_RUN=1; shift ;;
+    --spot) SPOT=1; shift ;;
+    --queued_resource) QUEUED=1; shift ;;
+    --supervise) SUPERVISE=1; shift ;;
+    --poll_s) POLL_S="$2"; shift 2 ;;
+    --max_failures) MAX_FAILURES="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; OVERRIDES=("$@"); break ;;
     *) usage >&2; die "unknown flag $1" ;;
@@ -70,6 +96,9 @@ done
 [[ "$DATA" == gs://* ]] || die "--data must be the gs:// location of the ArrayRecord datasets, got '${DATA}'"
 [[ "$DATA_MODE" == gcsfuse || "$DATA_MODE" == copy ]] || die "--data_mode must be gcsfuse or copy, got '${DATA_MODE}'"
 [[ -z "$PLAN_JSON" || -f "$PLAN_JSON" ]] || die "--plan_json ${PLAN_JSON} does not exist"
+[[ "$POLL_S" =~ ^[0-9]+$ ]] || die "--poll_s must be a whole number of seconds, got '${POLL_S}'"
+[[ "$MAX_FAILURES" =~ ^[1-9][0-9]*$ ]] || die "--max_failures must be a positive count, got '${MAX_FAILURES}'"
+if ((SPOT && QUEUED)); then die "--spot and --queued_resource exclude each other (a queued resource here is always spot)"; fi
 
 if [[ -z "$RUNTIME" ]]; then
   case "$ACCELERATOR" in
@@ -143,29 +172,40 @@ else
   (cd "$REPO" && "${PLAN_CMD[@]}") | check_plan
 fi
 
-# ---- 2. the TPU VM: reuse it if it exists ------------------------------------------------------------------------
-if ((DRY_RUN)); then
-  echo "+ $(quote gcloud compute tpus tpu-vm describe "$TPU" "${GCLOUD_FLAGS[@]}") || \\"
-  echo "  $(quote gcloud compute tpus tpu-vm create "$TPU" "${GCLOUD_FLAGS[@]}" --accelerator-type "$ACCELERATOR" \
-    --version "$RUNTIME")"
-elif gcloud compute tpus tpu-vm describe "$TPU" "${GCLOUD_FLAGS[@]}" > /dev/null 2>&1; then
-  echo "reusing TPU VM ${TPU}"
-else
-  gcloud compute tpus tpu-vm create "$TPU" "${GCLOUD_FLAGS[@]}" --accelerator-type "$ACCELERATOR" --version "$RUNTIME"
+# ---- 2. the TPU VM --------------------------------------------------------------------------------------------------
+CREATE_CMD=(gcloud compute tpus tpu-vm create "$TPU" "${GCLOUD_FLAGS[@]}" --accelerator-type "$ACCELERATOR"
+            --version "$RUNTIME")
+((SPOT)) && CREATE_CMD+=(--spot)
+DELETE_CMD=(gcloud compute tpus tpu-vm delete "$TPU" "${GCLOUD_FLAGS[@]}" --quiet)
+STATE_CMD=(gcloud compute tpus tpu-vm describe "$TPU" "${GCLOUD_FLAGS[@]}" --format "value(state)")
+if ((QUEUED)); then  # the queued resource owns the VM (node id = --tpu); its state says whether the VM exists
+  CREATE_CMD=(gcloud compute tpus queued-resources create "$TPU" "${GCLOUD_FLAGS[@]}" --node-id "$TPU"
+              --accelerator-type "$ACCELERATOR" --runtime-version "$RUNTIME" --spot)
+  DELETE_CMD=(gcloud compute tpus queued-resources delete "$TPU" "${GCLOUD_FLAGS[@]}" --force --quiet)
+  STATE_CMD=(gcloud compute tpus queued-resources describe "$TPU" "${GCLOUD_FLAGS[@]}" --format "value(state.state)")
 fi
 
-# ---- 3. code and dependencies on every worker --------------------------------------------------------------------
-run tar -czf "$CODE_TGZ" -C "$REPO" --exclude=.venv --exclude=.git --exclude=out --exclude=__pycache__ \
-  --exclude=.pytest_cache .
-run gcloud compute tpus tpu-vm scp "$CODE_TGZ" "${TPU}:~/mvrag_code.tgz" "${GCLOUD_FLAGS[@]}" --worker=all
-on_workers "rm -rf ~/${REMOTE_DIR} && mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/mvrag_code.tgz -C ~/${REMOTE_DIR}"
-on_workers "cd ~/${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && \
-.venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt && .venv/bin/pip install -q --no-deps -e ."
+vm_state() {  # READY, WAIT (being made or repaired), GONE (absent, preempted, failed: delete and create again)
+  local state
+  state="$("${STATE_CMD[@]}" 2> /dev/null)" || { echo GONE; return; }
+  case "$state" in
+    READY|ACTIVE) echo READY ;;
+    CREATING|STARTING|RESTARTING|REPAIRING|PROVISIONING|ACCEPTED|WAITING_FOR_RESOURCES) echo WAIT ;;
+    *) echo GONE ;;  # PREEMPTED, TERMINATED, STOPPED, FAILED, SUSPENDED, ...
+  esac
+}
 
-# ---- 4. data on every worker -------------------------------------------------------------------------------------
-if [[ "$DATA_MODE" == gcsfuse ]]; then
-  # One read-only mount per worker, as MaxText does for grain; metadata caches never expire (the data is static).
-  on_workers "command -v gcsfuse >/dev/null || { \
+# ---- 3. code, dependencies and data on every worker --------------------------------------------------------------
+setup_workers() {
+  run tar -czf "$CODE_TGZ" -C "$REPO" --exclude=.venv --exclude=.git --exclude=out --exclude=__pycache__ \
+    --exclude=.pytest_cache .
+  run gcloud compute tpus tpu-vm scp "$CODE_TGZ" "${TPU}:~/mvrag_code.tgz" "${GCLOUD_FLAGS[@]}" --worker=all
+  on_workers "rm -rf ~/${REMOTE_DIR} && mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/mvrag_code.tgz -C ~/${REMOTE_DIR}"
+  on_workers "cd ~/${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && \
+.venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt && .venv/bin/pip install -q --no-deps -e ."
+  if [[ "$DATA_MODE" == gcsfuse ]]; then
+    # One read-only mount per worker, as MaxText does for grain; metadata caches never expire (the data is static).
+    on_workers "command -v gcsfuse >/dev/null || { \
 echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | \
 sudo tee /etc/apt/sources.list.d/gcsfuse.list && \
 curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && \
@@ -173,15 +213,116 @@ sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; } && \
 sudo mkdir -p /mnt/gcs/${BUCKET} && sudo chown \$USER /mnt/gcs/${BUCKET} && \
 { mountpoint -q /mnt/gcs/${BUCKET} || gcsfuse -o ro --implicit-dirs --type-cache-max-size-mb=-1 \
 --stat-cache-max-size-mb=-1 --kernel-list-cache-ttl-secs=-1 --metadata-cache-ttl-secs=-1 ${BUCKET} /mnt/gcs/${BUCKET}; }"
-else
-  on_workers "mkdir -p ${DATA_DIR} && gcloud storage cp -r ${DATA}/* ${DATA_DIR}/"
-fi
+  else
+    on_workers "mkdir -p ${DATA_DIR} && gcloud storage cp -r ${DATA}/* ${DATA_DIR}/"
+  fi
+}
 
-# ---- 5. train on every worker (detached, so a dropped ssh does not stop it), then stream worker 0's log ----------
+# ---- 4. the trainer on every worker --------------------------------------------------------------------------------
+# Detached in its own session (setsid), so a dropped ssh does not stop it and `stop_train` can signal its whole
+# process group. On each worker: ~/mvrag_train.pid (the session), ~/mvrag_train.log (stderr, appended across
+# restarts), ~/mvrag_train.json (the summary line `mvrag train` prints last), ~/mvrag_train.rc (its exit status).
 # The XLA cache in the workdir: every worker, and every restart after a preemption, loads the compiled step instead of
 # compiling it again (minutes at full size).
 TRAIN_ARGS="$(quote --config "$CONFIG" --workdir "$WORKDIR" --multihost "--config.data.data_dir=${DATA_DIR}" \
   --compile_cache_dir "${WORKDIR}/xla_cache" "${OVERRIDES[@]}")"
-on_workers "cd ~/${REMOTE_DIR} && nohup .venv/bin/mvrag train ${TRAIN_ARGS} > ~/mvrag_train.log 2>&1 &"
-run rm -f "$CODE_TGZ"
-run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log"
+TRAIN_JOB="echo \$\$ > ~/mvrag_train.pid; cd ~/${REMOTE_DIR} && .venv/bin/mvrag train ${TRAIN_ARGS} \
+> ~/mvrag_train.json 2>> ~/mvrag_train.log; echo \$? > ~/mvrag_train.rc"
+start_train() {
+  on_workers "rm -f ~/mvrag_train.rc ~/mvrag_train.json && setsid nohup bash -c $(quote "$TRAIN_JOB") \
+> /dev/null 2>&1 < /dev/null &"
+}
+stop_train() {  # SIGTERM (a live trainer finishes its step and saves), then wait up to 10 min for it to leave
+  on_workers "if [ -f ~/mvrag_train.pid ] && kill -0 -- -\$(cat ~/mvrag_train.pid) 2>/dev/null; then \
+kill -TERM -- -\$(cat ~/mvrag_train.pid); for i in \$(seq 120); do kill -0 -- -\$(cat ~/mvrag_train.pid) 2>/dev/null \
+|| break; sleep 5; done; fi; true"
+}
+# One line per worker: "mvrag-status running", "mvrag-status gone" or "mvrag-status exited RC SUMMARY_JSON".
+STATUS_CMD="if [ -f ~/mvrag_train.rc ]; then echo \"mvrag-status exited \$(cat ~/mvrag_train.rc) \
+\$(tail -n 1 ~/mvrag_train.json 2>/dev/null)\"; elif [ -f ~/mvrag_train.pid ] && \
+kill -0 -- -\$(cat ~/mvrag_train.pid) 2>/dev/null; then echo 'mvrag-status running'; else echo 'mvrag-status gone'; fi"
+trainer_status() {  # RUNNING (on every worker), DONE (train.steps reached everywhere), FAILED, or RESTART
+  local lines
+  lines="$(gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=all --command "$STATUS_CMD" 2>/dev/null \
+    | grep '^mvrag-status ')" || { echo RESTART; return; }  # no worker answered
+  if ! grep -qv '^mvrag-status running$' <<< "$lines"; then echo RUNNING
+  elif grep -q '^mvrag-status exited [1-9]' <<< "$lines"; then echo FAILED
+  elif ! grep -qv '^mvrag-status exited 0 .*"preempted": false' <<< "$lines"; then echo DONE
+  else echo RESTART; fi  # gone (VM rebooted), or preempted (SIGTERM: it saved and exited 0)
+}
+
+# ---- 5. launch, then stream worker 0's log or supervise -------------------------------------------------------------
+LOG_CMD=(gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log")
+trap 'rm -f "$CODE_TGZ"' EXIT
+
+if ((DRY_RUN)); then
+  echo "+ $(quote "${STATE_CMD[@]}")  # READY: reuse the VM; anything else: create it"
+  run "${CREATE_CMD[@]}"
+  setup_workers
+  start_train
+  if ! ((SUPERVISE)); then run "${LOG_CMD[@]}"; exit 0; fi
+  echo "# ---- supervise: every ${POLL_S} s, one preempt-and-resume cycle"
+  echo "+ $(quote "${STATE_CMD[@]}")"
+  echo "# VM preempted, failed or absent: delete it, create it again, set it up, start the trainers (they resume"
+  echo "# from the latest checkpoint in ${WORKDIR})"
+  run "${DELETE_CMD[@]}"
+  run "${CREATE_CMD[@]}"
+  setup_workers
+  start_train
+  echo "# VM being made or repaired: wait. VM ready: ask every worker for its trainer"
+  run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=all --command "$STATUS_CMD"
+  echo "# a trainer gone or preempted on any worker: stop the rest (SIGTERM: they save), start all again"
+  stop_train
+  start_train
+  echo "# every trainer exited 0, not preempted: done (exit 0); ${MAX_FAILURES} failed starts in a row: exit 2"
+  exit 0
+fi
+
+state="$(vm_state)"
+if [[ "$state" == READY ]]; then
+  echo "reusing TPU VM ${TPU}"
+  status="$(trainer_status)"
+  if [[ "$status" == RUNNING ]]; then
+    ((SUPERVISE)) || die "a trainer already runs on ${TPU}; watch it with --supervise, or stop it first"
+    echo "a trainer already runs on ${TPU}: supervising it"
+  else
+    setup_workers
+    start_train
+  fi
+else
+  if [[ "$state" == GONE ]]; then "${DELETE_CMD[@]}" > /dev/null 2>&1 || true; "${CREATE_CMD[@]}"; fi
+  until [[ "$(vm_state)" == READY ]]; do sleep "$POLL_S"; done
+  setup_workers
+  start_train
+fi
+if ! ((SUPERVISE)); then "${LOG_CMD[@]}"; exit 0; fi
+
+failures=0
+while true; do
+  sleep "$POLL_S"
+  state="$(vm_state)"
+  if [[ "$state" == WAIT ]]; then echo "supervise: ${TPU} is being made or repaired; waiting"; continue; fi
+  if [[ "$state" == GONE ]]; then
+    echo "supervise: ${TPU} was preempted or is gone; creating it again"
+    "${DELETE_CMD[@]}" > /dev/null 2>&1 || true
+    "${CREATE_CMD[@]}"
+    until [[ "$(vm_state)" == READY ]]; do sleep "$POLL_S"; done
+    setup_workers
+    start_train
+    continue
+  fi
+  case "$(trainer_status)" in
+    RUNNING) failures=0 ;;
+    DONE) echo "supervise: every worker's trainer finished (train.steps reached)"; exit 0 ;;
+    FAILED)
+      failures=$((failures + 1))
+      ((failures < MAX_FAILURES)) || die "the trainer failed ${failures} times in a row; see ~/mvrag_train.log on the workers"
+      echo "supervise: a trainer failed (${failures} of ${MAX_FAILURES}); restarting on every worker"
+      stop_train
+      start_train ;;
+    RESTART)
+      echo "supervise: a trainer was preempted or is gone; restarting on every worker (it resumes from ${WORKDIR})"
+      stop_train
+      start_train ;;
+  esac
+done

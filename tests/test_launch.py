@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -88,3 +89,98 @@ def test_bad_flags_are_one_line_errors(args, fragment):
 def test_shellcheck_clean():
     proc = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_dashed_flags_are_taken_like_every_other_command():
+    dashed = [a.replace("_", "-") if a.startswith("--") else a for a in BASE]  # --accelerator-type, ...
+    proc = _launch("--dry-run", *dashed, "--skip-plan", "--", "--config.train.batch_size=24")
+    assert proc.returncode == 0, proc.stderr
+    underscored = _launch("--dry_run", *BASE, "--skip_plan", "--", "--config.train.batch_size=24")
+    same_pid = lambda out: re.sub(r"mvrag_code_\d+", "mvrag_code_PID", out)  # the code archive is named by pid
+    assert same_pid(proc.stdout) == same_pid(underscored.stdout)
+    assert "v5litepod-8" in proc.stdout and "--config.train.batch_size=24" in proc.stdout
+
+
+def test_supervise_dry_run_prints_every_command_of_a_preempt_and_resume_cycle():
+    proc = _launch("--dry_run", *BASE, "--skip_plan", "--spot", "--supervise", "--poll_s", "60")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    launch, cycle = out.split("# ---- supervise: every 60 s, one preempt-and-resume cycle\n")
+    assert "--spot" in next(line for line in launch.splitlines() if "tpu-vm create" in line)
+    steps = [("tpu-vm describe mvrag-t1", "value(state)"), ("tpu-vm delete mvrag-t1", "--quiet"),
+             ("tpu-vm create mvrag-t1", "--spot"), ("tar -czf", "mvrag_code"), ("tpu-vm scp", "--worker=all"),
+             ("tar -xzf", "--worker=all"), ("pip install", "requirements-tpu.txt"), ("gcsfuse", "/mnt/gcs/bucket"), ("setsid nohup", "mvrag train"),
+             ("mvrag-status", "--worker=all"), ("kill -TERM", "--worker=all"), ("setsid nohup", "mvrag train")]
+    lines = [line for line in cycle.splitlines() if line.startswith("+ ")]
+    assert len(lines) == len(steps), cycle
+    for line, (first, second) in zip(lines, steps):
+        assert first in line and second in line, (line, first, second)
+    train = lines[-1]
+    for piece in ("--workdir gs://bucket/runs/r1", "--multihost", "--compile_cache_dir gs://bucket/runs/r1/xla_cache",
+                  "~/mvrag_train.rc"):  # resumes from the bucket; its exit status is what the supervisor reads
+        assert piece in train
+    assert "tail -F" not in cycle
+
+
+def _supervise(tmp_path, state: dict, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the launcher for real against tests/fake_gcloud.py on PATH (no cloud, no sleeps: --poll_s 0)."""
+    import os
+    import sys
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests' / 'fake_gcloud.py'} \"$@\"\n")
+    (bin_dir / "gcloud").chmod(0o755)
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps({"polls": 0, "calls": [], **state}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_STATE": str(state_file),
+           "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(SCRIPT), *BASE, "--skip_plan", "--poll_s", "0", *args], capture_output=True,
+                          text=True, timeout=300, cwd="/", env=env)  # ~20 gcloud calls: slow on a busy machine
+    return proc, json.loads(state_file.read_text())
+
+
+def _kinds(calls: list[list[str]]) -> list[str]:
+    """Each gcloud call as a word: describe, create, delete, scp, setup (ssh), start, stop, status, log."""
+    kinds = []
+    for argv in calls:
+        verb = argv[3]
+        if verb == "ssh":
+            command = argv[argv.index("--command") + 1]
+            verb = next((kind for key, kind in (("setsid", "start"), ("kill -TERM", "stop"),
+                                                ("mvrag-status", "status"), ("tail -F", "log")) if key in command),
+                        "setup")
+        kinds.append(verb)
+    return kinds
+
+
+def test_supervise_recreates_a_preempted_vm_restarts_a_lost_trainer_and_stops_when_done(tmp_path):
+    proc, state = _supervise(tmp_path, {"vm": None, "trainers": ["none", "none"],
+                                        "events": {"3": "preempt_vm", "5": "worker1_gone", "6": "finish"}},
+                             "--supervise")
+    assert proc.returncode == 0, proc.stderr
+    kinds = [k for k in _kinds(state["calls"]) if k not in ("scp", "setup")]
+    assert kinds == [
+        "describe", "delete", "create", "describe", "start",   # no VM: create it, set it up, train
+        "describe", "delete", "create", "describe", "start",   # poll 3: preempted: delete, create, set up, train
+        "describe", "status", "stop", "start",                 # poll 5: worker 1's trainer gone: stop all, start all
+        "describe", "status"]                                  # poll 6: every trainer done
+    assert _kinds(state["calls"]).count("scp") == 2  # the code is copied to each new VM
+    assert "preempted or is gone; creating it again" in proc.stdout
+    assert "restarting on every worker (it resumes from gs://bucket/runs/r1)" in proc.stdout
+    assert "every worker's trainer finished" in proc.stdout
+    assert state["trainers"] == ["done", "done"]
+
+
+def test_supervise_gives_up_after_failed_starts_in_a_row(tmp_path):
+    proc, state = _supervise(tmp_path, {"vm": "READY", "trainers": ["none", "none"],
+                                        "events": {"2": "fail", "3": "fail"}}, "--supervise", "--max-failures", "2")
+    assert proc.returncode == 2
+    assert "the trainer failed 2 times in a row; see ~/mvrag_train.log on the workers" in proc.stderr
+    assert _kinds(state["calls"]).count("start") == 2  # the launch, then one restart after the first failure
+
+
+def test_a_second_launch_onto_a_running_trainer_is_refused(tmp_path):
+    proc, state = _supervise(tmp_path, {"vm": "READY", "trainers": ["running", "running"], "events": {}})
+    assert proc.returncode == 2
+    assert "a trainer already runs on mvrag-t1; watch it with --supervise, or stop it first" in proc.stderr
+    assert "start" not in _kinds(state["calls"]) and "setup" not in _kinds(state["calls"])

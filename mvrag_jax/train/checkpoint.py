@@ -60,10 +60,10 @@ def open_manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int |
                  read_only: bool = False) -> ocp.CheckpointManager:
     """The run's manager: saves every `save_every` steps (others are skipped by `save`), keeps the last `keep`."""
     if save_every < 1 and not read_only:
-        raise ValueError(f"checkpoint save_every={save_every}; set --config.checkpoint.save_every to a positive step "
+        raise ValueError(f"checkpoint save_every={save_every}; set --config.train.ckpt_every to a positive step "
                          "count")
     if keep is not None and keep < 1 and not read_only:
-        raise ValueError(f"checkpoint keep={keep}; set --config.checkpoint.keep to at least 1")
+        raise ValueError(f"checkpoint keep={keep}; set --config.train.keep_checkpoints to at least 1")
     if read_only:
         save_every, keep = 0, None  # what orbax sets for a read-only manager anyway (it warns otherwise)
     options = ocp.CheckpointManagerOptions(

@@ -8,17 +8,23 @@ lines, and a loss-curve PNG at the end.
 A resumed run appends; steps it repeats (after a crash between checkpoints) replace the earlier records when read.
 Only process 0 writes (`enabled=False` elsewhere).
 
-In a bucket (gs://...: no appends) the JSONL and the event files are written to a local staging folder
-(workdir.Mirror; metrics.jsonl starts as a copy of the bucket's) and uploaded whole: by `sync()` (the loop calls it
-after each checkpoint save), by `write` at most every `sync_every_s` seconds, and on close. Each upload replaces the
-object at once, so a reader never sees a half-written file; a process killed between syncs loses only records of
-steps after its last checkpoint, which the resumed run writes again.
+In a bucket (gs://...: no appends, no partial updates) every sync uploads only what is new, so a days-long run
+uploads each byte once: the records since the last sync as one part object `WORKDIR/metrics/<run>-<part>.jsonl`
+(workdir.PartLog; `read_metrics` reads them in order after any `metrics.jsonl`), and the TensorBoard events since
+the last sync as one closed event file in `WORKDIR/tb/` (TensorBoard reads a folder's event files in name order,
+which is their order of writing). Syncs happen in `sync()` (the loop calls it after each checkpoint save), in `write`
+at most every `sync_every_s` seconds, and on close. Each object appears whole, so a reader never sees part of one; a
+process killed between syncs loses only records of steps after its last checkpoint, which the resumed run writes
+again.
 """
 
 import io
 import json
 import math
 import os
+import pathlib
+import shutil
+import tempfile
 import time
 import uuid
 from typing import Any, Iterable
@@ -30,6 +36,7 @@ from etils import epath
 from mvrag_jax.train import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
+METRICS_PARTS = "metrics"  # a bucket workdir's records: metrics/<run>-<part>.jsonl
 TB_DIR = "tb"
 LOSS_PNG = "loss.png"
 
@@ -41,21 +48,33 @@ class MetricWriter:
         self.workdir = workdir_lib.as_path(workdir)
         self.enabled = enabled
         self.sync_every_s = sync_every_s
-        self._tb = self._jsonl = self._mirror = None
+        self.remote = workdir_lib.is_remote(self.workdir)
+        self._tb = self._jsonl = self._parts = self._staging = None
+        self._pending: list[str] = []  # a bucket's records since the last sync
+        self._segment, self._run_id = 0, uuid.uuid4().hex[:8]
         self._last_sync = time.monotonic()
-        if enabled:
+        if not enabled:
+            return
+        if self.remote:
+            self._parts = workdir_lib.PartLog(self.workdir / METRICS_PARTS, ".jsonl")
+            self._staging = pathlib.Path(tempfile.mkdtemp(prefix="mvrag_tb_"))  # event files until their upload
+        else:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.workdir / METRICS_FILE, "a")
+
+    def _board(self):
+        """The TensorBoard writer, made on first use: in a bucket one per sync segment (its own event file; an
+        idle segment leaves no file), locally one for the whole run."""
+        if self._tb is None:
             import tensorboardX  # only the writing process needs it
-            if workdir_lib.is_remote(self.workdir):
-                self._mirror = workdir_lib.Mirror(self.workdir)
-                jsonl, local = self._mirror.seed(METRICS_FILE), self._mirror.local
-                # Event files are named by start second and host; a random suffix keeps a run started in the same
-                # second from replacing another's upload (locally, both would share one file).
-                suffix = f".{uuid.uuid4().hex[:8]}"
+            if self.remote:
+                # Event files are named by start second and host; the run id and segment number keep the names of
+                # one run in writing order and apart from another run's started in the same second.
+                self._tb = tensorboardX.SummaryWriter(str(self._staging / TB_DIR),
+                                                      filename_suffix=f".{self._run_id}.{self._segment:06d}")
             else:
-                self.workdir.mkdir(parents=True, exist_ok=True)
-                jsonl, local, suffix = self.workdir / METRICS_FILE, self.workdir, ""
-            self._tb = tensorboardX.SummaryWriter(str(local / TB_DIR), filename_suffix=suffix)
-            self._jsonl = open(jsonl, "a")
+                self._tb = tensorboardX.SummaryWriter(str(self.workdir / TB_DIR))
+        return self._tb
 
     def write(self, records: Iterable[dict[str, Any]], *, total_steps: int | None = None) -> None:
         """One record per step ({"step": int, name: float, ...}); the last one is also logged as a line."""
@@ -66,11 +85,17 @@ class MetricWriter:
             step = int(record["step"])
             for name, value in record.items():
                 if name != "step":
-                    self._tb.add_scalar(f"train/{name}", value, step)
-            self._jsonl.write(json.dumps(record) + "\n")
+                    self._board().add_scalar(f"train/{name}", value, step)
+            line = json.dumps(record) + "\n"
+            if self.remote:
+                self._pending.append(line)
+            else:
+                self._jsonl.write(line)
             last = record
-        self._jsonl.flush()
-        self._tb.flush()
+        if not self.remote:
+            self._jsonl.flush()
+            if self._tb is not None:
+                self._tb.flush()
         if time.monotonic() - self._last_sync >= self.sync_every_s:
             self.sync()
         if last is not None:
@@ -80,45 +105,42 @@ class MetricWriter:
     def scalar(self, name: str, value: float, step: int) -> None:
         """A one-off value (compile time) for TensorBoard and the log."""
         if self.enabled:
-            self._tb.add_scalar(name, value, step)
-            self._tb.flush()
+            self._board().add_scalar(name, value, step)
+            self._board().flush()
             logging.info("%s=%s (step %d)", name, _fmt(value), step)
 
     def image(self, name: str, image: np.ndarray, step: int) -> None:
         """A [H, W, 3] uint8 image (e.g. a sample grid) for TensorBoard."""
         if self.enabled:
-            self._tb.add_image(name, image, step, dataformats="HWC")
-            self._tb.flush()
+            self._board().add_image(name, image, step, dataformats="HWC")
+            self._board().flush()
 
-    def sync(self) -> None:
-        """Upload what was written so far (a bucket workdir; a local one is always up to date)."""
+    def sync(self) -> int:
+        """Upload what was written since the last sync (a bucket workdir; a local one is always up to date): the
+        new records as one part, the segment's event file closed and uploaded. Returns the bytes uploaded."""
         self._last_sync = time.monotonic()
-        if self._mirror is not None:
-            self._jsonl.flush()
-            self._drain_tensorboard()
-            self._mirror.sync()
-
-    def _drain_tensorboard(self, timeout_s: float = 10.0) -> None:
-        """tensorboardX writes events from a background thread and its flush() does not wait for that thread's
-        queue: wait until the queue is empty and the event file stops changing, so a sync uploads every event
-        written so far (and the next sync has nothing left over to upload)."""
-        queue = getattr(self._tb.file_writer.event_writer, "_event_queue", None)
-        files = lambda: sorted((p.name, p.stat().st_size) for p in (self._mirror.local / TB_DIR).glob("*"))
-        deadline, before = time.monotonic() + timeout_s, None
-        while time.monotonic() < deadline:
-            self._tb.flush()
-            now = files()
-            if (queue is None or queue.empty()) and now == before:
-                return
-            before = now
-            time.sleep(0.02)
+        if not (self.enabled and self.remote):
+            return 0
+        sent = self._parts.append("".join(self._pending).encode())
+        self._pending = []
+        if self._tb is not None:
+            self._tb.close()  # waits for tensorboardX's writer thread: the file holds every event so far
+            self._tb, self._segment = None, self._segment + 1
+            sent += workdir_lib.upload_folder(self._staging / TB_DIR, self.workdir / TB_DIR)
+        return sent
 
     def close(self) -> None:
-        if self.enabled:
-            self._tb.close()
-            self._jsonl.close()
-            if self._mirror is not None:
-                self._mirror.close()
+        if not self.enabled:
+            return
+        try:
+            self.sync()
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> "MetricWriter":
         return self
@@ -132,14 +154,17 @@ def _fmt(value: float) -> str:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of every run in `workdir`, one per step (a repeated step's latest record wins), by step."""
-    path = workdir_lib.as_path(workdir) / METRICS_FILE
+    """Records of every run in `workdir` (metrics.jsonl, then a bucket's parts), one per step (a repeated step's
+    latest record wins), by step."""
+    workdir = workdir_lib.as_path(workdir)
+    path = workdir / METRICS_FILE
+    chunks = [path.read_bytes()] if path.is_file() else []
+    chunks += workdir_lib.read_parts(workdir / METRICS_PARTS, ".jsonl")  # a bucket workdir's records
     by_step = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                by_step[record["step"]] = record
+    for line in b"".join(chunks).decode().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
 
 

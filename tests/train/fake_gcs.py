@@ -5,11 +5,14 @@ It keeps GCS's semantics where they differ from a disk, so code that only works 
     no-op (as gcsfs does below the bucket level);
   - an upload becomes visible only when its file is closed, whole (so a reader never sees half an object);
   - appends are refused (GCS objects are immutable), and rename is copy + delete (fsspec's default `mv`).
-Every write is logged in `FakeGCS.uploads` (keys, in order), so tests can count uploads.
+Every write is logged in `FakeGCS.uploads` (keys, in order) and `FakeGCS.upload_sizes` (their bytes), so tests can
+count uploads and bytes uploaded.
 
 `serve()` also puts the same objects behind a small HTTP server speaking the part of the GCS JSON API that
 tensorstore's GCS driver uses (media download with ranges and generation conditions, media upload, list, delete);
 with TENSORSTORE_GCS_HTTP_URL pointing at it, orbax's array writes land in the same fake bucket as epath's files.
+`install_http(url, writer)` routes another process's gs:// (epath, fsspec) to that server, so several processes (a
+multi-host job) share one fake bucket; their uploads carry `writer`, which the server logs in `FakeGCS.writers`.
 """
 
 import http.server
@@ -31,6 +34,8 @@ class FakeGCS(AbstractFileSystem):
     root_marker = ""
     objects: dict[str, tuple[bytes, float, int]] = {}  # key -> (data, mtime, generation); reset by `install`
     uploads: list[str] = []
+    upload_sizes: list[int] = []
+    writers: list[tuple[str, str]] = []  # (key, writer) of uploads through the JSON API (writer "" if untagged)
     generations = itertools.count(1)
 
     @classmethod
@@ -103,6 +108,7 @@ def put(key: str, data: bytes) -> int:
     generation = next(FakeGCS.generations)
     FakeGCS.objects[key] = (bytes(data), time.time(), generation)
     FakeGCS.uploads.append(key)
+    FakeGCS.upload_sizes.append(len(data))
     return generation
 
 
@@ -122,7 +128,7 @@ class _Upload(io.BytesIO):
 def install() -> type[FakeGCS]:
     """Route gs:// (fsspec and etils.epath) to an empty FakeGCS; `uninstall` undoes it."""
     from etils.epath import backend
-    FakeGCS.objects, FakeGCS.uploads = {}, []
+    FakeGCS.objects, FakeGCS.uploads, FakeGCS.upload_sizes, FakeGCS.writers = {}, [], [], []
     for scheme in SCHEMES:
         fsspec.register_implementation(scheme, FakeGCS, clobber=True)
     FakeGCS.clear_instance_cache()
@@ -136,7 +142,7 @@ def uninstall() -> None:
     for scheme in SCHEMES:
         _registry.pop(scheme, None)  # back to fsspec's known implementations (gcsfs, if installed)
     backend.fsspec_backend._get_filesystem.cache_clear()
-    FakeGCS.objects, FakeGCS.uploads = {}, []
+    FakeGCS.objects, FakeGCS.uploads, FakeGCS.upload_sizes = {}, [], []
 
 
 class _JsonApi(http.server.BaseHTTPRequestHandler):
@@ -218,6 +224,7 @@ class _JsonApi(http.server.BaseHTTPRequestHandler):
         if self._precondition_fails(key, query):
             return self._reply(412)
         put(key, body)
+        FakeGCS.writers.append((key, self.headers.get("X-Fake-Writer", "")))
         return self._json(self._resource(key))
 
     def do_DELETE(self):
@@ -236,3 +243,90 @@ def serve() -> http.server.ThreadingHTTPServer:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JsonApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class HttpGCS(FakeGCS):
+    """FakeGCS whose objects live behind `serve()` in another process: the same semantics, over the JSON API."""
+
+    url = ""
+    writer = ""
+
+    def _request(self, method: str, path: str, query: dict | None = None, body: bytes | None = None):
+        import urllib.request
+        full = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        request = urllib.request.Request(full, data=body, method=method, headers={"X-Fake-Writer": self.writer})
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as e:
+            return e.code, b""
+
+    @staticmethod
+    def _split(key: str) -> tuple[str, str]:
+        bucket, _, name = key.partition("/")
+        return bucket, urllib.parse.quote(name, safe="")
+
+    def _listing(self, path: str) -> dict[str, int]:
+        """{key: size} of the objects of `path`'s bucket under `path`."""
+        bucket, _, prefix = path.partition("/")
+        status, body = self._request("GET", f"/storage/v1/b/{bucket}/o", {"prefix": prefix})
+        return {f"{bucket}/{item['name']}": int(item["size"]) for item in json.loads(body)["items"]}
+
+    def info(self, path, **kwargs):
+        path = self._strip_protocol(path)
+        found = self._listing(path)
+        if path in found:
+            return {"name": path, "size": found[path], "type": "file", "mtime": 0.0}
+        if any(key.startswith(path + "/") for key in found):
+            return {"name": path, "size": 0, "type": "directory"}
+        raise FileNotFoundError(path)
+
+    def ls(self, path, detail=True, **kwargs):
+        path = self._strip_protocol(path)
+        found = self._listing(path)
+        if path in found:
+            entries = [{"name": path, "size": found[path], "type": "file", "mtime": 0.0}]
+        else:
+            children = {}
+            for key, size in found.items():
+                if key.startswith(path + "/"):
+                    child, _, rest = key[len(path) + 1:].partition("/")
+                    name = f"{path}/{child}"
+                    children[name] = ({"name": name, "size": 0, "type": "directory"} if rest else
+                                      {"name": name, "size": size, "type": "file", "mtime": 0.0})
+            if not children:
+                raise FileNotFoundError(path)
+            entries = [children[name] for name in sorted(children)]
+        return entries if detail else [entry["name"] for entry in entries]
+
+    def _open(self, path, mode="rb", **kwargs):
+        path = self._strip_protocol(path)
+        if mode == "rb":
+            bucket, name = self._split(path)
+            status, body = self._request("GET", f"/storage/v1/b/{bucket}/o/{name}", {"alt": "media"})
+            if status == 404:
+                raise FileNotFoundError(path)
+            return io.BytesIO(body)
+        return super()._open(path, mode, **kwargs)
+
+    def cp_file(self, path1, path2, **kwargs):
+        with self._open(path1) as f:
+            self._put(self._strip_protocol(path2), f.read())
+
+    def _rm(self, path):
+        bucket, name = self._split(self._strip_protocol(path))
+        self._request("DELETE", f"/storage/v1/b/{bucket}/o/{name}")
+
+    def _put(self, key: str, data: bytes) -> None:
+        bucket, name = key.split("/", 1)
+        self._request("POST", f"/upload/storage/v1/b/{bucket}/o", {"uploadType": "media", "name": name}, data)
+
+
+def install_http(url: str, writer: str) -> None:
+    """Route this process's gs:// (fsspec, etils.epath) to the `serve()` at `url`, tagging uploads with `writer`."""
+    from etils.epath import backend
+    HttpGCS.url, HttpGCS.writer = url, writer
+    for scheme in SCHEMES:
+        fsspec.register_implementation(scheme, HttpGCS, clobber=True)
+    HttpGCS.clear_instance_cache()
+    backend.fsspec_backend._get_filesystem.cache_clear()

@@ -252,3 +252,22 @@ def test_a_checkpoint_from_before_the_ema_resumes_and_a_changed_ema_setting_name
         checkpoint.restore(manager, 3, plain.abstract_state)
     restored, _ = checkpoint.restore(manager, 3, with_ema.abstract_state)
     assert len(jax.tree.leaves(restored.ema)) == len(jax.tree.leaves(restored.trainable)) > 0
+
+
+def test_keep_checkpoints_keeps_the_newest_and_deletes_the_rest(tmp_path):
+    from configs import train
+    cfg = train.get_config("size=micro")
+    manager = checkpoint.open_manager(tmp_path, save_every=2, keep=2)
+    for step in range(1, 8):
+        checkpoint.save(manager, step, {"w": np.full((3,), float(step), np.float32)}, None, cfg,
+                        force=step == 7)  # the last step is saved off the interval, as the loop does
+    manager.wait_until_finished()
+    manager.close()
+    on_disk = sorted(int(p.name) for p in checkpoint.checkpoint_dir(tmp_path).iterdir() if p.name.isdigit())
+    assert on_disk == [6, 7]  # 2, 4 were saved and then deleted; 1, 3, 5 were skipped by the interval
+    manager = checkpoint.open_manager(tmp_path, read_only=True)
+    assert manager.all_steps() == [6, 7]
+    step, state = checkpoint.restore_state(tmp_path, step=6)
+    assert step == 6 and np.asarray(state["w"]).tolist() == [6.0] * 3
+    with pytest.raises(ValueError, match="keep=0; set --config.train.keep_checkpoints to at least 1"):
+        checkpoint.open_manager(tmp_path / "other", keep=0)

@@ -322,12 +322,15 @@ def topology_has_tpu() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
 def test_plan_full_size_batch_24_on_v5e_2x4(tmp_path):
-    """The issue's target: the released model's train step, batch 24 on a v5e-8 (can take 15+ minutes on CPU)."""
+    """The issue's target: the released model's train step, batch 24 on a v5e-8, within 2.5 GiB per chip. At XLA's
+    fast compile effort (-1), the setting CI can afford: about 3 min on 2 cores (the default effort takes over 20),
+    1.90 GiB measured (README "Plans")."""
     proc = _mvrag("plan", "--config", "configs/train.py:size=full", "--topology", "v5e:2x4", "--mesh",
                   "data=1,fsdp=8", "--batch", "24", "--programs", "train", "--json", "--plan_cache_dir",
-                  str(tmp_path), timeout=3600)
+                  str(tmp_path), "--config.train.compile_effort=-1", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    train = json.loads(proc.stdout.strip().splitlines()[-1])["programs"]["train"]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    train = report["programs"]["train"]
     _check_program(train, 8)
-    assert train["fits"] is True
-
+    assert train["fits"] is True and report["train_fits"] is True
+    assert report["train_peak_gib"] < 2.5, report["train_peak_gib"]
