@@ -41,6 +41,7 @@ config: params and optimizer state are always float32 ("master"), activations ru
 import ml_collections as mlc
 
 from configs import common, data, mvrag_sd21, tiny
+from mvrag_jax.errors import UsageError
 
 
 def train_block() -> mlc.ConfigDict:
@@ -118,6 +119,9 @@ def train_block() -> mlc.ConfigDict:
                                      # then the main pass runs at 1.5 l / (1 + l), l = text_weight: samples.py)
         "sample_guidance": 5.0,
         "keep_checkpoints": 3,
+        # One trainer per workdir (mvrag_jax/train/lock.py): WORKDIR/train.lock has a heartbeat every 30 s; a lock
+        # whose heartbeat is older than this is a dead or hung trainer's, and a new run takes it over.
+        "lock_stale_after_s": 600.0,
     })
 
 
@@ -132,7 +136,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     elif args.size in ("tiny", "medium", "micro", "demo"):
         c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
     else:
-        raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium, full or paper")
+        raise UsageError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium, full or paper")
     if args.size == "micro":
         c.model.image_size = 16
         c.model.unet.update(image_size=16, channel_mult=(1,), attention_resolutions=(1,))

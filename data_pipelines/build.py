@@ -19,11 +19,12 @@ from ml_collections import config_flags
 
 import configs
 from data_pipelines import class_images, mv_renders, ood_eval, synthetic_shapes
+from mvrag_jax.errors import MvragError, UsageError
 
 MODE_DATASETS = {"mode_3d": ("synthetic_shapes", "mv_renders"), "mode_2d": ("synthetic_shapes", "class_images")}
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(MvragError, FileNotFoundError):
     pass
 
 
@@ -38,7 +39,7 @@ def make_builder(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview") -> 
         return class_images.make_builder(cfg, data_dir)
     if dataset == "ood_eval":
         return ood_eval.make_builder(cfg, data_dir)
-    raise ValueError(f"unknown dataset {dataset!r}; choose synthetic_shapes, mv_renders, class_images or ood_eval")
+    raise UsageError(f"unknown dataset {dataset!r}; choose synthetic_shapes, mv_renders, class_images or ood_eval")
 
 
 def manual_dir(cfg: mlc.ConfigDict, dataset: str) -> str:
@@ -65,7 +66,7 @@ def mode_dataset(cfg: mlc.ConfigDict, mode_key: str) -> tuple[str, str]:
     """(dataset, kind) that `cfg.mode_3d` / `cfg.mode_2d` reads."""
     dataset = cfg[mode_key].dataset
     if dataset not in MODE_DATASETS[mode_key]:
-        raise ValueError(f"--config.{mode_key}.dataset={dataset!r}; choose one of {MODE_DATASETS[mode_key]}")
+        raise UsageError(f"--config.{mode_key}.dataset={dataset!r}; choose one of {MODE_DATASETS[mode_key]}")
     return dataset, "multiview" if mode_key == "mode_3d" else "classes"
 
 

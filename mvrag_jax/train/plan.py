@@ -39,6 +39,8 @@ from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_dev
 from mvrag_jax.train.trainer import (ProgramDoesNotFit, compile_effort_of, make_trainer, microbatches_of,
                                      schedule_of)
 
+from mvrag_jax.errors import MvragError
+
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
 PROGRAMS = ("train", "sample")
@@ -49,7 +51,7 @@ _MEMORY_FIELDS = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "o
                   "generated_code_bytes": "generated_code_size_in_bytes"}
 
 
-class PlanError(ValueError):
+class PlanError(MvragError, ValueError):
     """A plan request that cannot be compiled as asked (mesh, batch or program names)."""
 
 
