@@ -174,8 +174,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.update(init="", batch_size=16, steps=400, log_every=25, ckpt_every=100, sample_every=0)
         c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="constant")
         c.mesh.update(data=2, fsdp=4, tensor=1)
-    # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
-    # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
+    # The loader's batch is per host: on one host the global batch. `mvrag train` derives it from train.batch_size
+    # (train.batch_size / hosts, train/loop.py resolve_config), so a run sets only --config.train.batch_size; code
+    # that builds a trainer itself keeps both consistent (make_trainer checks).
     c.data.batch_size = c.train.batch_size
     c.data.num_views = c.model.get_ref("num_frames")
     c.data.num_retrieved = c.model.get_ref("num_retrieved")

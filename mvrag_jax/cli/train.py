@@ -68,15 +68,17 @@ def run_plan(fv, argv):
     _setup_plan(fv)
     mesh = plan.parse_mesh(fv.mesh) if fv.mesh else {k: int(fv.config.mesh[k]) for k in ("data", "fsdp", "tensor")}
     cache = None if fv.plan_cache_dir.lower() == "none" else fv.plan_cache_dir
+    on_stage = lambda text: print(f"plan: {text}", file=sys.stderr, flush=True)  # compiles take minutes: say so
     if fv.find_max_batch:
         on_probe = lambda p: print(f"batch {p['batch']}: {p['memory_gib']} GiB per chip, "
                                    f"{'fits' if p['fits'] else 'does not fit'}", file=sys.stderr, flush=True)
-        result = plan.find_max_batch(fv.config, fv.topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe)
+        result = plan.find_max_batch(fv.config, fv.topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe,
+                                     on_stage=on_stage)
         print(json.dumps(result) if fv.json else f"largest batch that fits: {result['max_batch']}"
               + ("" if result["plan"] is None else "\n" + plan.format_report(result["plan"])))
         return 0
     batch = fv.batch or int(fv.config.train.batch_size)
-    report = plan.plan(fv.config, fv.topology, mesh, batch, programs=fv.programs, cache_dir=cache)
+    report = plan.plan(fv.config, fv.topology, mesh, batch, programs=fv.programs, cache_dir=cache, on_stage=on_stage)
     print(json.dumps(report) if fv.json else f"{plan.format_report(report)}\n{json.dumps(report)}")
     return 0
 

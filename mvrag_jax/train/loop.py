@@ -75,11 +75,11 @@ def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
     if unknown:
         raise TrainConfigError(f"unknown mesh axis {', '.join(map(repr, unknown))} in --config.mesh; the mesh axes are "
                                f"{', '.join(sharding.MESH_AXES)}")
-    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp and data.batch_size x hosts
+    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp
     if batch % num_processes:
         raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
-                               f"--config.train.batch_size to a multiple of {num_processes} (and "
-                               "--config.data.batch_size to its share per process)")
+                               f"--config.train.batch_size to a multiple of {num_processes} (each process loads "
+                               "its share: data.batch_size is derived)")
     init = str(cfg.train.init)
     if state_lib.is_checkpoint_init(init):
         path = pathlib.Path(init).expanduser() if init else None
@@ -99,10 +99,13 @@ def default_data_dir(workdir: str | os.PathLike) -> str:
 
 
 def resolve_config(cfg: mlc.ConfigDict, workdir: str | os.PathLike) -> mlc.ConfigDict:
-    """A copy of `cfg` with references resolved and the datasets under `default_data_dir(workdir)` unless
-    data.data_dir is set (the copy is what the checkpoint's `config` item records)."""
+    """A copy of `cfg` with references resolved, the datasets under `default_data_dir(workdir)` unless data.data_dir
+    is set, and data.batch_size = train.batch_size / processes (the copy is what the checkpoint's `config` item
+    records)."""
     resolved = copy.deepcopy(cfg).copy_and_resolve_references()
     resolved.data.data_dir = str(resolved.data.data_dir or default_data_dir(workdir))
+    # The loader's batch is this host's share of the global one: derived, so a run sets only train.batch_size.
+    resolved.data.batch_size = int(resolved.train.batch_size) // jax.process_count()
     return resolved
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.train.conftest import REPO, subprocess_env
+from tests.train.conftest import REPO, compile_cache, subprocess_env, train_data_dir  # noqa: F401 (fixtures)
 
 
 def _can_mount() -> bool:
