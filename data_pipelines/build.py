@@ -9,6 +9,8 @@ The synthetic dataset builds itself on first use; manual datasets need their `ma
 `data_dir`. Builds write ArrayRecord files with tfds and need no TensorFlow.
 """
 
+import contextlib
+import io
 import os
 import sys
 
@@ -58,7 +60,11 @@ def prepare(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview") -> tfds.
             f"folder described in data_pipelines/{dataset}.py and run python -m data_pipelines.build")
     logging.info("building %s into %s", dataset, builder.data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=folder) if folder else None
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # tfds prints "Downloading and preparing" (nothing downloads) to stdout
+        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    for line in printed.getvalue().splitlines():
+        logging.info("tfds: %s", line)  # quiet unless --verbose (mvrag_jax/cli/flags.py configure_logging)
     return builder
 
 

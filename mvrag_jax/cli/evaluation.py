@@ -1,5 +1,6 @@
 """`mvrag eval`: score a checkpoint or another method's views (mvrag_jax/eval/)."""
 
+import sys
 
 from absl import flags
 
@@ -53,7 +54,17 @@ def run_eval(fv, argv):
         out = run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, lgm=fv.lgm, lgm_input_size=fv.lgm_input_size,
                       elevation=fv.elevation, rerender_size=fv.rerender_size, **common)
         print(f"wrote {out}")
+        _say_missing(out / "metrics.json")
     return 0
+
+
+def _say_missing(metrics_json) -> None:
+    """Name each metric the run could not compute, and why (its weights were not passed), on stderr."""
+    import json
+    missing = {name: entry["missing"] for name, entry in json.loads(metrics_json.read_text())["metrics"].items()
+               if entry.get("missing")}
+    for name, why in missing.items():
+        print(f"mvrag eval: {name} not computed: {why}", file=sys.stderr)
 
 
 COMMANDS = (

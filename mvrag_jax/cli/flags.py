@@ -33,6 +33,8 @@ class Command:
 def define_runtime(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("compile_cache_dir", "~/.cache/mvrag_jax/xla",
                         "Persistent XLA compilation cache (reused across runs); 'none' disables it.", flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Log at DEBUG level and show the libraries' notices (tfds' dataset "
+                      "configuration dumps and preparation lines), which are quiet by default.", flag_values=fv)
     flags.DEFINE_bool("debug", False, "Print the traceback of every error (errors of ours are otherwise one line, "
                       "exit 2; any other error always prints its traceback, exit 1).", flag_values=fv)
 
@@ -155,3 +157,20 @@ def check_config_overrides(args: list[str], default: str) -> None:
                     f"{'--' + parent} has the fields {', '.join(sorted(keys))}" if keys else
                     f"--{parent} is a value, not a group of fields")
             raise UsageError(f"unknown config field --{'.'.join(['config', *dotted])}; {hint}")
+
+
+def _library_notice(record) -> bool:
+    """tfds' INFO/WARNING chatter (a multi-line `Using custom data configuration: ...` per dataset, its printed
+    `Downloading and preparing dataset` lines, which data_pipelines/build.py logs as `tfds: ...`)."""
+    return record.levelno < 40 and ("/tensorflow_datasets/" in record.pathname or str(record.msg).startswith("tfds: "))
+
+
+def configure_logging(verbose: bool) -> None:
+    """At the CLI entry only: `--verbose` logs at DEBUG with every notice; otherwise tfds' notices are dropped."""
+    from absl import logging
+    if verbose:
+        logging.set_verbosity(logging.DEBUG)
+        return
+    logger = logging.get_absl_logger()
+    if _library_notice not in logger.filters:
+        logger.addFilter(_library_notice)

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except MvragError as e:
         return _report(command.name, str(e), debug)
     _setup_jax(fv)
+    cli_flags.configure_logging(fv.verbose)
     try:
         return command.run(fv, positional)
     except MvragError as e:  # ours: the message names cause and fix

@@ -23,7 +23,8 @@ def run_train(fv, argv):
     from absl import logging
     from mvrag_jax.train import loop
     use_cpu_collectives(fv)
-    logging.set_verbosity(logging.INFO)
+    if not fv.verbose:
+        logging.set_verbosity(logging.INFO)
     logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)  # per-save chatter
     flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
     summary = loop.launch(fv.config, fv.workdir, coordinator=fv.coordinator, num_processes=fv.num_processes,

@@ -440,6 +440,9 @@ def run(*, out: str | os.PathLike, ckpt: str | None = None, release: str | None 
     if not model_dir.is_dir():
         raise PathNotFoundError(f"{'checkpoint' if ckpt is not None else 'release'} folder {model_dir} does not "
                                 "exist; pass the --out folder of `mvrag convert` or an official release folder")
+    if ckpt is not None and (model_dir / "checkpoints").is_dir():  # a `mvrag train` workdir (train/checkpoint.py)
+        raise GenerateError(f"--ckpt {model_dir} is a training workdir; export its weights first: `mvrag export "
+                            f"--ckpt {model_dir} --out DIR`, then `mvrag generate --release DIR ...`")
     source = prompt_source(prompt, prompts)
     seeds = parse_seeds(seeds)
     out = pathlib.Path(out).expanduser().absolute()

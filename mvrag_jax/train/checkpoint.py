@@ -77,7 +77,16 @@ def open_manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int |
                                            grain.checkpoint.CheckpointRestore)):
         registry.add(item, save_args)
         registry.add(item, restore_args)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+    if not read_only:
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+    from absl import logging
+    # orbax announces "Given directory is read only" for any read_only manager, writable folder or not (export).
+    notice = lambda record: "Given directory is read only" not in str(record.msg)
+    logging.get_absl_logger().addFilter(notice)
+    try:
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+    finally:
+        logging.get_absl_logger().removeFilter(notice)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator | None,

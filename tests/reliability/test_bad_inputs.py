@@ -67,6 +67,9 @@ def test_corrupt_pngs_in_eval_images_are_skipped_and_counted(eval_inputs, tmp_pa
     out = tmp_path / "out"
     assert main(["mvrag", "eval", "--images", str(views), "--dataset", str(eval_inputs["dataset"]), "--out", str(out),
                  "--dinov2", str(eval_inputs["dinov2"])] + NO_CACHE) == 0
+    err = capsys.readouterr().err
+    assert "mvrag eval: clip not computed:" in err and "--clip_model" in err  # no weights passed: said, not silent
+    assert "mvrag eval: fid not computed:" in err and "--inception" in err
     result = json.loads((out / "metrics.json").read_text())
     assert result["samples"] == 1 and result["metrics"]["dinov2"]["n"] == 1
     skipped = {s["item"]: s["reason"] for s in result["skipped"]}

@@ -145,3 +145,22 @@ def test_disk_full_while_generating_leaves_no_partial_object(tmp_path, monkeypat
     assert sorted(p.name for p in folder.iterdir()) == sorted([f"view_{i}.png" for i in range(4)] + [
         "grid.png", generate.RECORD])
     assert [p.name for p in tmp_path.iterdir()] == [job.name]
+
+
+@pytest.mark.slow
+def test_tfds_notices_are_quiet_unless_verbose(tmp_path):
+    import subprocess
+    import sys
+    from tests.train.conftest import REPO, subprocess_env
+    base = [sys.executable, "-m", "mvrag_jax", "data", "build", "--config", "configs/data.py:size=tiny",
+            "--compile_cache_dir", "none"]
+    quiet = subprocess.run(base + [f"--config.data_dir={tmp_path / 'a'}"], cwd=REPO, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    for noise in ("Using custom data configuration", "Downloading and preparing dataset"):
+        assert noise not in quiet.stdout + quiet.stderr
+    assert [line.split(":")[0] for line in quiet.stdout.strip().splitlines()] == ["mode_3d", "mode_2d"]  # only ours
+    loud = subprocess.run(base + [f"--config.data_dir={tmp_path / 'b'}", "--verbose"], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 0 and "Using custom data configuration" in loud.stderr
+    assert "tfds: Downloading and preparing dataset" in loud.stderr
