@@ -131,15 +131,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
 
     A checkpoint whose files are truncated or missing (a disk that filled, a copy cut short: tensorstore's
     OUT_OF_RANGE, a missing data_iter/) is skipped with a warning naming it; `check(step)` (e.g. the config
-    comparison) runs before each attempt and its errors stop the search, since an older step would fail it too.
+    comparison) runs before each attempt, and its MvragErrors stop the search (an older step would fail it too).
     """
     from absl import logging
     steps = sorted(manager.all_steps(), reverse=True)
     failures: list[str] = []
     for step in steps:
-        if check is not None:
-            check(step)
         try:
+            if check is not None:
+                check(step)
             state, _ = restore(manager, step, abstract_state, data_iter)
         except (MvragError, KeyboardInterrupt):
             raise

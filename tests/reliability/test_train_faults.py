@@ -18,7 +18,7 @@ from tests.train.conftest import REPO, subprocess_env, train_argv
 pytestmark = pytest.mark.slow
 
 
-def _train(workdir, data_dir, cache, *overrides, timeout=900) -> subprocess.CompletedProcess:
+def _train(workdir, data_dir, cache, *overrides, timeout=1800) -> subprocess.CompletedProcess:
     return subprocess.run(train_argv(workdir, data_dir, cache, *overrides), cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -119,13 +119,17 @@ def _start(workdir, data_dir, cache, *overrides):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_for(proc, ready, timeout_s: float = 1800) -> None:
+    deadline = time.time() + timeout_s
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ""
+        time.sleep(0.05)
+
+
 def test_sigint_before_any_step_exits_130_without_a_traceback(tmp_path, train_data_dir, compile_cache):
     workdir = tmp_path / "run"
     proc = _start(workdir, train_data_dir, compile_cache, "--config.train.steps=4")
-    deadline = time.time() + 600
-    while not (workdir / lock.LOCK_FILE).exists():  # the lock is taken before the data build and the compile
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ""
-        time.sleep(0.05)
+    _wait_for(proc, (workdir / lock.LOCK_FILE).exists)  # the lock is taken before the data build and the compile
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err[-3000:]
@@ -140,10 +144,7 @@ def test_sigint_mid_run_saves_and_the_resume_records_each_step_once(tmp_path, tr
     workdir, steps = tmp_path / "run", 8
     proc = _start(workdir, train_data_dir, compile_cache, f"--config.train.steps={steps}",
                   "--config.train.ckpt_every=100")
-    deadline = time.time() + 900
-    while not (workdir / metrics.METRICS_FILE).exists() or len(_steps_in_file(workdir)) < 2:
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ""
-        time.sleep(0.1)
+    _wait_for(proc, lambda: (workdir / metrics.METRICS_FILE).exists() and len(_steps_in_file(workdir)) >= 2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err[-3000:]
