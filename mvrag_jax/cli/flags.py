@@ -159,10 +159,12 @@ def check_config_overrides(args: list[str], default: str) -> None:
             raise UsageError(f"unknown config field --{'.'.join(['config', *dotted])}; {hint}")
 
 
-def _library_notice(record) -> bool:
-    """tfds' INFO/WARNING chatter (a multi-line `Using custom data configuration: ...` per dataset, its printed
-    `Downloading and preparing dataset` lines, which data_pipelines/build.py logs as `tfds: ...`)."""
-    return record.levelno < 40 and ("/tensorflow_datasets/" in record.pathname or str(record.msg).startswith("tfds: "))
+def _not_a_library_notice(record) -> bool:
+    """A log filter (True: keep) that drops tfds' INFO/WARNING chatter: a multi-line `Using custom data
+    configuration: ...` per dataset, "has no dataset_info.json" before every build, and its printed `Downloading and
+    preparing dataset` lines (nothing downloads), which data_pipelines/build.py logs as `tfds: ...`."""
+    return not (record.levelno < 40 and ("/tensorflow_datasets/" in record.pathname
+                                         or str(record.msg).startswith("tfds: ")))
 
 
 def configure_logging(verbose: bool) -> None:
@@ -172,5 +174,5 @@ def configure_logging(verbose: bool) -> None:
         logging.set_verbosity(logging.DEBUG)
         return
     logger = logging.get_absl_logger()
-    if _library_notice not in logger.filters:
-        logger.addFilter(_library_notice)
+    if _not_a_library_notice not in logger.filters:
+        logger.addFilter(_not_a_library_notice)

@@ -24,16 +24,16 @@ needs_mount = pytest.mark.skipif(not CAN_MOUNT, reason="needs `unshare -rm` (use
 
 
 def mvrag_on_disk(tmp_path, size: str, args: list[str], *, read_only: bool = False, before: str = "",
-                  timeout: float = 600) -> tuple[subprocess.CompletedProcess, list[str]]:
+                  after: str = "", timeout: float = 600) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run `python -m mvrag_jax ARGS` with a fresh tmpfs of `size` at tmp_path/"disk" (read-only when asked, after
-    the shell commands `before` ran on it); returns the process and the disk's file list after the run (relative
-    paths; the disk vanishes with the namespace)."""
+    the shell commands `before` ran on it; `after` runs last, e.g. to copy what is left off the disk); returns the
+    process and the disk's file list after the run (relative paths; the disk vanishes with the namespace)."""
     disk, listing = tmp_path / "disk", tmp_path / "listing.txt"
     disk.mkdir()
     command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "mvrag_jax", *args])
     script = (f"mount -t tmpfs -o size={size} tmpfs {disk} || exit 99\n{before}\n"
               + (f"mount -o remount,ro {disk} || exit 98\n" if read_only else "")
-              + f"{command}\nrc=$?\n(cd {disk} && find . -mindepth 1 | sort) > {listing}\nexit $rc\n")
+              + f"{command}\nrc=$?\n(cd {disk} && find . -mindepth 1 | sort) > {listing}\n{after}\nexit $rc\n")
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode not in (98, 99), proc.stderr

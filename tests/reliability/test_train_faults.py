@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mvrag_jax.train import lock, metrics
-from tests.reliability.conftest import last_line
+from tests.reliability.conftest import last_line, mvrag_on_disk, needs_mount
 from tests.train.conftest import REPO, subprocess_env, train_argv
 
 pytestmark = pytest.mark.slow
@@ -156,3 +156,21 @@ def test_sigint_mid_run_saves_and_the_resume_records_each_step_once(tmp_path, tr
                               "--config.train.ckpt_every=100"))
     assert resumed["start_step"] == stopped["step"] and resumed["step"] == steps
     assert _steps_in_file(workdir) == list(range(1, steps + 1))
+
+
+@needs_mount
+def test_disk_full_during_an_async_save_keeps_the_previous_checkpoint(tmp_path, train_data_dir, compile_cache):
+    # An 8 MB disk holds one micro checkpoint (~5.5 MB) but not two: the save of step 4 fails mid-write.
+    disk, copy = tmp_path / "disk", tmp_path / "copy"
+    argv = train_argv(disk / "run", train_data_dir, compile_cache, "--config.train.steps=4",
+                      "--config.train.ckpt_every=2", "--config.train.keep_checkpoints=3")
+    proc, files = mvrag_on_disk(tmp_path, "8m", argv[3:], timeout=1800, after=f"cp -a {disk}/run {copy}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = last_line(proc.stderr)
+    assert line.startswith("mvrag train: error: [ENOSPC] No space left on device: ") and str(disk) in line, line
+    assert "./run/checkpoints/2" in files and f"./run/{lock.LOCK_FILE}" not in files  # released on the error
+    from mvrag_jax.train import checkpoint
+    manager = checkpoint.open_manager(copy, read_only=True)
+    assert manager.all_steps() == [2]  # the partial step 4 is not listed
+    step, state = checkpoint.restore_state(copy)
+    assert step == 2 and int(state["step"]) == 2  # and step 2 restores whole
