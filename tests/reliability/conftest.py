@@ -1,6 +1,8 @@
 """Fault injection for the reliability tests: a private, tiny or read-only disk (a tmpfs mounted in a user + mount
 namespace with `unshare -rm`: no root needed, nothing visible outside the command) and `mvrag` run on it."""
 
+import os
+import pathlib
 import shlex
 import shutil
 import subprocess
@@ -8,7 +10,15 @@ import sys
 
 import pytest
 
-from tests.train.conftest import REPO, compile_cache, subprocess_env, train_data_dir  # noqa: F401 (fixtures)
+from tests.train.conftest import REPO, subprocess_env, train_data_dir  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> pathlib.Path:
+    """One XLA cache for the session's training runs; MVRAG_TEST_XLA_CACHE names a lasting one (a loaded machine
+    compiles the micro step for many minutes)."""
+    lasting = os.environ.get("MVRAG_TEST_XLA_CACHE")
+    return pathlib.Path(lasting) if lasting else tmp_path_factory.mktemp("xla_cache")
 
 
 def _can_mount() -> bool:
