@@ -5,6 +5,7 @@ import sys
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.errors import UsageError
 from mvrag_jax.cli.reconstruct import define_lgm
 
 
@@ -47,7 +48,7 @@ def run_eval(fv, argv):
                   dinov2=fv.dinov2, inception=fv.inception, steps=fv.steps, guidance_scale=fv.guidance_scale,
                   num_views=fv.num_views, batch_size=fv.batch_size, overwrite=fv.overwrite)
     if fv.rerender != (fv.lgm is not None):
-        raise ValueError("--rerender needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
+        raise UsageError("--rerender needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
     if fv.study == "retrieval":
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
     else:
