@@ -8,6 +8,8 @@ when the working directory has no such file.
 import os
 import pathlib
 
+from mvrag_jax.errors import PathNotFoundError
+
 ROOT = pathlib.Path(__file__).parent
 
 
@@ -26,5 +28,5 @@ def resolve(spec: str) -> str:
         if packaged.is_file() and packaged.suffix == ".py":
             return f"{packaged}{sep}{arg}"
     names = ", ".join(f"configs/{p.name}" for p in sorted(ROOT.glob("*.py")) if not p.name.startswith("_"))
-    raise FileNotFoundError(f"config file {path!r} not found (working directory {os.getcwd()}); pass a path to a "
+    raise PathNotFoundError(f"config file {path!r} not found (working directory {os.getcwd()}); pass a path to a "
                             f"config module or one of the packaged configs: {names}")

@@ -2,6 +2,8 @@
 
 import ml_collections as mlc
 
+from mvrag_jax.errors import UsageError
+
 
 def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
     """Parse `key=value,key2=value2` (the part after ':' in `--config=configs/x.py:key=value`) over `defaults`."""
@@ -9,7 +11,7 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
         if not sep or key not in values:
-            raise ValueError(f"config arg {item!r}: expected key=value with key in {sorted(values.keys())}")
+            raise UsageError(f"config arg {item!r}: expected key=value with key in {sorted(values.keys())}")
         values[key] = type(defaults[key])(value) if not isinstance(defaults[key], bool) else value.lower() == "true"
     return values
 

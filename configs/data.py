@@ -30,6 +30,7 @@ Batch layout (numpy, per host; B = batch_size, F = num_views, k = num_retrieved)
 import ml_collections as mlc
 
 from configs import common
+from mvrag_jax.errors import UsageError
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -135,9 +136,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.class_images.store_size = 64
         c.loader.update(num_workers=0, read_threads=1, read_buffer_size=4, prefetch=0)
     elif args.size != "paper":
-        raise ValueError(f"configs/data.py: size={args.size!r}; choose paper or tiny")
+        raise UsageError(f"configs/data.py: size={args.size!r}; choose paper or tiny")
     if args.source == "real":
         c.mode_3d.dataset, c.mode_2d.dataset = "mv_renders", "class_images"
     elif args.source != "synthetic":
-        raise ValueError(f"configs/data.py: source={args.source!r}; choose synthetic or real")
+        raise UsageError(f"configs/data.py: source={args.source!r}; choose synthetic or real")
     return c

@@ -7,6 +7,7 @@
 import ml_collections as mlc
 
 from configs import common, mvrag_sd21
+from mvrag_jax.errors import UsageError
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -28,5 +29,5 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         model.unet.update(image_size=16, model_channels=64, num_res_blocks=2, attention_resolutions=(4, 2, 1),
                           channel_mult=(1, 2, 4, 4), num_head_channels=32, context_dim=32)
     else:
-        raise ValueError(f"configs/tiny.py: size={args.size!r}; choose tiny or medium")
+        raise UsageError(f"configs/tiny.py: size={args.size!r}; choose tiny or medium")
     return config

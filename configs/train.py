@@ -41,6 +41,7 @@ config: params and optimizer state are always float32 ("master"), activations ru
 import ml_collections as mlc
 
 from configs import common, data, mvrag_sd21, tiny
+from mvrag_jax.errors import UsageError
 
 
 def train_block() -> mlc.ConfigDict:
@@ -118,6 +119,9 @@ def train_block() -> mlc.ConfigDict:
                                      # then the main pass runs at 1.5 l / (1 + l), l = text_weight: samples.py)
         "sample_guidance": 5.0,
         "keep_checkpoints": 3,
+        # One trainer per workdir (mvrag_jax/train/lock.py): WORKDIR/train.lock has a heartbeat every 30 s; a lock
+        # whose heartbeat is older than this is a dead or hung trainer's, and a new run takes it over.
+        "lock_stale_after_s": 600.0,
     })
 
 
@@ -132,7 +136,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     elif args.size in ("tiny", "medium", "micro", "demo"):
         c, d = tiny.get_config("size=medium" if args.size == "medium" else "size=tiny"), data.get_config("size=tiny")
     else:
-        raise ValueError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium, full or paper")
+        raise UsageError(f"configs/train.py: size={args.size!r}; choose micro, tiny, demo, medium, full or paper")
     if args.size == "micro":
         c.model.image_size = 16
         c.model.unet.update(image_size=16, channel_mult=(1,), attention_resolutions=(1,))
@@ -170,8 +174,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.train.update(init="", batch_size=16, steps=400, log_every=25, ckpt_every=100, sample_every=0)
         c.train.optimizer.update(learning_rate=3e-3, warmup_steps=20, schedule="constant")
         c.mesh.update(data=2, fsdp=4, tensor=1)
-    # The loader's batch is per host: on one host the global batch. Multi-host runs set --config.data.batch_size to
-    # train.batch_size / hosts (make_trainer checks). Not a reference: overriding one must not silently set the other.
+    # The loader's batch is per host: on one host the global batch. `mvrag train` derives it from train.batch_size
+    # (train.batch_size / hosts, train/loop.py resolve_config), so a run sets only --config.train.batch_size; code
+    # that builds a trainer itself keeps both consistent (make_trainer checks).
     c.data.batch_size = c.train.batch_size
     c.data.num_views = c.model.get_ref("num_frames")
     c.data.num_retrieved = c.model.get_ref("num_retrieved")

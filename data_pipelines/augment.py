@@ -15,6 +15,8 @@ kept as bit flags, so the preview can label every retrieval with what made it:
 import numpy as np
 from PIL import Image
 
+from mvrag_jax.errors import MvragError
+
 # Provenance flags of a retrieved image (the loader's `retrieved_ops` with provenance=True).
 PERSPECTIVE, ROTATION, CROP, JITTER, VARIANT, SAME_CLASS = 1, 2, 4, 8, 16, 32
 ALL_OPS = PERSPECTIVE | ROTATION | CROP | JITTER
@@ -26,7 +28,7 @@ _PROBS = (("perspective_prob", PERSPECTIVE), ("rotation_prob", ROTATION), ("crop
           ("jitter_prob", JITTER))
 
 
-class AugmentConfigError(ValueError):
+class AugmentConfigError(MvragError, ValueError):
     pass
 
 

@@ -16,10 +16,12 @@ import ml_collections as mlc
 import numpy as np
 from PIL import Image
 
+from mvrag_jax.errors import MvragError
+
 MODES = ("random", "fixed")
 
 
-class BackgroundConfigError(ValueError):
+class BackgroundConfigError(MvragError, ValueError):
     pass
 
 

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 import configs
 from data_pipelines import loader
+from mvrag_jax.errors import UsageError
 
 MODE_WEIGHTS = {"3d": (1.0, 0.0), "2d": (0.0, 1.0), "mixed": None}
 
@@ -25,7 +26,7 @@ MODE_WEIGHTS = {"3d": (1.0, 0.0), "2d": (0.0, 1.0), "mixed": None}
 def bench(cfg: mlc.ConfigDict, mode: str, steps: int = 20, warmup: int = 2) -> dict:
     """Time `steps` batches of one mode ("3d", "2d", or "mixed" = the config's weights)."""
     if mode not in MODE_WEIGHTS:
-        raise ValueError(f"bench mode {mode!r}; choose one of {sorted(MODE_WEIGHTS)}")
+        raise UsageError(f"bench mode {mode!r}; choose one of {sorted(MODE_WEIGHTS)}")
     cfg = mlc.ConfigDict(cfg.to_dict())  # unlocked copy
     if MODE_WEIGHTS[mode] is not None:
         cfg.mix.weight_3d, cfg.mix.weight_2d = MODE_WEIGHTS[mode]

@@ -10,6 +10,8 @@ The synthetic dataset builds itself on first use; manual datasets need their `ma
 `data_dir`. Builds write ArrayRecord files with tfds and need no TensorFlow.
 """
 
+import contextlib
+import io
 import os
 import sys
 
@@ -20,11 +22,12 @@ from ml_collections import config_flags
 
 import configs
 from data_pipelines import class_images, mv_renders, ood_eval, synthetic_shapes
+from mvrag_jax.errors import MvragError, UsageError
 
 MODE_DATASETS = {"mode_3d": ("synthetic_shapes", "mv_renders"), "mode_2d": ("synthetic_shapes", "class_images")}
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(MvragError, FileNotFoundError):
     pass
 
 
@@ -39,7 +42,7 @@ def make_builder(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview") -> 
         return class_images.make_builder(cfg, data_dir)
     if dataset == "ood_eval":
         return ood_eval.make_builder(cfg, data_dir)
-    raise ValueError(f"unknown dataset {dataset!r}; choose synthetic_shapes, mv_renders, class_images or ood_eval")
+    raise UsageError(f"unknown dataset {dataset!r}; choose synthetic_shapes, mv_renders, class_images or ood_eval")
 
 
 def manual_dir(cfg: mlc.ConfigDict, dataset: str) -> str:
@@ -62,12 +65,16 @@ def prepare(cfg: mlc.ConfigDict, dataset: str, kind: str = "multiview", *, beam_
     options = {}
     if beam_options is not None:
         if dataset != "synthetic_shapes":
-            raise ValueError(f"--beam builds synthetic_shapes so far; {dataset} still builds on one host (drop --beam)")
+            raise UsageError(f"--beam builds synthetic_shapes so far; {dataset} still builds on one host (drop --beam)")
         options["beam_options"] = beam_pipeline(beam_options)
         builder.use_beam = True
     logging.info("building %s into %s%s", dataset, builder.data_dir, " on Apache Beam" if options else "")
     download_config = tfds.download.DownloadConfig(manual_dir=folder or None, num_shards=num_shards, **options)
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # tfds prints "Downloading and preparing" (nothing downloads) to stdout
+        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    for line in printed.getvalue().splitlines():
+        logging.info("tfds: %s", line)  # quiet unless --verbose (mvrag_jax/cli/flags.py configure_logging)
     return builder
 
 
@@ -96,7 +103,7 @@ def mode_dataset(cfg: mlc.ConfigDict, mode_key: str) -> tuple[str, str]:
     """(dataset, kind) that `cfg.mode_3d` / `cfg.mode_2d` reads."""
     dataset = cfg[mode_key].dataset
     if dataset not in MODE_DATASETS[mode_key]:
-        raise ValueError(f"--config.{mode_key}.dataset={dataset!r}; choose one of {MODE_DATASETS[mode_key]}")
+        raise UsageError(f"--config.{mode_key}.dataset={dataset!r}; choose one of {MODE_DATASETS[mode_key]}")
     return dataset, "multiview" if mode_key == "mode_3d" else "classes"
 
 

@@ -22,9 +22,10 @@ from etils import epath
 from PIL import Image
 
 from data_pipelines import records
+from mvrag_jax.errors import MvragError
 
 
-class BadClassListError(ValueError):
+class BadClassListError(MvragError, ValueError):
     pass
 
 

@@ -27,6 +27,7 @@ from google.protobuf import message as protobuf_message
 
 from data_pipelines import build, transforms
 from data_pipelines.transforms import MODE_2D, MODE_3D, RecordError, Skipped
+from mvrag_jax.errors import MvragError, UsageError
 
 SKIPPED_KEY = "corrupt_records_skipped"
 # What a tfds data source raises for a record whose bytes do not parse.
@@ -35,11 +36,11 @@ _MIN_SEEN_BEFORE_RATIO_CHECK = 100
 _LOG_EACH_FIRST, _LOG_EVERY = 20, 100
 
 
-class CorruptDataError(RuntimeError):
+class CorruptDataError(MvragError, RuntimeError):
     pass
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(MvragError, ValueError):
     pass
 
 
@@ -213,12 +214,12 @@ def make_dataset(cfg: mlc.ConfigDict, shard: grain.sharding.ShardOptions | None 
     mode sequence is exactly the weights' pattern (3D, 2D, 3D, ... for 1:1) whatever the number of workers.
     """
     if cfg.mix.per not in ("batch", "example"):
-        raise ValueError(f"--config.mix.per={cfg.mix.per!r}; choose batch or example")
+        raise UsageError(f"--config.mix.per={cfg.mix.per!r}; choose batch or example")
     if cfg.images_dtype not in ("uint8", "float32"):
-        raise ValueError(f"--config.images_dtype={cfg.images_dtype!r}; choose uint8 or float32")
+        raise UsageError(f"--config.images_dtype={cfg.images_dtype!r}; choose uint8 or float32")
     weights = [(mode, float(w)) for mode, w in ((MODE_3D, cfg.mix.weight_3d), (MODE_2D, cfg.mix.weight_2d)) if w > 0]
     if not weights:
-        raise ValueError("--config.mix.weight_3d and weight_2d are both 0; give at least one mode a positive weight")
+        raise UsageError("--config.mix.weight_3d and weight_2d are both 0; give at least one mode a positive weight")
     if shard is None:
         shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     tokenizer = transforms.Tokenizer(cfg.tokenizer_dir, cfg.max_length)

@@ -34,11 +34,12 @@ from etils import epath
 from PIL import Image
 
 from data_pipelines import records
+from mvrag_jax.errors import MvragError
 
 ANGLE_TOLERANCE_DEG = 0.5
 
 
-class BadObjectError(ValueError):
+class BadObjectError(MvragError, ValueError):
     pass
 
 

@@ -22,9 +22,10 @@ from absl import logging
 from etils import epath
 
 from data_pipelines import records
+from mvrag_jax.errors import MvragError
 
 
-class BadPromptError(ValueError):
+class BadPromptError(MvragError, ValueError):
     pass
 
 

@@ -8,6 +8,7 @@ Lights are fixed in the world, so shading changes with the viewpoint the way a r
 import numpy as np
 
 from data_pipelines.shapes import Mesh
+from mvrag_jax.errors import MvragError
 
 # (direction towards the light in world axes, intensity); a key light above the azimuth-0 side and a weak fill.
 _LIGHTS = (((0.35, -0.55, 0.75), 0.65), ((-0.6, 0.45, 0.25), 0.25))
@@ -15,7 +16,7 @@ _AMBIENT = 0.3
 _NEAR = 1e-3
 
 
-class CameraInsideObjectError(ValueError):
+class CameraInsideObjectError(MvragError, ValueError):
     pass
 
 

@@ -25,6 +25,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from mvrag_jax.errors import MvragError
+
 # Everything PIL raises for damaged or non-image bytes (PNG chunk errors surface as SyntaxError).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, struct.error, Image.DecompressionBombError)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -55,7 +57,7 @@ def class_features() -> tfds.features.FeaturesDict:
     })
 
 
-class ElevationRangeError(ValueError):
+class ElevationRangeError(MvragError, ValueError):
     pass
 
 

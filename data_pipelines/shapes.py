@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from mvrag_jax.errors import MvragError
+
 SHAPE_NAMES = ("cube", "sphere", "cylinder", "cone", "torus", "pyramid", "wedge")
 # Albedo in [0, 1]; names are what captions say.
 COLOURS = (
@@ -30,7 +32,7 @@ class Mesh:
     colour: tuple[float, float, float]
 
 
-class UnknownShapeError(ValueError):
+class UnknownShapeError(MvragError, ValueError):
     pass
 
 

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import raster, records, shapes
 from mvrag_jax.inputs.camera import get_camera
+from mvrag_jax.errors import UsageError
 
 KINDS = ("multiview", "classes")
 SPLITS = ("train", "validation")
@@ -59,7 +60,7 @@ def make_config(cfg: mlc.ConfigDict, kind: str) -> SyntheticShapesConfig:
     """Builder config from the data config (configs/data.py); the name encodes every parameter, so two configs that
     render differently never share a directory."""
     if kind not in KINDS:
-        raise ValueError(f"synthetic_shapes kind {kind!r} is not one of {KINDS}")
+        raise UsageError(f"synthetic_shapes kind {kind!r} is not one of {KINDS}")
     syn = cfg.synthetic
     params = dict(kind=kind, image_size=cfg.image_size, num_views=cfg.num_views, extra_views=syn.extra_views,
                   shape_names=tuple(syn.shapes), colour_names=tuple(syn.colours), train_per_class=syn.train_per_class,

@@ -22,12 +22,13 @@ import tokenizers
 from data_pipelines import augment, background, records
 from data_pipelines.synthetic_shapes import article
 from mvrag_jax.inputs.camera import get_camera
+from mvrag_jax.errors import PathNotFoundError, MvragError, UsageError
 
 MODE_3D, MODE_2D = 0, 1
 DEFAULT_TOKENIZER_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests/reference/tiny_release/tokenizer"
 
 
-class RecordError(ValueError):
+class RecordError(MvragError, ValueError):
     """A stored record cannot be turned into an example (bad bytes, inconsistent fields)."""
 
 
@@ -59,7 +60,7 @@ class Tokenizer:
         self.folder = pathlib.Path(folder or DEFAULT_TOKENIZER_DIR).expanduser()
         self.max_length = max_length
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"CLIP tokenizer folder {self.folder} does not exist; set --config.tokenizer_dir "
+            raise PathNotFoundError(f"CLIP tokenizer folder {self.folder} does not exist; set --config.tokenizer_dir "
                                     "to a release's tokenizer/ folder, e.g. tests/reference/tiny_release/tokenizer")
         from transformers import CLIPTokenizer  # slow import: only where the loader is built
         clip = CLIPTokenizer.from_pretrained(str(self.folder))
@@ -94,7 +95,7 @@ def decode_rgba(data, what: str) -> np.ndarray:
 
 def _probability(value, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"--config.{field}={value!r}; a probability is in [0, 1]")
+        raise UsageError(f"--config.{field}={value!r}; a probability is in [0, 1]")
     return float(value)
 
 
@@ -134,7 +135,7 @@ class MultiviewTransform:
         self.suffix = cfg.mode_3d.caption_suffix
         self.sources = tuple(cfg.mode_3d.retrieval_sources)
         if len(self.sources) != 2 or not 1 <= self.sources[0] <= self.sources[1]:
-            raise ValueError(f"--config.mode_3d.retrieval_sources={self.sources!r}; give (min, max) extra renders "
+            raise UsageError(f"--config.mode_3d.retrieval_sources={self.sources!r}; give (min, max) extra renders "
                              "with 1 <= min <= max, e.g. (2, 3)")
         self.augment = types.SimpleNamespace(**cfg.mode_3d.augment.to_dict())
         augment.check_params(self.augment)

@@ -28,11 +28,12 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import background
+from mvrag_jax.errors import MvragError
 
 VARIANTS_DIR = "variants"
 
 
-class VariantsError(ValueError):
+class VariantsError(MvragError, ValueError):
     pass
 
 

@@ -2,6 +2,7 @@
 
 Packages, from the bottom floor up; each imports only from its own floor's modules and those below
 (tests/test_layout.py checks it):
+    errors                       MvragError, the base of every error a user fixes from its one-line message
     sharding, inputs, cluster    the logical-axis vocabulary; what the models take (release, text, images, camera);
                                  where a process runs (platforms, multi-host init)
     models                       pure flax.linen modules, param paths = release keys

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mvrag_jax.errors import MvragError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis names. Parameters:
@@ -44,7 +46,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 LOGICAL_NAMES = tuple(name for name, _ in DEFAULT_RULES)
 
 
-class ShardingRuleError(ValueError):
+class ShardingRuleError(MvragError, ValueError):
     """A sharding rule names an unknown logical axis or mesh axis."""
 
 

@@ -14,6 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Lowest floor first. A package imports only itself and packages on floors below its own.
 FLOORS = (
+    ("errors",),
     ("sharding", "inputs", "cluster"),
     ("models",),
     ("convert", "diffusion"),
@@ -27,7 +28,7 @@ FLOORS = (
     ("__main__",),
 )
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
-TOP_LEVEL_MODULES = {"__init__.py", "__main__.py", "sharding.py"}
+TOP_LEVEL_MODULES = {"__init__.py", "__main__.py", "errors.py", "sharding.py"}
 
 
 def _unit(module: str) -> str | None:

@@ -30,7 +30,7 @@ _SUBSTITUTIONS = {
     "/path/to/mv-rag-release": str(TINY_RELEASE), "/path/to/release": str(TINY_RELEASE),
     "/path/to/cases": str(CASES), "ckpt/mvrag": "{tmp}/ckpt", "exported/": "{tmp}/exported",
     "/tmp/mvrag_data": "{tmp}/data", "/tmp/preview.png": "{tmp}/preview.png",
-    "tests/reference/tiny_release": str(TINY_RELEASE),
+    "tests/reference/tiny_release": str(TINY_RELEASE), "/tmp/mvrag_tiny_init": "{tmp}/tiny_init",
 }
 # Commands cheap enough on the tiny stand-ins to run for real, in README order; the rest are parsed only (a full
 # verify-reference, a full-size UNet bench, a build from real-data folders that do not exist here; the generate
@@ -68,7 +68,7 @@ def test_every_readme_command_line_parses_and_the_cheap_ones_run(tmp_path, monke
         if any(documented.startswith(prefix) for prefix in _RUN):
             assert main(["mvrag", *args, "--compile_cache_dir=none"]) == 0, command
             ran.append(args[0] if args[0] != "data" else f"data {args[1]}")
-    assert ran == ["convert", "export", "data build", "data preview", "data bench"]
+    assert ran == ["convert", "export", "data build", "data preview", "data bench", "convert"]  # the last: training's init
     assert (tmp_path / "exported" / "model_index.json").is_file() and (tmp_path / "preview.png").is_file()
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from mvrag_jax.models.random_params import host_random_params
 from mvrag_jax.convert.components import COMPONENTS, abstract_params
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 # The bundled tiny release (tokenizer, scheduler, processors of configs/tiny.py's sizes) in a source checkout.
 TINY_RELEASE = pathlib.Path(__file__).parents[2] / "tests" / "reference" / "tiny_release"
@@ -55,10 +56,10 @@ def bench_sample(cfg: Any, objects: Sequence[int] = (1, 4), calls: int = 3, samp
     from mvrag_jax.pipeline import SamplingOptions
     from mvrag_jax.sharding import make_mesh
     if calls < 1 or not objects or min(objects) < 1:
-        raise ValueError(f"bench sample needs calls >= 1 and objects >= 1, got calls={calls} objects={objects}")
+        raise UsageError(f"bench sample needs calls >= 1 and objects >= 1, got calls={calls} objects={objects}")
     release_dir = TINY_RELEASE if release_dir is None else pathlib.Path(release_dir)
     if not release_dir.is_dir():
-        raise FileNotFoundError(f"release folder {release_dir} does not exist; pass --release with a release whose "
+        raise PathNotFoundError(f"release folder {release_dir} does not exist; pass --release with a release whose "
                                 "tokenizer and processors match the config")
     mesh = make_mesh(data=-1, fsdp=1, tensor=1, devices=jax.local_devices())
     with jax.default_matmul_precision(cfg.runtime.matmul_precision):

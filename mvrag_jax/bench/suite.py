@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import jax
 
+from mvrag_jax.errors import PathNotFoundError, UsageError
+
 DATA_MODES = ("3d", "2d", "mixed")
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -86,7 +88,7 @@ def run_all(cfg: Any, out: str | os.PathLike, *, steps: int = 3, only: list[str]
     table = benchmarks(cfg, steps, data_dir)
     unknown = sorted(set(only or ()) - set(table))
     if unknown:
-        raise ValueError(f"unknown benchmarks {unknown}; this checkout has {sorted(table)}")
+        raise UsageError(f"unknown benchmarks {unknown}; this checkout has {sorted(table)}")
     results, failed = {}, []
     for name, fn in table.items():
         if only and name not in only:
@@ -132,17 +134,17 @@ def compare(a: str | os.PathLike, b: str | os.PathLike) -> str:
     for path in (a, b):
         path = pathlib.Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; write it with `mvrag bench all --out {path}`")
+            raise PathNotFoundError(f"{path} does not exist; write it with `mvrag bench all --out {path}`")
         try:
             loaded.append(json.loads(path.read_text()))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not JSON ({e}); write it with `mvrag bench all`") from e
+            raise UsageError(f"{path} is not JSON ({e}); write it with `mvrag bench all`") from e
     if not all("benchmarks" in x for x in loaded):
-        raise ValueError("both files must come from `mvrag bench all` (a 'benchmarks' object at the top)")
+        raise UsageError("both files must come from `mvrag bench all` (a 'benchmarks' object at the top)")
     left, right = (_numbers(x["benchmarks"]) for x in loaded)
     shared = [k for k in left if k in right]
     if not shared:
-        raise ValueError(f"{a} and {b} share no benchmark figure; run the same benchmarks on both machines")
+        raise UsageError(f"{a} and {b} share no benchmark figure; run the same benchmarks on both machines")
     machine_of = lambda x: f"{x['machine'].get('backend')}/{x['machine'].get('device_kind')} " \
                            f"@{(x['machine'].get('git_commit') or '?')[:8]}"
     width = max(len(k) for k in shared)

@@ -35,13 +35,14 @@ from mvrag_jax.models.attention_kernels import resolve_kernel
 from mvrag_jax.train.data import to_global
 from mvrag_jax.train.plan import largest_fitting, parse_mesh
 from mvrag_jax.train.trainer import Trainer, host_batch_example, make_trainer, microbatches_of, step_of
+from mvrag_jax.errors import MvragError
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # every XLA compile, cache hits included
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
 
 
-class BenchTrainError(ValueError):
+class BenchTrainError(MvragError, ValueError):
     """A bench train request that cannot run as given (config kind, mesh vs devices, batch vs mesh)."""
 
 

@@ -19,6 +19,7 @@ from mvrag_jax.bench.memory import compiled_memory
 from mvrag_jax.models.random_params import host_random_params
 from mvrag_jax.models.unet import CONTEXT_LENGTH, MultiViewUNet, UNetConfig, init_params
 from mvrag_jax.train.trainable import merge_params, split_trainable
+from mvrag_jax.errors import UsageError
 
 TIMESTEPS = 1000  # DDPM training steps: the range timesteps are drawn from
 
@@ -65,7 +66,7 @@ def bench_unet(cfg: Any, batch_size: int = 1, steps: int = 5, seed: int = 0) -> 
     `batch_size` counts objects (each num_frames views). Uses cfg.runtime dtype/remat/matmul_precision.
     """
     if batch_size < 1 or steps < 1:
-        raise ValueError(f"bench_unet needs batch_size >= 1 and steps >= 1, got batch_size={batch_size} "
+        raise UsageError(f"bench_unet needs batch_size >= 1 and steps >= 1, got batch_size={batch_size} "
                          f"steps={steps}")
     config = UNetConfig.from_config(cfg)
     num_image_tokens = cfg.model.num_retrieved * cfg.model.resampler.num_queries

@@ -6,6 +6,7 @@ import os
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.errors import UsageError
 
 
 def define_bench(fv):
@@ -68,7 +69,7 @@ def _run_bench_suite(fv, argv):
     from mvrag_jax.bench import suite as bench_suite
     if argv[1] == "compare":
         if len(argv) != 4:
-            raise ValueError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
+            raise UsageError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
         print(bench_suite.compare(argv[2], argv[3]))
         return 0
     path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None)
@@ -99,7 +100,7 @@ def run_bench(fv, argv):
         "train": lambda: _run_bench_train(fv),
     }
     if len(argv) != 2 or argv[1] not in targets:
-        raise ValueError(f"usage: mvrag bench {{{'|'.join(targets)}|retrieval}} [--config ...]; got {argv[1:]}")
+        raise UsageError(f"usage: mvrag bench {{{'|'.join(targets)}|retrieval}} [--config ...]; got {argv[1:]}")
     print(json.dumps(targets[argv[1]](), indent=1))
     return 0
 

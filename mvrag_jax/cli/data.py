@@ -7,6 +7,7 @@ import time
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.errors import UsageError
 
 
 def define_data(fv):
@@ -39,7 +40,7 @@ def run_data(fv, argv):
     from data_pipelines import bench, build, preview, variants
     actions = ("build", "preview", "bench", "variants")
     if len(argv) != 2 or argv[1] not in actions:
-        raise ValueError(f"usage: mvrag data {{{'|'.join(actions)}}} [--config configs/data.py:size=tiny]; "
+        raise UsageError(f"usage: mvrag data {{{'|'.join(actions)}}} [--config configs/data.py:size=tiny]; "
                          f"got {argv[1:]}")
     flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
     if argv[1] == "build":
@@ -51,7 +52,7 @@ def run_data(fv, argv):
         print(f"wrote {preview.write_preview(fv.config, fv.out, fv.batches)}")
     elif argv[1] == "variants":
         if not fv.renders:
-            raise ValueError("mvrag data variants needs --renders (an mv_renders folder) and --ckpt or --release")
+            raise UsageError("mvrag data variants needs --renders (an mv_renders folder) and --ckpt or --release")
         settings = variants.Settings(per_object=fv.per_object, steps=fv.variant_steps, guidance=fv.guidance,
                                      fusion_weight=fv.fusion_weight, seed=fv.seed)
         print(json.dumps(variants.make_variants(fv.renders, ckpt=fv.ckpt, release=fv.release, settings=settings)))

@@ -1,9 +1,11 @@
 """`mvrag eval`: score a checkpoint or another method's views (mvrag_jax/eval/)."""
 
+import sys
 
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.errors import UsageError
 from mvrag_jax.cli.reconstruct import define_lgm
 
 
@@ -79,20 +81,21 @@ def run_eval(fv, argv):
                   dinov2=fv.dinov2, inception=fv.inception, ir=fv.ir, ir_output=fv.ir_output, steps=fv.steps,
                   guidance_scale=fv.guidance_scale, num_views=fv.num_views, batch_size=fv.batch_size, overwrite=fv.overwrite)
     if fv.rerender != (fv.lgm is not None):
-        raise ValueError("--rerender needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
+        raise UsageError("--rerender needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
     if fv.study == "retrieval":
         print(f"wrote {study.run_study(ckpt=fv.ckpt, ks=[int(k) for k in fv.ks], **common)}")
     else:
         out = run.run(images=fv.images, ckpt=fv.ckpt, k=fv.k, lgm=fv.lgm, lgm_input_size=fv.lgm_input_size,
                       elevation=fv.elevation, rerender_size=fv.rerender_size, **common)
         print(f"wrote {out}")
+        _say_missing(out / "metrics.json")
     return 0
 
 
 def _run_tables(fv) -> int:
     from mvrag_jax.eval import tables
     if fv.ckpt:
-        raise ValueError("--tables scores views from folders; generate ours first (mvrag eval --ckpt CKPT --out RUN "
+        raise UsageError("--tables scores views from folders; generate ours first (mvrag eval --ckpt CKPT --out RUN "
                          "writes RUN/views) and pass --images RUN/views")
     dataset = fv.dataset if (fv.images or fv.baseline) else None
     out = tables.run_tables(
@@ -111,10 +114,19 @@ def rerender_hook(fv):
     if not fv.rerender:
         return None
     if fv.lgm is None:
-        raise ValueError("--rerender needs --lgm model_fp16_fixrot.safetensors")
+        raise UsageError("--rerender needs --lgm model_fp16_fixrot.safetensors")
     from mvrag_jax.eval.rerender import rerender_folder
     return lambda views, out: rerender_folder(views, out, fv.lgm, elevation=fv.elevation,
                                               input_size=fv.lgm_input_size, render_size=fv.rerender_size)
+
+
+def _say_missing(metrics_json) -> None:
+    """Name each metric the run could not compute, and why (its weights were not passed), on stderr."""
+    import json
+    missing = {name: entry["missing"] for name, entry in json.loads(metrics_json.read_text())["metrics"].items()
+               if entry.get("missing")}
+    for name, why in missing.items():
+        print(f"mvrag eval: {name} not computed: {why}", file=sys.stderr)
 
 
 COMMANDS = (

@@ -8,12 +8,15 @@ pass through untouched.
 """
 
 import dataclasses
+import difflib
+import importlib.util
 import re
 from typing import Callable
 
 from absl import flags
 
 import configs
+from mvrag_jax.errors import UsageError
 
 
 
@@ -30,6 +33,10 @@ class Command:
 def define_runtime(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("compile_cache_dir", "~/.cache/mvrag_jax/xla",
                         "Persistent XLA compilation cache (reused across runs); 'none' disables it.", flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Log at DEBUG level and show the libraries' notices (tfds' dataset "
+                      "configuration dumps and preparation lines), which are quiet by default.", flag_values=fv)
+    flags.DEFINE_bool("debug", False, "Print the traceback of every error (errors of ours are otherwise one line, "
+                      "exit 2; any other error always prints its traceback, exit 1).", flag_values=fv)
 
 
 def define_processes(fv: flags.FlagValues) -> None:
@@ -109,3 +116,63 @@ def dashed_help(text: str, fv: flags.FlagValues) -> str:
     for name in sorted((n for n in fv if "_" in n and "." not in n), key=len, reverse=True):
         text = re.sub(rf"(--(?:\[no\])?){re.escape(name)}(?![\w.-])", lambda m: m[1] + name.replace("_", "-"), text)
     return text
+
+
+def _config_spec(args: list[str], default: str) -> str:
+    """The `--config PATH[:arg]` in `args` (already resolved), else `default`."""
+    for i, arg in enumerate(args):
+        if arg in ("-config", "--config") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(("-config=", "--config=")):
+            return arg.partition("=")[2]
+    return default
+
+
+def _load_config(spec: str):
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mvrag_config_check", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def check_config_overrides(args: list[str], default: str) -> None:
+    """Raise UsageError for the first `--config.a.b=v` override naming a field the config does not have, with the
+    closest existing names (ml_collections answers with a traceback)."""
+    cfg = None
+    for arg in args:
+        if not arg.startswith(("--config.", "-config.")):
+            continue
+        dotted = arg.lstrip("-").partition("=")[0].split(".")[1:]
+        cfg = cfg if cfg is not None else _load_config(_config_spec(args, default))
+        node = cfg
+        for depth, part in enumerate(dotted):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part in keys:
+                node = node[part]
+                continue
+            parent = ".".join(["config", *dotted[:depth]])
+            close = difflib.get_close_matches(part, keys, n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(f'--{parent}.{c}' for c in close)}?" if close else
+                    f"{'--' + parent} has the fields {', '.join(sorted(keys))}" if keys else
+                    f"--{parent} is a value, not a group of fields")
+            raise UsageError(f"unknown config field --{'.'.join(['config', *dotted])}; {hint}")
+
+
+def _not_a_library_notice(record) -> bool:
+    """A log filter (True: keep) that drops tfds' INFO/WARNING chatter: a multi-line `Using custom data
+    configuration: ...` per dataset, "has no dataset_info.json" before every build, and its printed `Downloading and
+    preparing dataset` lines (nothing downloads), which data_pipelines/build.py logs as `tfds: ...`."""
+    return not (record.levelno < 40 and ("/tensorflow_datasets/" in record.pathname
+                                         or str(record.msg).startswith("tfds: ")))
+
+
+def configure_logging(verbose: bool) -> None:
+    """At the CLI entry only: `--verbose` logs at DEBUG with every notice; otherwise tfds' notices are dropped."""
+    from absl import logging
+    if verbose:
+        logging.set_verbosity(logging.DEBUG)
+        return
+    logger = logging.get_absl_logger()
+    if _not_a_library_notice not in logger.filters:
+        logger.addFilter(_not_a_library_notice)

@@ -4,6 +4,7 @@ import json
 
 from absl import flags
 
+from mvrag_jax.errors import UsageError
 from mvrag_jax.cli.flags import Command, define_processes, use_cpu_collectives
 from mvrag_jax.cli.reconstruct import define_lgm
 
@@ -52,7 +53,7 @@ def run_generate(fv, argv):
     from mvrag_jax.cluster import distributed
     from mvrag_jax.pipeline import generate
     if fv.reconstruct != (fv.lgm is not None):
-        raise ValueError("--reconstruct needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
+        raise UsageError("--reconstruct needs --lgm model_fp16_fixrot.safetensors (and --lgm is only used by it)")
     use_cpu_collectives(fv)
     distributed.initialize(fv.coordinator, fv.num_processes, fv.process_id, timeout_s=fv.init_timeout,
                            auto=fv.multihost)

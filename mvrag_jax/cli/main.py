@@ -22,6 +22,7 @@ Run `mvrag <subcommand> --help` for its flags. Multi-word flags take dashes or u
 
 import os
 import sys
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
@@ -30,10 +31,7 @@ import configs
 from mvrag_jax.cli import (bench, data, evaluation, flags as cli_flags, generate, reconstruct, release, retrieval,
                            train)
 from mvrag_jax.cli.flags import Command
-from mvrag_jax.convert import CheckpointError, CheckpointKeyError, ReleaseError
-
-# Errors a user can fix from the message alone: printed without a traceback, exit code 2.
-_USER_ERRORS = (CheckpointError, CheckpointKeyError, ReleaseError, FileNotFoundError, ValueError)
+from mvrag_jax.errors import MvragError, path_error_line
 
 # In the order `mvrag --help` lists them; each module holds its subcommands' flags and runners.
 COMMANDS = {c.name: c for module in (release, generate, reconstruct, data, bench, retrieval, evaluation, train)
@@ -64,8 +62,13 @@ def _flag_values(command: Command, args: list[str]) -> tuple[flags.FlagValues, l
     if command.config:
         args = cli_flags.resolve_config_args(args)
         argv = [f"mvrag {command.name}"] + args  # config_flags reads `--config.x` overrides from this list
-        config_flags.DEFINE_config_file("config", configs.resolve(command.config[0]), command.config[1],
-                                        flag_values=fv, lock_config=True, sys_argv=argv)
+        default = configs.resolve(command.config[0])
+        try:
+            config_flags.DEFINE_config_file("config", default, command.config[1], flag_values=fv, lock_config=True,
+                                            sys_argv=argv)
+        except (KeyError, AttributeError):  # ml_collections' answer to an unknown field: a traceback
+            cli_flags.check_config_overrides(args, default)
+            raise
     return fv, args
 
 
@@ -107,20 +110,36 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "-help") for a in argv[2:]):
         print(command_help(command))
         return 0
+    debug = any(a in ("--debug", "-debug") for a in argv[2:])
     try:
         fv, positional = parse(command, argv[2:])
     except flags.Error as e:
         print(f"mvrag {command.name}: {e}\nRun `mvrag {command.name} --help` for the flags.", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"mvrag {command.name}: error: {e}", file=sys.stderr)
-        return 2
+    except MvragError as e:
+        return _report(command.name, str(e), debug)
     _setup_jax(fv)
+    cli_flags.configure_logging(fv.verbose)
     try:
         return command.run(fv, positional)
-    except _USER_ERRORS as e:
-        print(f"mvrag {command.name}: error: {e}", file=sys.stderr)
-        return 2
+    except MvragError as e:  # ours: the message names cause and fix
+        return _report(command.name, str(e), fv.debug)
+    except KeyboardInterrupt:
+        print(f"mvrag {command.name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the disk's fault (read-only, full, ...), even wrapped by orbax: one line
+        line = path_error_line(e)
+        if line is None:
+            raise  # a bug here or in a library under us: Python prints the traceback, exit 1
+        return _report(command.name, line, fv.debug)
+
+
+def _report(name: str, message: str, debug: bool) -> int:
+    """Our one-line answer to an error a user can fix (exit 2); with --debug, the traceback above it."""
+    if debug:
+        traceback.print_exc()
+    print(f"mvrag {name}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

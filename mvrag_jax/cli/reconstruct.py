@@ -4,6 +4,7 @@ import json
 
 from absl import flags
 
+from mvrag_jax.errors import UsageError
 from mvrag_jax.cli.flags import Command
 
 
@@ -40,7 +41,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 def run_reconstruct(fv, argv):
     from mvrag_jax.recon import reconstruct
     if fv.dtype not in DTYPES:
-        raise ValueError(f"--dtype {fv.dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UsageError(f"--dtype {fv.dtype!r}: choose one of {', '.join(DTYPES)}")
     settings = reconstruct.ReconstructSettings(num_renders=fv.renders, render_size=fv.render_size,
                                                render_elevation=fv.render_elevation, batch=fv.batch)
     summary = reconstruct.run(views=fv.views, lgm_path=fv.lgm, out=fv.out, elevation=fv.elevation,

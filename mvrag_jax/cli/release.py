@@ -6,6 +6,7 @@ import time
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.errors import UsageError
 
 
 def _define_ldm_sources(fv, what: str):
@@ -32,9 +33,9 @@ def define_convert(fv):
 def run_convert(fv, argv):
     from mvrag_jax.convert import convert_init, convert_release
     if fv.imagedream and not fv.mvdream:
-        raise ValueError("--imagedream gives only the adapters; also pass --mvdream (the frozen UNet, VAE and text)")
+        raise UsageError("--imagedream gives only the adapters; also pass --mvdream (the frozen UNet, VAE and text)")
     if not fv.mvdream and not fv.release:
-        raise ValueError("pass --release DIR (an MV-RAG release), or --mvdream FILE [--imagedream FILE] "
+        raise UsageError("pass --release DIR (an MV-RAG release), or --mvdream FILE [--imagedream FILE] "
                          "[--release DIR] for the training init")
     if fv.mvdream:
         out = convert_init(fv.mvdream, fv.out, imagedream=fv.imagedream, release=fv.release,
@@ -79,7 +80,7 @@ def run_verify(fv, argv):
     from mvrag_jax.verify.ldm_sources import SourceModels
     sources = [(m, getattr(fv, m)) for m in ("mvdream", "imagedream") if getattr(fv, m)]
     if len(sources) + bool(fv.release) != 1:
-        raise ValueError("pass exactly one of --release, --mvdream, --imagedream (what the cases were computed with)")
+        raise UsageError("pass exactly one of --release, --mvdream, --imagedream (what the cases were computed with)")
     models = None if fv.release else SourceModels.open(sources[0][1], sources[0][0],
                                                        getattr(fv, f"{sources[0][0]}_config"))
     counts = {"pass": 0, "fail": 0, "skipped": 0}

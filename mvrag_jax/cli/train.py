@@ -12,6 +12,9 @@ from mvrag_jax.cli.flags import Command, define_processes, use_cpu_collectives
 def define_train(fv):
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, metrics.jsonl, tb/, loss.png, data/. A run resumes "
                         "from its latest checkpoint.", flag_values=fv)
+    flags.DEFINE_bool("allow_config_change", False, "Resume although batch, seeds, data, optimizer or numerics "
+                      "differ from the checkpoint's config (each change is logged). Model and trainable-set changes "
+                      "are always refused; steps, intervals and mesh may always change.", flag_values=fv)
     define_processes(fv)
     flags.mark_flags_as_required(["workdir"], flag_values=fv)
 
@@ -20,13 +23,15 @@ def run_train(fv, argv):
     from absl import logging
     from mvrag_jax.train import loop
     use_cpu_collectives(fv)
-    logging.set_verbosity(logging.INFO)
+    if not fv.verbose:
+        logging.set_verbosity(logging.INFO)
     logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)  # per-save chatter
     flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
     summary = loop.launch(fv.config, fv.workdir, coordinator=fv.coordinator, num_processes=fv.num_processes,
-                          process_id=fv.process_id, init_timeout_s=fv.init_timeout, multihost=fv.multihost)
+                          process_id=fv.process_id, init_timeout_s=fv.init_timeout, multihost=fv.multihost,
+                          allow_config_change=fv.allow_config_change)
     print(json.dumps(summary), flush=True)
-    return 0
+    return 130 if summary.get("signal") == "SIGINT" else 0  # a shell's convention for Ctrl-C
 
 
 def define_plan(fv):
@@ -64,21 +69,24 @@ def run_plan(fv, argv):
     _setup_plan(fv)
     mesh = plan.parse_mesh(fv.mesh) if fv.mesh else {k: int(fv.config.mesh[k]) for k in ("data", "fsdp", "tensor")}
     cache = None if fv.plan_cache_dir.lower() == "none" else fv.plan_cache_dir
+    on_stage = lambda text: print(f"plan: {text}", file=sys.stderr, flush=True)  # compiles take minutes: say so
     if fv.find_max_batch:
         on_probe = lambda p: print(f"batch {p['batch']}: {p['memory_gib']} GiB per chip, "
                                    f"{'fits' if p['fits'] else 'does not fit'}", file=sys.stderr, flush=True)
-        result = plan.find_max_batch(fv.config, fv.topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe)
+        result = plan.find_max_batch(fv.config, fv.topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe,
+                                     on_stage=on_stage)
         print(json.dumps(result) if fv.json else f"largest batch that fits: {result['max_batch']}"
               + ("" if result["plan"] is None else "\n" + plan.format_report(result["plan"])))
         return 0
     batch = fv.batch or int(fv.config.train.batch_size)
-    report = plan.plan(fv.config, fv.topology, mesh, batch, programs=fv.programs, cache_dir=cache)
+    report = plan.plan(fv.config, fv.topology, mesh, batch, programs=fv.programs, cache_dir=cache, on_stage=on_stage)
     print(json.dumps(report) if fv.json else f"{plan.format_report(report)}\n{json.dumps(report)}")
     return 0
 
 
 COMMANDS = (
-    Command("train", "Train (or resume) a run in --workdir; SIGTERM saves and exits 0.", define_train, run_train,
+    Command("train", "Train (or resume) a run in --workdir; SIGTERM saves and exits 0 (SIGINT: 130); one trainer "
+            "per workdir (train.lock).", define_train, run_train,
             config=("train.py:size=tiny", "Train config (configs/train.py[:arg]).")),
     Command("plan", "Compile the train step and sampler for a TPU slice from shapes (no weights, no TPU): per-chip "
             "memory, FLOPs, compile time.", define_plan, run_plan,

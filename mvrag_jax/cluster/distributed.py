@@ -15,6 +15,8 @@ import threading
 
 import jax
 
+from mvrag_jax.errors import UsageError
+
 # JAX's own deadline sits this far behind ours, so our message is what the user sees.
 _JAX_TIMEOUT_MARGIN_S = 60
 
@@ -40,13 +42,13 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     connected within `timeout_s`."""
     if not coordinator and not auto:
         if num_processes not in (None, 1):
-            raise ValueError(f"--num_processes {num_processes} needs --coordinator HOST:PORT (process 0's address)")
+            raise UsageError(f"--num_processes {num_processes} needs --coordinator HOST:PORT (process 0's address)")
         return
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id {process_id} is outside 0..{num_processes - 1}; give each of the "
+        raise UsageError(f"--process_id {process_id} is outside 0..{num_processes - 1}; give each of the "
                          f"--num_processes {num_processes} processes its own id")
     if timeout_s <= 0:
-        raise ValueError(f"distributed init timeout {timeout_s} s; pass a positive --init_timeout")
+        raise UsageError(f"distributed init timeout {timeout_s} s; pass a positive --init_timeout")
     done = threading.Event()
 
     def watchdog():

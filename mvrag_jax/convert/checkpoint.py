@@ -20,11 +20,14 @@ from typing import Any, Iterator
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mvrag_jax.errors import MvragError, ensure_writable_dir
+from mvrag_jax.inputs.release import check_finite_weights
+
 CONFIG_FILE = "mvrag_config.json"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MvragError, ValueError):
     """A checkpoint directory is missing, incomplete, or the target already exists."""
 
 
@@ -47,6 +50,7 @@ def check_target(target: str | os.PathLike, overwrite: bool = False) -> pathlib.
     target = pathlib.Path(target).absolute()
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target} already exists; choose another output folder or pass --overwrite")
+    ensure_writable_dir(target.parent, "the folder of --out")  # read-only, full, or a file: before the work
     return target
 
 
@@ -107,6 +111,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, config_classes: dict[str, type]
     configs = load_configs(ckpt_dir, config_classes)
     restored = ocp.StandardCheckpointer().restore(pathlib.Path(ckpt_dir).absolute() / "params")
     params = {name: _to_numpy(restored[name]) for name in configs}
+    check_finite_weights(params, pathlib.Path(ckpt_dir).absolute())  # NaN weights generate black views
     return configs, params
 
 

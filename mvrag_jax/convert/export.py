@@ -9,6 +9,7 @@ from tqdm import tqdm
 from mvrag_jax.convert.checkpoint import CheckpointError, atomic_directory
 from mvrag_jax.convert.keys import params_to_state_dict
 from mvrag_jax.inputs.release import COMPONENT_FOLDERS, WEIGHTS_FILES, write_safetensors
+from mvrag_jax.errors import UsageError
 
 EXPORT_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 
@@ -21,7 +22,7 @@ def export_release(ckpt_dir: str | pathlib.Path, params: dict, out_dir: str | pa
     converted from); weights are written in the official key names and layouts, cast to `dtype`.
     """
     if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"export dtype {dtype!r} is not one of {sorted(EXPORT_DTYPES)}")
+        raise UsageError(f"export dtype {dtype!r} is not one of {sorted(EXPORT_DTYPES)}")
     release_files = pathlib.Path(ckpt_dir) / "release_files"
     if not (release_files / "model_index.json").is_file():
         raise CheckpointError(f"{ckpt_dir} has no release_files/model_index.json, so the release configs to export "

@@ -12,11 +12,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mvrag_jax.errors import MvragError
+
 _WEIGHT_LEAVES = ("kernel", "scale", "embedding")
 _INDEXED = re.compile(r"^(.*?)((?:_\d+)+)$")
 
 
-class CheckpointKeyError(KeyError):
+class CheckpointKeyError(MvragError, KeyError):
     """Converted keys do not match what the model expects (missing, unexpected or wrong-shape tensors)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message

@@ -29,6 +29,7 @@ from mvrag_jax.convert import ldm_keys
 from mvrag_jax.convert.single_file import read_state_dict
 from mvrag_jax.models import clip, resampler, unet, vae
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 IMAGEDREAM_DIM_HEAD = 64  # hard-coded in ImageDream's MultiViewUNetModel (Resampler(dim_head=64, heads=12))
 OPENCLIP_HEAD_WIDTH = 64  # open_clip text towers: heads = width / 64 (ViT-H-14: 1024 wide, 16 heads)
@@ -75,7 +76,7 @@ _UNET_HINTS = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(MvragError, ValueError):
     """An MVDream/ImageDream source or its config cannot give the components asked of it."""
 
 

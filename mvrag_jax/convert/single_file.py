@@ -9,11 +9,12 @@ import pathlib
 import numpy as np
 
 from mvrag_jax.inputs.release import read_safetensors
+from mvrag_jax.errors import MvragError
 
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth", ".bin")
 
 
-class SingleFileError(ValueError):
+class SingleFileError(MvragError, ValueError):
     """A one-file checkpoint cannot be read (missing, unknown format, torch absent for a pickle, no tensors)."""
 
 

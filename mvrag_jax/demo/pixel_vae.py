@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from mvrag_jax.models import vae
+from mvrag_jax.errors import MvragError
 
 CONSTANT = 1000.0      # K: the two constant channels that dominate conv_norm_out's statistics
 SHIFT = 20.0           # moves colours where SiLU is linear: sigmoid(19) = 1 - 5.6e-9
@@ -37,7 +38,7 @@ _RGB, _PLUS, _MINUS, _BALANCE = (0, 1, 2), 3, 4, 5
 _CARRIED = 6           # channels 0-5 must pass through every block
 
 
-class PixelVAEConfigError(ValueError):
+class PixelVAEConfigError(MvragError, ValueError):
     """The VAE sizes cannot carry the pooling autoencoder."""
 
 

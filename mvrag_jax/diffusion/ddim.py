@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 SCHEDULER_CONFIG = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "scaled_linear")
@@ -25,7 +26,7 @@ TIMESTEP_SPACING = "leading"
 _FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False, "trained_betas": None}
 
 
-class SchedulerConfigError(ValueError):
+class SchedulerConfigError(MvragError, ValueError):
     """A scheduler config value is not supported or inconsistent."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from mvrag_jax.diffusion import ddim
 from mvrag_jax.models.unet import MultiViewUNet, UNetConfig
+from mvrag_jax.errors import MvragError
 
 
 class Trajectory(NamedTuple):
@@ -29,7 +30,7 @@ class Trajectory(NamedTuple):
     latents: jax.Array         # [steps, b, views, h, w, c] latents after each DDIM step
 
 
-class SampleInputError(ValueError):
+class SampleInputError(MvragError, ValueError):
     """Sampling inputs have inconsistent shapes."""
 
 

@@ -21,6 +21,7 @@ import pathlib
 import numpy as np
 
 from data_pipelines import ood_eval, records
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 SPLIT_FOLDERS = "reference/ folder"
 SPLIT_ALTERNATE = "alternate: even positions condition, odd positions are references"
@@ -48,7 +49,7 @@ def split_prompt(prompt_id: str, prompt: str, retrieved: list[np.ndarray], refer
     if reference:
         return EvalPrompt(prompt_id, prompt, tuple(retrieved), tuple(reference), SPLIT_FOLDERS)
     if len(retrieved) < 2:
-        raise ValueError(f"no reference/ images and only {len(retrieved)} retrieved image(s); the alternate split "
+        raise UsageError(f"no reference/ images and only {len(retrieved)} retrieved image(s); the alternate split "
                          "needs at least 2")
     return EvalPrompt(prompt_id, prompt, tuple(retrieved[0::2]), tuple(retrieved[1::2]), SPLIT_ALTERNATE)
 
@@ -62,7 +63,7 @@ def _from_records(name: str, raw: list[dict], skipped: list[dict]) -> EvalDatase
         except ValueError as e:
             skipped.append({"item": record["prompt_id"], "reason": str(e)})
     if not prompts:
-        raise ValueError(f"dataset {name} has no usable prompt ({len(skipped)} skipped: "
+        raise UsageError(f"dataset {name} has no usable prompt ({len(skipped)} skipped: "
                          f"{skipped[:3]}); see mvrag_jax/eval/dataset.py for the layout")
     return EvalDataset(name, tuple(prompts), tuple(skipped))
 
@@ -72,7 +73,7 @@ def read_folder(root: str | os.PathLike, background: int = 127) -> EvalDataset:
     from etils import epath
     root = pathlib.Path(root).expanduser().absolute()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist; pass --dataset ood_eval or a folder laid out "
+        raise PathNotFoundError(f"dataset folder {root} does not exist; pass --dataset ood_eval or a folder laid out "
                                 "as <prompt_id>/prompt.txt, retrieved/, reference/")
     raw, skipped = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):

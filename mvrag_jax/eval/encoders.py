@@ -33,11 +33,12 @@ from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import dinov2, inception
 from mvrag_jax.inputs.release import COMPONENT_FOLDERS, read_safetensors
+from mvrag_jax.errors import PathNotFoundError, MvragError
 
 BATCH = 16  # images per encoder call; batches are zero-padded to it so each encoder compiles once
 
 
-class EncoderError(ValueError):
+class EncoderError(MvragError, ValueError):
     """Weights given for a metric encoder are not usable; the message names the file and the fix."""
 
 
@@ -78,7 +79,7 @@ def load_dinov2(path: str | pathlib.Path) -> tuple[dinov2.DINOv2Config, Any, ima
     """(config, params, processor) from a dinov2-base folder, a release folder or an mvrag checkpoint."""
     path = pathlib.Path(path).expanduser().absolute()
     if not path.is_dir():
-        raise FileNotFoundError(f"DINOv2 folder {path} does not exist; pass --dinov2 with a facebook/dinov2-base "
+        raise PathNotFoundError(f"DINOv2 folder {path} does not exist; pass --dinov2 with a facebook/dinov2-base "
                                 "folder, a release folder or an mvrag checkpoint")
     if (path / CONFIG_FILE).is_file():  # mvrag checkpoint
         configs, params = load_model_checkpoint(path)
@@ -134,7 +135,7 @@ def load_fid_inception(path: str | pathlib.Path, image_size: int = inception.FID
     class count come from the tensor shapes."""
     path = pathlib.Path(path).expanduser().absolute()
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights {path} do not exist; pass --inception with the safetensors "
+        raise PathNotFoundError(f"Inception weights {path} do not exist; pass --inception with the safetensors "
                                 "conversion of pt_inception-2015-12-05-6726825d.pth (see mvrag_jax/eval/encoders.py)")
     if path.suffix != ".safetensors":
         raise EncoderError(f"{path} is not a .safetensors file; convert the torch file once with: "

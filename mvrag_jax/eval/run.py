@@ -17,6 +17,7 @@ OUT (written atomically) gets metrics.json, report.md, per_sample.jsonl/.csv, be
 """
 
 import json
+import logging
 import pathlib
 import re
 import time
@@ -32,7 +33,10 @@ from mvrag_jax.eval.encoders import Encoders, load_encoders
 from mvrag_jax.eval import rerender
 from mvrag_jax.eval.report import write_report
 from mvrag_jax.eval.score import Sample, score_samples
+from mvrag_jax.errors import MvragError, PathNotFoundError, UsageError
+from mvrag_jax.retrieval.base import DECODE_ERRORS
 
+_LOG = logging.getLogger(__name__)
 VIEW_FILE = re.compile(r"^view_(\d+)\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
 META_FILE = "meta.json"
 
@@ -41,10 +45,10 @@ def read_views(folder: pathlib.Path) -> np.ndarray:
     """view_<i>.* files of one object in view order -> [V, H, W, 3] uint8."""
     files = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := VIEW_FILE.match(p.name)))
     if not files:
-        raise FileNotFoundError(f"{folder} has no view_<i>.png files; see mvrag_jax/eval/run.py for the layout")
+        raise PathNotFoundError(f"{folder} has no view_<i>.png files; see mvrag_jax/eval/run.py for the layout")
     views = [np.asarray(Image.open(p).convert("RGB")) for _, p in files]
     if len({v.shape for v in views}) != 1:
-        raise ValueError(f"views in {folder} differ in size {sorted({v.shape for v in views})}; one object's views "
+        raise UsageError(f"views in {folder} differ in size {sorted({v.shape for v in views})}; one object's views "
                          "must share one size")
     return np.stack(views)
 
@@ -53,12 +57,12 @@ def read_image_folder(images: str | pathlib.Path, dataset: EvalDataset) -> tuple
     """Samples from an --images folder, and the dataset prompts it has no views for (as skipped entries)."""
     root = pathlib.Path(images).expanduser().absolute()
     if not root.is_dir():
-        raise FileNotFoundError(f"--images folder {root} does not exist")
+        raise PathNotFoundError(f"--images folder {root} does not exist")
     known = {p.prompt_id for p in dataset.prompts}
     folders = {p.name: p for p in root.iterdir() if p.is_dir()}
     extra = sorted(set(folders) - known)
     if extra:
-        raise ValueError(f"--images {root} has folders {extra[:5]}{' ...' if len(extra) > 5 else ''} that are not "
+        raise UsageError(f"--images {root} has folders {extra[:5]}{' ...' if len(extra) > 5 else ''} that are not "
                          f"prompt ids of dataset {dataset.name}; use the dataset's prompt ids as folder names")
     samples, skipped = [], []
     for prompt in dataset.prompts:
@@ -67,7 +71,18 @@ def read_image_folder(images: str | pathlib.Path, dataset: EvalDataset) -> tuple
             skipped.append({"item": prompt.prompt_id, "reason": f"no folder in {root}"})
             continue
         meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
-        samples.append(Sample(prompt.prompt_id, meta.get("seed"), read_views(folder), meta.get("fusion_weight")))
+        try:
+            views = read_views(folder)
+        except DECODE_ERRORS as e:  # a truncated or corrupt PNG: skip the object (counted), as retrieval does
+            if isinstance(e, MvragError):
+                raise
+            skipped.append({"item": prompt.prompt_id, "reason": f"unreadable view in {folder}: {e}"})
+            continue
+        samples.append(Sample(prompt.prompt_id, meta.get("seed"), views, meta.get("fusion_weight")))
+    unreadable = sum(1 for s in skipped if s["reason"].startswith("unreadable"))
+    if unreadable:
+        _LOG.warning("skipped %d object(s) of %s with unreadable (corrupt or truncated) views; the report lists them",
+                     unreadable, root)
     return samples, skipped
 
 
@@ -103,7 +118,7 @@ def load_pipeline(ckpt: str, num_views: int) -> Any:
     try:
         from mvrag_jax.pipeline import Pipeline
     except ImportError as e:
-        raise ValueError(f"--ckpt needs mvrag_jax/pipeline/pipeline.py, which this checkout lacks ({e}); generate the views "
+        raise UsageError(f"--ckpt needs mvrag_jax/pipeline/pipeline.py, which this checkout lacks ({e}); generate the views "
                          "with another tool and pass --images instead") from e
     return Pipeline.load(ckpt=ckpt, num_views=num_views)
 
@@ -145,10 +160,10 @@ def run(*, out: str, dataset: str, images: str | None = None, ckpt: str | None =
     """`mvrag eval`: returns the OUT folder (see the module docstring). `lgm`: also score the re-rendered setting
     (eval/rerender.py) with these LGM weights; `elevation` is the views' generation elevation."""
     if (images is None) == (ckpt is None):
-        raise ValueError("pass exactly one of --images DIR (score existing views) or --ckpt DIR (generate, then "
+        raise UsageError("pass exactly one of --images DIR (score existing views) or --ckpt DIR (generate, then "
                          "score)")
     if k < 0:
-        raise ValueError(f"--k={k}; it must be >= 0 (0: text-only generation)")
+        raise UsageError(f"--k={k}; it must be >= 0 (0: text-only generation)")
     data = load_dataset(dataset)
     encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or default_dinov2(ckpt),
                              inception_path=inception, ir_path=ir, ir_output=ir_output)

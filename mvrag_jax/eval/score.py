@@ -19,6 +19,7 @@ from tqdm import tqdm
 from mvrag_jax.eval import metrics
 from mvrag_jax.eval.dataset import EvalDataset
 from mvrag_jax.eval.encoders import Encoders
+from mvrag_jax.errors import UsageError
 
 PER_SAMPLE = ("clip", "dinov2", "ir", "consistency")
 SET_LEVEL = ("fid", "inception_score")
@@ -67,10 +68,10 @@ def score_samples(encoders: Encoders, dataset: EvalDataset, samples: Sequence[Sa
     prompts = {p.prompt_id: p for p in dataset.prompts}
     unknown = sorted({s.prompt_id for s in samples} - set(prompts))
     if unknown:
-        raise ValueError(f"samples for prompt ids {unknown[:5]} that dataset {dataset.name} does not have; the "
+        raise UsageError(f"samples for prompt ids {unknown[:5]} that dataset {dataset.name} does not have; the "
                          "image folder must use the dataset's prompt ids as folder names")
     if not samples:
-        raise ValueError(f"no generated samples to score for dataset {dataset.name}")
+        raise UsageError(f"no generated samples to score for dataset {dataset.name}")
     reference_cache: dict[tuple[str, str], np.ndarray] = {}
 
     def references(name: str, embed, prompt_id: str) -> np.ndarray:

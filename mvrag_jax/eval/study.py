@@ -24,6 +24,7 @@ from mvrag_jax.eval.encoders import load_encoders
 from mvrag_jax.eval.report import write_report
 from mvrag_jax.eval.run import default_dinov2, evaluate, generate_samples, load_pipeline, sampling_options
 from mvrag_jax.eval.score import LABELS, PER_SAMPLE, SET_LEVEL
+from mvrag_jax.errors import UsageError
 
 CONDITIONS = ("correct", "shuffled", "noise")
 NOISE_SIGMA = 64.0
@@ -42,12 +43,12 @@ def retrievals(dataset: EvalDataset, condition: str, k: int) -> list[tuple[np.nd
         return [p.retrieved[:k] for p in prompts]
     if condition == "shuffled":
         if len(prompts) < 2:
-            raise ValueError("the shuffled condition needs at least 2 prompts (each takes another's images)")
+            raise UsageError("the shuffled condition needs at least 2 prompts (each takes another's images)")
         return [prompts[(i + 1) % len(prompts)].retrieved[:k] for i in range(len(prompts))]
     if condition == "noise":
         rng = np.random.default_rng(NOISE_SEED)
         return [tuple(corrupt(image, rng) for image in p.retrieved[:k]) for p in prompts]
-    raise ValueError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
+    raise UsageError(f"unknown condition {condition!r}; choose one of {CONDITIONS}")
 
 
 def _means(result: dict[str, Any]) -> dict[str, Any]:
@@ -96,9 +97,9 @@ def run_study(*, out: str, dataset: str, ckpt: str | None, ks: Sequence[int] = (
               steps: int = 50, guidance_scale: float = 5.0, num_views: int = 4,
               batch_size: int = 4, overwrite: bool = False, show_progress: bool = True) -> pathlib.Path:
     if ckpt is None:
-        raise ValueError("--study retrieval generates the views: pass --ckpt DIR")
+        raise UsageError("--study retrieval generates the views: pass --ckpt DIR")
     if not ks or min(ks) < 0:
-        raise ValueError(f"--ks={list(ks)}; give k values >= 0, e.g. --ks 0,1,2,4")
+        raise UsageError(f"--ks={list(ks)}; give k values >= 0, e.g. --ks 0,1,2,4")
     data = load_dataset(dataset)
     encoders = load_encoders(clip_model=clip_model, dinov2_path=dinov2 or default_dinov2(ckpt),
                              inception_path=inception, ir_path=ir, ir_output=ir_output)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 
 PIPELINE_RESIZE = 256  # the pipeline's `v2.Resize(size=256)` after pad_to_square
@@ -24,7 +25,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
-class ImageError(ValueError):
+class ImageError(MvragError, ValueError):
     """An image or an image-processor config that the official preprocessing would not accept."""
 
 

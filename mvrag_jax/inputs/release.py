@@ -8,12 +8,15 @@ them, from tensor shapes), never from assumptions about the published model.
 
 import dataclasses
 import json
+import os
 import pathlib
 import struct
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from mvrag_jax.errors import MvragError
 
 # Release folder of each component we convert (DINOv2 sits at the hub id the official f_score.py loads by name).
 COMPONENT_FOLDERS = {
@@ -41,7 +44,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-class ReleaseError(ValueError):
+class ReleaseError(MvragError, ValueError):
     """The release directory is missing, incomplete or unreadable."""
 
 
@@ -53,6 +56,32 @@ def _read_header(f, path: pathlib.Path) -> dict[str, Any]:
         raise ReleaseError(f"cannot read safetensors file {path}: {e}; re-download or re-export that file") from e
     header.pop("__metadata__", None)
     return header
+
+
+class NonFiniteWeightsError(MvragError, ValueError):
+    """A weight tensor holds NaN or Inf (a broken download, a diverged run): it would generate black views."""
+
+
+def check_finite_weights(tensors: dict, source: str | os.PathLike) -> None:
+    """Raise NonFiniteWeightsError naming the first tensor of `tensors` (a nested dict of arrays, keys joined with
+    '/') that holds NaN or Inf, and how many of its values do. One pass over each tensor: cheap next to reading it."""
+    stack = [("", tensors)]
+    while stack:
+        prefix, tree = stack.pop()
+        for key in sorted(tree, reverse=True):
+            value, name = tree[key], f"{prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((f"{name}/", value))
+                continue
+            array = np.asarray(value)
+            if array.dtype.kind not in "fc" and "float" not in str(array.dtype):
+                continue
+            finite = np.isfinite(array.astype(np.float32) if array.dtype.itemsize < 4 else array)
+            if not finite.all():
+                bad = int(array.size - np.count_nonzero(finite))
+                raise NonFiniteWeightsError(
+                    f"tensor {name} in {source} holds {bad} NaN/Inf value(s) of {array.size}; the weights are "
+                    "damaged (a cut download, a diverged run): re-download or re-export them")
 
 
 def read_safetensors_shapes(path: pathlib.Path) -> dict[str, tuple[int, ...]]:
@@ -159,7 +188,9 @@ class Release:
         """The component's tensors from its .safetensors file(s), as stored (dtype cast happens in conversion)."""
         tensors: dict[str, np.ndarray] = {}
         for path in self._weight_files(component):
-            tensors.update(read_safetensors(path))
+            loaded = read_safetensors(path)
+            check_finite_weights(loaded, path)
+            tensors.update(loaded)
         return tensors
 
     def shapes(self, component: str) -> dict[str, tuple[int, ...]]:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from mvrag_jax.errors import MvragError
+
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
@@ -22,7 +24,7 @@ PROMPT_SUFFIX = ", 3d asset"  # appended to every positive prompt by the officia
 _UNSET_MAX_LENGTH = 10 ** 6
 
 
-class PromptError(ValueError):
+class PromptError(MvragError, ValueError):
     """A prompt, negative prompt or tokenizer cannot be used as the official pipeline would."""
 
 

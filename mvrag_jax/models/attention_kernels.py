@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mvrag_jax.sharding import BATCH, HEADS, activation_spec
+from mvrag_jax.errors import MvragError
 
 KERNELS = ("auto", "xla", "chunked", "cudnn", "pallas_tpu")
 _PLATFORMS = {"cudnn": ("gpu", "cuda", "rocm"), "pallas_tpu": ("tpu",)}
@@ -31,7 +32,7 @@ PALLAS_TILE = 128    # query/key tile of the Pallas TPU kernel
 PALLAS_MIN_KEYS = 512  # "auto" on TPU: flash attention from this many keys on (the cross-view self-attention)
 
 
-class AttentionKernelError(ValueError):
+class AttentionKernelError(MvragError, ValueError):
     """An unknown attention kernel, or one the backend cannot run."""
 
 

@@ -24,6 +24,7 @@ from mvrag_jax.models.config import check_compute_dtype, config_block, square_si
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM, VOCAB
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh")
@@ -37,7 +38,7 @@ VISION_PREFIX = "vision_model."
 EMBED_INIT_STD = 0.02  # transformers' initializer_range; only matters for fresh (unconverted) params
 
 
-class CLIPConfigError(ValueError):
+class CLIPConfigError(MvragError, ValueError):
     """A CLIP config is missing, inconsistent or uses an unsupported option."""
 
 

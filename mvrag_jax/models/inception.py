@@ -23,13 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvrag_jax.errors import MvragError
+
 BN_EPS = 1e-3          # torchvision BasicConv2d: BatchNorm2d(eps=0.001)
 FID_IMAGE_SIZE = 299   # pytorch-fid resizes every input to this side
 FID_NUM_CLASSES = 1008
 POOL3_WIDTH = 2048     # at width_divisor 1
 
 
-class InceptionConfigError(ValueError):
+class InceptionConfigError(MvragError, ValueError):
     """Inception sizes that do not describe a (possibly width-divided) FID Inception-v3."""
 
 

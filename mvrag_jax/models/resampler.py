@@ -24,6 +24,7 @@ from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError, UsageError
 
 
 _LOG = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ SIZE_FIELDS = ("dim", "depth", "dim_head", "heads", "num_queries", "embedding_di
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
 
 
-class ResamplerConfigError(ValueError):
+class ResamplerConfigError(MvragError, ValueError):
     """A release's resampler sizes cannot be determined, or its config.json contradicts its weights."""
 
 
@@ -60,7 +61,7 @@ class ResamplerConfig:
         bad = {name: getattr(self, name) for name in SIZE_FIELDS
                if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1}
         if bad:
-            raise ValueError(f"resampler sizes must be positive integers, got {bad}; fix the config")
+            raise UsageError(f"resampler sizes must be positive integers, got {bad}; fix the config")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ResamplerConfig":

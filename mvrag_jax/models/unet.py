@@ -23,6 +23,7 @@ from mvrag_jax.models.embeddings import timestep_embedding
 from mvrag_jax.models.remat import ordered_remat
 from mvrag_jax.sharding import ACT_EMBED, BATCH, CONV_OUT, EMBED, MLP
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 
 Dtype = Any
@@ -42,7 +43,7 @@ _REQUIRED_KEYS = ("image_size", "in_channels", "out_channels", "model_channels",
                   "attention_resolutions", "context_dim")
 
 
-class UNetConfigError(ValueError):
+class UNetConfigError(MvragError, ValueError):
     """A UNet config value is inconsistent or not supported."""
 
 

@@ -22,6 +22,7 @@ from mvrag_jax.models.config import check_compute_dtype, config_block
 from mvrag_jax.models.layers import attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 
 GROUP_NORM_EPS = 1e-6  # every diffusers VAE norm (resnets, mid attention, conv_norm_out)
@@ -32,7 +33,7 @@ SIZE_FIELDS = ("in_channels", "out_channels", "block_out_channels", "layers_per_
 _SUPPORTED = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
 
 
-class VAEConfigError(ValueError):
+class VAEConfigError(MvragError, ValueError):
     """A VAE config is missing, inconsistent, or describes blocks this port does not implement."""
 
 

@@ -29,6 +29,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -37,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mvrag_jax.inputs import images
+from mvrag_jax.errors import MvragError, PathNotFoundError, ensure_writable_dir
 
 _LOG = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ RECORD_FORMAT = 1
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # flag spelling -> Pipeline.load dtype
 
 
-class GenerateError(ValueError):
+class GenerateError(MvragError, ValueError):
     """Generation cannot run as asked; the message names the flag and the fix."""
 
 
@@ -139,7 +141,7 @@ def read_prompts(path: str | os.PathLike) -> Iterator[PromptEntry]:
     """Stream the entries of a prompt file (one line in memory at a time)."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist; pass --prompts FILE (one prompt per line)")
+        raise PathNotFoundError(f"prompt file {path} does not exist; pass --prompts FILE (one prompt per line)")
     index = 0
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -156,7 +158,7 @@ def prompt_source(prompt: str | None, prompts: str | None) -> Callable[[], Itera
         entry = PromptEntry(0, check_prompt(prompt, "--prompt"))
         return lambda: [entry]
     if not pathlib.Path(prompts).is_file():
-        raise FileNotFoundError(f"prompt file {prompts} does not exist; pass --prompts FILE (one prompt per line)")
+        raise PathNotFoundError(f"prompt file {prompts} does not exist; pass --prompts FILE (one prompt per line)")
     return lambda: read_prompts(prompts)
 
 
@@ -266,14 +268,23 @@ def grid_image(retrieved: Sequence[np.ndarray], views: np.ndarray, gap: int = 4)
 
 def write_object(out: pathlib.Path, job: ObjectJob, views: np.ndarray, retrieved: Sequence[Any],
                  record: dict[str, Any]) -> pathlib.Path:
-    """Write one object's views, grid and (last) its record; returns the object folder."""
-    folder = out / job.name
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"view_{i}.png" for i in range(len(views))]
-    for name, view in zip(names, views):
-        write_png(folder / name, view)
-    write_png(folder / "grid.png", grid_image([r.image for r in retrieved], views))
-    write_json(folder / RECORD, {**record, "views": names, "grid": "grid.png"})
+    """Write one object's views, grid and (last) its record; returns the object folder. The files go to a temporary
+    sibling folder renamed into place at the end, so a full disk or a kill never leaves part of an object."""
+    folder, tmp = out / job.name, out / f".{job.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        names = [f"view_{i}.png" for i in range(len(views))]
+        for name, view in zip(names, views):
+            write_png(tmp / name, view)
+        write_png(tmp / "grid.png", grid_image([r.image for r in retrieved], views))
+        write_json(tmp / RECORD, {**record, "views": names, "grid": "grid.png"})
+        if folder.exists():  # an unfinished object (no record) left by an older version
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 
@@ -427,8 +438,11 @@ def run(*, out: str | os.PathLike, ckpt: str | None = None, release: str | None 
         raise GenerateError("pass exactly one of --ckpt CKPT_DIR (from `mvrag convert`) or --release DIR")
     model_dir = pathlib.Path(ckpt if ckpt is not None else release).expanduser().absolute()
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"{'checkpoint' if ckpt is not None else 'release'} folder {model_dir} does not "
+        raise PathNotFoundError(f"{'checkpoint' if ckpt is not None else 'release'} folder {model_dir} does not "
                                 "exist; pass the --out folder of `mvrag convert` or an official release folder")
+    if ckpt is not None and (model_dir / "checkpoints").is_dir():  # a `mvrag train` workdir (train/checkpoint.py)
+        raise GenerateError(f"--ckpt {model_dir} is a training workdir; export its weights first: `mvrag export "
+                            f"--ckpt {model_dir} --out DIR`, then `mvrag generate --release DIR ...`")
     source = prompt_source(prompt, prompts)
     seeds = parse_seeds(seeds)
     out = pathlib.Path(out).expanduser().absolute()
@@ -462,13 +476,13 @@ def run(*, out: str | os.PathLike, ckpt: str | None = None, release: str | None 
     summary = {"out": str(out), "objects": total, "process": process, "processes": processes}
     if done == total:  # nothing left: no model load, no compile
         return {**summary, "generated": 0, "skipped": done, "text_only": 0}
+    ensure_writable_dir(out, "--out")  # a read-only or full disk, or a file in the way: before the model loads
     from mvrag_jax.pipeline import Pipeline
     from mvrag_jax.sharding import make_mesh
     # Local devices only: each host runs its own share independently (see the module docstring).
     mesh = make_mesh(data=-1, fsdp=1, tensor=1, devices=jax.local_devices())
     kind = "ckpt" if ckpt is not None else "release"
     pipeline = Pipeline.load(**{kind: str(model_dir)}, dtype=DTYPES[settings.dtype], mesh=mesh)
-    out.mkdir(parents=True, exist_ok=True)
     counts = generate_objects(pipeline, settings.sampling_options(), plan(), out, retrieve, settings,
                               call_size=padded_batch_size(settings.batch, mesh.shape["data"]), total=total,
                               model={kind: str(model_dir)}, show_progress=show_progress)

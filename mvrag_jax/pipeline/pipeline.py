@@ -49,6 +49,7 @@ from mvrag_jax.diffusion.sample import schedule_tables
 from mvrag_jax.models import dinov2
 from mvrag_jax.models.attention_kernels import check_kernel
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 FUSION_PATHS = ("exact", "device")
 MODES = ("3d", "2d")
@@ -59,7 +60,7 @@ TEXT_COMPONENTS = ("unet", "clip_text", "vae")
 IMAGE_COMPONENTS = ("resampler", "clip_vision")  # and "dinov2" for the prior pass
 
 
-class PipelineError(ValueError):
+class PipelineError(MvragError, ValueError):
     """A request, option or model set the pipeline cannot run."""
 
 

@@ -16,6 +16,8 @@ from typing import Iterable, Protocol
 import numpy as np
 from PIL import Image
 
+from mvrag_jax.errors import MvragError
+
 _LOG = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -23,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, struct.error, Image.DecompressionBombError)
 
 
-class RetrievalError(ValueError):
+class RetrievalError(MvragError, ValueError):
     """Retrieval cannot run as asked (bad k, bad collection, bad index); the message names the fix."""
 
 

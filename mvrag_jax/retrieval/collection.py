@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from mvrag_jax.retrieval.base import RetrievalError
+from mvrag_jax.errors import PathNotFoundError
 
 COLLECTION_FILE = "collection.jsonl"
 IMAGES_FOLDER = "images"
@@ -77,7 +78,7 @@ def read_collection(path: str | pathlib.Path) -> tuple[pathlib.Path, list[Collec
     the line (missing file: FileNotFoundError)."""
     path = pathlib.Path(path).expanduser().absolute()
     if not path.is_file():
-        raise FileNotFoundError(f"collection file {path} does not exist; pass --collection with a .jsonl file of "
+        raise PathNotFoundError(f"collection file {path} does not exist; pass --collection with a .jsonl file of "
                                 '{"image": ..., "caption": ...} lines')
     records = []
     with open(path, encoding="utf-8") as f:

@@ -36,6 +36,7 @@ from mvrag_jax.inputs.release import read_safetensors
 from mvrag_jax.retrieval import ann
 from mvrag_jax.retrieval.base import Candidate, RetrievalError, RetrievedImage, collect, read_image
 from mvrag_jax.retrieval.collection import CollectionError, CollectionRecord
+from mvrag_jax.errors import PathNotFoundError
 
 _LOG = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def load_dual_encoder(folder: str | pathlib.Path) -> DualEncoder:
     """Read a transformers CLIPModel folder into our towers (key mismatches raise CheckpointKeyError)."""
     folder = pathlib.Path(folder).expanduser().absolute()
     if not folder.is_dir():
-        raise FileNotFoundError(f"CLIP model folder {folder} does not exist; pass --clip_model with a transformers "
+        raise PathNotFoundError(f"CLIP model folder {folder} does not exist; pass --clip_model with a transformers "
                                 "CLIPModel folder")
     config = _read_config(folder)
     text_config = clip.CLIPTextConfig.from_dict(config["text_config"])

@@ -10,6 +10,8 @@ import pathlib
 from mvrag_jax.retrieval.base import (IMAGE_SUFFIXES, Candidate, EmptyRetrievalError, RetrievalError, RetrievedImage,
                                      collect)
 
+from mvrag_jax.errors import PathNotFoundError
+
 _LOG = logging.getLogger(__name__)
 
 
@@ -19,7 +21,7 @@ class FolderRetriever:
     def __init__(self, folder: str | pathlib.Path):
         self.folder = pathlib.Path(folder).expanduser().absolute()
         if not self.folder.exists():
-            raise FileNotFoundError(f"image folder {self.folder} does not exist; pass --folder with the retrieved "
+            raise PathNotFoundError(f"image folder {self.folder} does not exist; pass --folder with the retrieved "
                                     "images of the object")
         if not self.folder.is_dir():
             raise RetrievalError(f"{self.folder} is not a folder; pass the folder that holds the images")

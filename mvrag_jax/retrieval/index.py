@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from mvrag_jax.retrieval.base import RetrievalError
 from mvrag_jax.retrieval.collection import (CollectionRecord, RecordFile, iter_collection, read_collection,
                                             sorted_by_image, write_records, writing_records)
+from mvrag_jax.errors import PathNotFoundError
 
 _LOG = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def read_manifest(index: str | pathlib.Path) -> tuple[pathlib.Path, dict[str, An
     index = pathlib.Path(index).expanduser().absolute()
     path = index / MANIFEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{index} is not a retrieval index (no {MANIFEST_FILE}); build one with "
+        raise PathNotFoundError(f"{index} is not a retrieval index (no {MANIFEST_FILE}); build one with "
                                 "`mvrag index --collection FILE --out DIR`")
     try:
         manifest = json.loads(path.read_text())

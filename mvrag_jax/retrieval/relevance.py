@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mvrag_jax.retrieval.base import RetrievalError, RetrievedImage
+from mvrag_jax.errors import PathNotFoundError
 
 MEASURES = {"clip": (-1.0, 1.0), "bm25": (0.0, 1.0)}
 
@@ -122,7 +123,7 @@ def open_relevance(threshold: float, *, index: str | pathlib.Path | None = None,
     if clip_model is not None:
         folder = pathlib.Path(clip_model).expanduser().absolute()
         if not folder.is_dir():
-            raise FileNotFoundError(f"--relevance_clip {folder} does not exist; pass a transformers CLIPModel folder "
+            raise PathNotFoundError(f"--relevance_clip {folder} does not exist; pass a transformers CLIPModel folder "
                                     "(or drop the flag to use normalised BM25 with a BM25 index)")
         from mvrag_jax.retrieval.dense import load_dual_encoder
         return Relevance(threshold, measure, clip_similarities(load_dual_encoder(folder)))

@@ -34,20 +34,21 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from mvrag_jax.train import workdir as workdir_lib
+from mvrag_jax.errors import MvragError, UsageError
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data_iter", "config")
 
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(MvragError, FileNotFoundError):
     """A workdir has no complete training checkpoint."""
 
 
-class NoEMAError(ValueError):
+class NoEMAError(MvragError, ValueError):
     """An export of the EMA weights was asked of a checkpoint that holds none."""
 
 
-class EMAMismatchError(ValueError):
+class EMAMismatchError(MvragError, ValueError):
     """A run resumes with an EMA setting (train.ema_decay zero or not) other than its checkpoint's."""
 
 
@@ -60,10 +61,10 @@ def open_manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int |
                  read_only: bool = False) -> ocp.CheckpointManager:
     """The run's manager: saves every `save_every` steps (others are skipped by `save`), keeps the last `keep`."""
     if save_every < 1 and not read_only:
-        raise ValueError(f"checkpoint save_every={save_every}; set --config.train.ckpt_every to a positive step "
+        raise UsageError(f"checkpoint save_every={save_every}; set --config.train.ckpt_every to a positive step "
                          "count")
     if keep is not None and keep < 1 and not read_only:
-        raise ValueError(f"checkpoint keep={keep}; set --config.train.keep_checkpoints to at least 1")
+        raise UsageError(f"checkpoint keep={keep}; set --config.train.keep_checkpoints to at least 1")
     if read_only:
         save_every, keep = 0, None  # what orbax sets for a read-only manager anyway (it warns otherwise)
     options = ocp.CheckpointManagerOptions(
@@ -76,7 +77,16 @@ def open_manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int |
                                            grain.checkpoint.CheckpointRestore)):
         registry.add(item, save_args)
         registry.add(item, restore_args)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+    if not read_only:
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+    from absl import logging
+    # orbax announces "Given directory is read only" for any read_only manager, writable folder or not (export).
+    notice = lambda record: "Given directory is read only" not in str(record.msg)
+    logging.get_absl_logger().addFilter(notice)
+    try:
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, handler_registry=registry)
+    finally:
+        logging.get_absl_logger().removeFilter(notice)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator | None,
@@ -109,6 +119,40 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     state = type(abstract_state)(**restored["state"], ema={}) if drop_ema else restored["state"]
     return state, restored["config"]
+
+
+class NoRestorableCheckpointError(MvragError):
+    """Every complete checkpoint of a workdir failed to restore (truncated or missing data files)."""
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: grain.DatasetIterator | None = None,
+                   *, check: Any = None) -> tuple[Any, int, list[int]]:
+    """(state, step, skipped steps) of the newest checkpoint that restores, newest first.
+
+    A checkpoint whose files are truncated or missing (a disk that filled, a copy cut short: tensorstore's
+    OUT_OF_RANGE, a missing data_iter/) is skipped with a warning naming it; `check(step)` (e.g. the config
+    comparison) runs before each attempt, and its MvragErrors stop the search (an older step would fail it too).
+    """
+    from absl import logging
+    steps = sorted(manager.all_steps(), reverse=True)
+    failures: list[str] = []
+    for step in steps:
+        try:
+            if check is not None:
+                check(step)
+            state, _ = restore(manager, step, abstract_state, data_iter)
+        except (MvragError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - any damage to the files; the next older step may be whole
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            logging.warning("checkpoint step %d in %s does not restore (%s); skipping it for an older one", step,
+                            manager.directory, reason)
+            failures.append(f"step {step}: {reason}")
+            continue
+        return state, step, [int(s) for s in steps[:len(failures)]]
+    raise NoRestorableCheckpointError(
+        f"no checkpoint in {manager.directory} restores ({'; '.join(failures[:3])}{' ...' if len(failures) > 3 else ''}); "
+        "move the damaged step folders away to start over, or restore them from a copy")
 
 
 def _check_ema(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> bool:
@@ -177,6 +221,7 @@ def export_params(workdir: str | os.PathLike, step: int | None = None, *, ema: b
     from that checkpoint, never from the run (which may hold them in bfloat16, train.frozen_dtype); so do components
     the run does not hold (DINOv2)."""
     from mvrag_jax.convert import load_model_checkpoint
+    from mvrag_jax.inputs.release import check_finite_weights
     step, cfg = restore_config(workdir, step)
     init = str(cfg.get("train", {}).get("init", ""))
     init_dir = pathlib.Path(init).expanduser()
@@ -190,6 +235,7 @@ def export_params(workdir: str | os.PathLike, step: int | None = None, *, ema: b
                          "without --ema, or train with --config.train.ema_decay=0.999")
     _, params = load_model_checkpoint(init_dir)
     trained = jax.tree.map(np.asarray, state["ema" if ema else "trainable"])
+    check_finite_weights(trained, f"step {step} of {workdir}")
     for name, tree in trained.items():
         if name not in params:
             raise NoCheckpointError(f"step {step} of {workdir} holds component {name!r} that {init_dir} lacks")

@@ -17,8 +17,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mvrag_jax.errors import MvragError
 
-class EMAConfigError(ValueError):
+
+class EMAConfigError(MvragError, ValueError):
     """cfg.train.ema_decay is not a decay (0 <= decay < 1)."""
 
 

@@ -8,9 +8,17 @@ trainer, build the datasets if absent (process 0 first), open the loader for thi
 latest complete checkpoint in WORKDIR/checkpoints (state, data position and all), compile the step once (timed apart),
 then step until `train.steps`, saving asynchronously every `train.ckpt_every` steps and at the end.
 
-Preemption: SIGTERM (what Cloud TPU sends) or `stop.set()` lets the current step finish, saves it, and `run` returns
-with summary["preempted"] = True (the CLI exits 0); the next run resumes there. With several processes the stop
-point is agreed through JAX's preemption sync service, so every host saves the same step.
+Preemption: SIGTERM (what Cloud TPU sends), SIGINT (Ctrl-C) or `stop.set()` lets the current step finish, saves it
+when a step ran since the last save, and `run` returns with summary["preempted"] = True and summary["signal"] (the CLI
+exits 0, or 130 after SIGINT); the next run resumes there and appends each step's metrics once. A signal during the
+data build, the restore or the compile is honoured once that finishes: no step runs, nothing new is saved. A second
+SIGINT interrupts at once (KeyboardInterrupt). With several processes the SIGTERM stop point is agreed through JAX's
+preemption sync service, so every host saves the same step.
+
+Faults (README "Reliability"): a second trainer on the workdir is refused (train/lock.py); a resume compares the
+saved config with this one (train/resume.py); a latest checkpoint that does not restore (truncated or missing files)
+is skipped for the newest one that does (checkpoint.restore_latest); a non-finite step is skipped and counted
+(train/step.py, metric `skipped`).
 
 Samples: `sample_fn(state, step) -> {name: [H, W, 3] uint8}` is called on every process every `train.sample_every`
 steps (generation is a sharded computation); process 0 writes WORKDIR/samples/<name>_<step>.png and TensorBoard images.
@@ -46,15 +54,17 @@ from tqdm import tqdm
 from data_pipelines import build, loader
 from mvrag_jax import sharding
 from mvrag_jax.cluster import distributed
-from mvrag_jax.train import checkpoint, metrics, state as state_lib, workdir as workdir_lib
+from mvrag_jax.errors import ensure_writable_dir
+from mvrag_jax.train import checkpoint, lock as lock_lib, metrics, resume, state as state_lib, workdir as workdir_lib
 from mvrag_jax.train.data import to_global
+from mvrag_jax.errors import MvragError
 
 SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
 DATA_SUBDIR = "data"
 SAMPLES_SUBDIR = "samples"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(MvragError, ValueError):
     """The config cannot run on these devices; the message names the field to change."""
 
 
@@ -65,11 +75,11 @@ def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
     if unknown:
         raise TrainConfigError(f"unknown mesh axis {', '.join(map(repr, unknown))} in --config.mesh; the mesh axes are "
                                f"{', '.join(sharding.MESH_AXES)}")
-    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp and data.batch_size x hosts
+    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp
     if batch % num_processes:
         raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
-                               f"--config.train.batch_size to a multiple of {num_processes} (and "
-                               "--config.data.batch_size to its share per process)")
+                               f"--config.train.batch_size to a multiple of {num_processes} (each process loads "
+                               "its share: data.batch_size is derived)")
     init = str(cfg.train.init)
     if state_lib.is_checkpoint_init(init):
         path = pathlib.Path(init).expanduser() if init else None
@@ -89,10 +99,13 @@ def default_data_dir(workdir: str | os.PathLike) -> str:
 
 
 def resolve_config(cfg: mlc.ConfigDict, workdir: str | os.PathLike) -> mlc.ConfigDict:
-    """A copy of `cfg` with references resolved and the datasets under `default_data_dir(workdir)` unless
-    data.data_dir is set (the copy is what the checkpoint's `config` item records)."""
+    """A copy of `cfg` with references resolved, the datasets under `default_data_dir(workdir)` unless data.data_dir
+    is set, and data.batch_size = train.batch_size / processes (the copy is what the checkpoint's `config` item
+    records)."""
     resolved = copy.deepcopy(cfg).copy_and_resolve_references()
     resolved.data.data_dir = str(resolved.data.data_dir or default_data_dir(workdir))
+    # The loader's batch is this host's share of the global one: derived, so a run sets only train.batch_size.
+    resolved.data.batch_size = int(resolved.train.batch_size) // jax.process_count()
     return resolved
 
 
@@ -110,21 +123,33 @@ def prepare_data(data_cfg: mlc.ConfigDict) -> None:
 
 
 class StopSignal:
-    """Set by SIGTERM (or by the caller's `stop` event); `reached(step)` says when to save and leave."""
+    """Set by SIGTERM or SIGINT (or by the caller's `stop` event); `reached(step)` says when to save and leave."""
 
     def __init__(self, stop: threading.Event | None = None):
         self.event = stop or threading.Event()
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignal":
-        # Several processes: JAX's preemption service owns SIGTERM and agrees on the step (see `reached`).
+        # Several processes: JAX's preemption service owns SIGTERM and agrees on the step (see `reached`); SIGINT
+        # keeps Python's default there (an interrupt, no save).
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
-    def _on_sigterm(self, signum, frame) -> None:
-        logging.warning("SIGTERM: finishing the current step, then saving and exiting")
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        self.signal_name = self.signal_name or name
+        logging.warning("%s: finishing the current step (or the data build, restore or compile under way), then "
+                        "saving and exiting%s", name, "; press Ctrl-C again to stop at once" if name == "SIGINT" else "")
         self.event.set()
+
+    def requested(self) -> bool:
+        """A stop asked for before any step (one process; several agree on a step in `reached`)."""
+        return jax.process_count() == 1 and self.event.is_set()
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
@@ -133,8 +158,8 @@ class StopSignal:
         return self.event.is_set()
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
@@ -171,13 +196,30 @@ def _host_scalars(metrics_list: list[tuple[int, dict[str, jax.Array]]]) -> list[
 
 
 def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn | None = None,
-        stop: threading.Event | None = None) -> dict[str, Any]:
-    """Train (or resume) in `workdir` until `cfg.train.steps`; returns a summary (steps, losses, timings)."""
-    from mvrag_jax.train.trainer import make_mesh, make_trainer  # heavy: models
+        stop: threading.Event | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+    """Train (or resume) in `workdir` until `cfg.train.steps`; returns a summary (steps, losses, timings).
+
+    `allow_config_change`: resume although batch, seeds, data or optimizer settings differ from the checkpoint's
+    (train/resume.py; model and trainable-set changes are always refused)."""
     workdir = workdir_lib.as_path(workdir)  # a local folder or gs://...
-    num_processes, is_main = jax.process_count(), jax.process_index() == 0
-    check_config(cfg, num_processes)
+    check_config(cfg, jax.process_count())
+    if not workdir_lib.is_remote(workdir):
+        ensure_writable_dir(workdir, "--workdir")  # read-only, full, or a file: one line before any work
     cfg = resolve_config(cfg, workdir)
+    with StopSignal(stop) as stopper, lock_lib.hold(workdir, stale_after_s=cfg.train.get("lock_stale_after_s", 600.0)):
+        return _run(cfg, workdir, stopper, sample_fn, allow_config_change)
+
+
+def _stopped_early(summary: dict[str, Any], stopper: StopSignal, manager, where: str) -> dict[str, Any]:
+    logging.warning("%s during the %s: no step ran since the last save; exiting", stopper.signal_name or "stop", where)
+    manager.close()
+    return {**summary, "preempted": True, "signal": stopper.signal_name}
+
+
+def _run(cfg: mlc.ConfigDict, workdir: epath.Path, stopper: StopSignal, sample_fn: SampleFn | None,
+         allow_config_change: bool) -> dict[str, Any]:
+    from mvrag_jax.train.trainer import make_mesh, make_trainer  # heavy: models
+    num_processes, is_main = jax.process_count(), jax.process_index() == 0
     mesh = make_mesh(cfg)
     trainer = make_trainer(cfg, mesh)
     prepare_data(cfg.data)
@@ -187,20 +229,32 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
     t = cfg.train
     manager = checkpoint.open_manager(workdir, save_every=t.ckpt_every, keep=t.keep_checkpoints)
     start = checkpoint.latest_step(manager)
+    summary = {"workdir": str(workdir), "start_step": start or 0, "step": start or 0, "preempted": False,
+               "processes": num_processes, "checkpoint_step": start or 0}
+    if stopper.requested():
+        return _stopped_early(summary, stopper, manager, "data build")
     if start is None:
         state, start = trainer.init(jax.random.key(t.seed)), 0
         logging.info("new run in %s", workdir)
     else:
-        _check_data_position(workdir, start, num_processes)
-        state, _ = checkpoint.restore(manager, start, trainer.abstract_state, data_iter)
+        def check(step: int) -> None:  # before each restore attempt: what cannot or may not resume
+            _check_data_position(workdir, step, num_processes)
+            saved = manager.restore(step, args=checkpoint.ocp.args.Composite(
+                config=checkpoint.ocp.args.JsonRestore()))["config"]
+            resume.check_resume(resume.compare_configs(saved, cfg), allow=allow_config_change, step=step,
+                                workdir=workdir)
+        state, start, skipped = checkpoint.restore_latest(manager, trainer.abstract_state, data_iter, check=check)
+        summary.update(start_step=start, step=start, checkpoint_step=start, skipped_checkpoints=skipped)
         logging.info("resumed %s at step %d", workdir, start)
+        if is_main and not workdir_lib.is_remote(workdir):
+            metrics.drop_records_after(workdir, start)  # steps after the checkpoint run again: recorded once
     sampler = None
     if sample_fn is None and samples_due(t, start):
         from mvrag_jax.train.samples import make_sample_fn  # heavy: the pipeline
         sample_fn = sampler = make_sample_fn(cfg, trainer)
     rng = jax.random.key(t.seed)
-    summary = {"workdir": str(workdir), "start_step": start, "step": start, "preempted": False,
-               "processes": num_processes, "checkpoint_step": start}
+    if stopper.requested():
+        return _stopped_early(summary, stopper, manager, "restore")
     if start >= t.steps:
         logging.info("%s already reached train.steps=%d; raise --config.train.steps to go on", workdir, t.steps)
         manager.close()
@@ -213,6 +267,8 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
     batch = to_global(host_batch, trainer.batch_sharding)
     compiled, compile_s = trainer.compile(trainer.abstract_batch)
     logging.info("compiled the train step in %.1f s", compile_s)
+    if stopper.requested():
+        return _stopped_early(summary, stopper, manager, "compile")
 
     summary.update(compile_s=compile_s, first_batch=fingerprint)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
@@ -220,7 +276,6 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
     step = last_saved = start
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(metrics.MetricWriter(workdir, enabled=is_main))
-        stopper = stack.enter_context(StopSignal(stop))
         bar = stack.enter_context(tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not is_main))
         writer.scalar("perf/compile_s", compile_s, start)
         window_start, window_steps, run_start = time.perf_counter(), 0, time.perf_counter()
@@ -252,8 +307,8 @@ def run(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, sample_fn: SampleFn 
                 summary["sample_s"] = summary.get("sample_s", 0.0) + sample_s
                 logging.info("samples of step %d in %.1f s (compile included; not step time)", step, sample_s)
             if preempted:
-                logging.warning("stopping at step %d (preemption); saving", step)
-                summary["preempted"] = True
+                logging.warning("stopping at step %d (%s); saving", step, stopper.signal_name or "preemption")
+                summary.update(preempted=True, signal=stopper.signal_name)
                 break
             if checkpoint.save(manager, step, state, data_iter, cfg):
                 last_saved = step
@@ -280,10 +335,11 @@ def samples_due(t: mlc.ConfigDict, start: int) -> bool:
 
 def launch(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, coordinator: str | None = None,
            num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
-           multihost: bool = False, sample_fn: SampleFn | None = None) -> dict[str, Any]:
+           multihost: bool = False, sample_fn: SampleFn | None = None,
+           allow_config_change: bool = False) -> dict[str, Any]:
     """`mvrag train`: join the job (mvrag_jax/cluster/distributed.py; a no-op on one process), then `run`."""
     distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
-    return run(cfg, workdir, sample_fn=sample_fn)
+    return run(cfg, workdir, sample_fn=sample_fn, allow_config_change=allow_config_change)
 
 
 def write_samples(images: dict[str, np.ndarray], workdir: str | os.PathLike, step: int,

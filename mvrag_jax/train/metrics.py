@@ -198,3 +198,18 @@ def plot_loss(workdir: str | os.PathLike, out: str | os.PathLike | None = None) 
     FigureCanvasAgg(fig).print_png(png)
     workdir_lib.write_atomic(out, png.getvalue())
     return out
+
+
+def drop_records_after(workdir: str | os.PathLike, step: int) -> int:
+    """Remove the records of steps after `step` from a local workdir's metrics.jsonl (atomically); returns how many.
+
+    A resume from checkpoint `step` runs those steps again (they were logged before a kill, after the last save), so
+    the file then holds each step once."""
+    path = workdir_lib.as_path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        workdir_lib.write_atomic(path, "".join(kept).encode())
+    return len(lines) - len(kept)

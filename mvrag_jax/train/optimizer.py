@@ -11,10 +11,12 @@ from typing import Any, Callable
 
 import optax
 
+from mvrag_jax.errors import MvragError
+
 SCHEDULES = ("constant", "cosine")
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(MvragError, ValueError):
     """An optimizer setting is out of range or unknown."""
 
 

@@ -39,6 +39,8 @@ from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_dev
 from mvrag_jax.train.trainer import (ProgramDoesNotFit, compile_effort_of, make_trainer, microbatches_of,
                                      schedule_of)
 
+from mvrag_jax.errors import MvragError
+
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
 PROGRAMS = ("train", "sample")
@@ -49,7 +51,7 @@ _MEMORY_FIELDS = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "o
                   "generated_code_bytes": "generated_code_size_in_bytes"}
 
 
-class PlanError(ValueError):
+class PlanError(MvragError, ValueError):
     """A plan request that cannot be compiled as asked (mesh, batch or program names)."""
 
 
@@ -263,11 +265,14 @@ def _store(path: pathlib.Path | None, report: dict) -> None:
 
 # ---- plans ---------------------------------------------------------------------------------------------------------
 def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: int,
-         programs: Sequence[str] = PROGRAMS, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR) -> dict[str, Any]:
+         programs: Sequence[str] = PROGRAMS, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+         on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compile `programs` of experiment config `cfg` for `topology` with global batch `batch`; the report dict.
 
-    `cache_dir=None` disables the report cache. A cached report is returned with "cached": True.
+    `cache_dir=None` disables the report cache. A cached report is returned with "cached": True. `on_stage(text)`
+    hears each stage as it starts (a full-size compile takes minutes: `mvrag plan` prints them).
     """
+    on_stage = on_stage or (lambda text: None)
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     unknown = sorted(set(programs) - set(_BUILDERS))
     if unknown or not programs:
@@ -275,7 +280,9 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
     path = _cache_path(cache_dir, cache_key(cfg, topology, mesh_sizes, batch, programs))
     cached = _load(path)
     if cached is not None:
+        on_stage(f"batch {batch}: cached report {path}")
         return {**cached, "cached": True}
+    on_stage(f"batch {batch}: {topology.name} devices (mesh {mesh_sizes})")
     mesh = make_target_mesh(topology, mesh_sizes)
     _check_batch(batch, mesh, cfg)
     report = {
@@ -297,6 +304,10 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "programs": {},
     }
     for name in programs:
+        parts = ("encode, then train" if name == "train" and str(cfg.train.get("encoders", "")) == "separate"
+                 else name) if "train" in cfg else name
+        on_stage(f"batch {batch}: lowering and compiling the {name} program ({parts}) ...")
+        started = time.perf_counter()
         try:
             built = _BUILDERS[name](cfg, mesh, batch)
         except ProgramDoesNotFit as e:  # XLA refuses programs over the chip's HBM: a plan answer, not a crash
@@ -306,6 +317,7 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
             continue
         for program, (compiled, seconds) in built.items():
             report["programs"][program] = program_figures(compiled, seconds, topology, _loop_steps(program, cfg))
+        on_stage(f"batch {batch}: {name} compiled in {time.perf_counter() - started:.1f} s")
     failed = [p for p in report["programs"].values() if "out_of_memory" in p]
     if failed:
         report["train_peak_gib"], report["train_fits"] = failed[0]["memory_gib"], False
@@ -338,7 +350,8 @@ def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
 
 def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], max_batch: int = 4096,
                    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-                   on_probe: Callable[[dict], None] | None = None) -> dict[str, Any]:
+                   on_probe: Callable[[dict], None] | None = None,
+                   on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Largest global batch (a multiple of data*fsdp*microbatches, <= max_batch) whose train step fits the chip's
     HBM.
 
@@ -356,7 +369,8 @@ def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int
     probes, reports = [], {}
 
     def fits(units: int) -> bool:
-        report = plan(cfg, topology, mesh_sizes, units * shards, programs=("train",), cache_dir=cache_dir)
+        report = plan(cfg, topology, mesh_sizes, units * shards, programs=("train",), cache_dir=cache_dir,
+                      on_stage=on_stage)
         reports[units] = report
         compile_s = sum(p["compile_s"] for name, p in report["programs"].items() if name.startswith("train"))
         probes.append({"batch": units * shards, "fits": report["train_fits"], "memory_gib": report["train_peak_gib"],

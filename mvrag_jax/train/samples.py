@@ -50,6 +50,7 @@ from mvrag_jax.inputs.release import Release
 from mvrag_jax.train import state as state_lib
 from mvrag_jax.train.ema import ema_decay_of
 from mvrag_jax.train.trainer import Trainer, clip_statistics, text_weight_of
+from mvrag_jax.errors import MvragError
 
 # What the MV-RAG (and SD2.1) scheduler_config.json sets beyond the betas; cfg.train.scheduler holds the betas only.
 RELEASE_DDIM = {"set_alpha_to_one": False, "steps_offset": 1}
@@ -58,7 +59,7 @@ _CHECKPOINT_CLASSES = {c.name: c.config_class for c in CONVERTED}
 _SEED = 0  # the retrieval simulation's seed (with the record index): the same retrieved images at every step
 
 
-class SampleConfigError(ValueError):
+class SampleConfigError(MvragError, ValueError):
     """The sample settings of the train config cannot run; the message names the field."""
 
 

@@ -40,6 +40,7 @@ from mvrag_jax.convert.components import COMPONENTS as CONVERTED
 from mvrag_jax.convert.keys import flatten, unflatten
 from mvrag_jax.models import clip, resampler, unet, vae
 from mvrag_jax.train.trainable import merge_params, split_trainable
+from mvrag_jax.errors import MvragError, UsageError
 
 _LOG = logging.getLogger(__name__)
 COMPONENTS = ("unet", "resampler", "clip_text", "clip_vision", "vae")
@@ -48,7 +49,7 @@ IP_MODULES = {"to_k_ip": "to_k", "to_v_ip": "to_v"}  # image-branch projection -
 _CONFIG_CLASSES = {c.name: c.config_class for c in CONVERTED}  # a checkpoint may hold more (dinov2): not trained
 
 
-class InitError(ValueError):
+class InitError(MvragError, ValueError):
     """The configured init source cannot give the params the model needs."""
 
 
@@ -84,7 +85,7 @@ class TrainState(flax.struct.PyTreeNode):
         """All params as one nested dict per component (for sampling and export); `ema`: the EMA in place of the
         trainable weights."""
         if ema and not self.ema:
-            raise ValueError("this train state holds no EMA (train.ema_decay=0); sample the trained weights instead")
+            raise UsageError("this train state holds no EMA (train.ema_decay=0); sample the trained weights instead")
         return merge_params(self.ema if ema else self.trainable, self.frozen)
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from mvrag_jax.errors import MvragError
+
 GIB = 1024 ** 3
 
 
@@ -40,7 +42,7 @@ _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v5": "v5p", "v6": "v6e"}
 _HOST_BOUNDS_SMALL, _HOST_BOUNDS = (2, 4, 1), (2, 2, 1)
 
 
-class TopologyError(ValueError):
+class TopologyError(MvragError, ValueError):
     """A topology name that cannot be parsed, or devices that cannot be provided."""
 
 

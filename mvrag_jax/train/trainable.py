@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import optax
 
+from mvrag_jax.errors import MvragError
+
 TRAIN, FROZEN = "train", "frozen"
 # Per trainable set: every param below a path segment of one of these names trains.
 TRAINABLE_SETS = {
@@ -19,7 +21,7 @@ TRAINABLE_SETS = {
 }
 
 
-class NoTrainableParamsError(ValueError):
+class NoTrainableParamsError(MvragError, ValueError):
     """The param tree has nothing to train, so an optimizer over it would silently do nothing."""
 
 
@@ -28,7 +30,7 @@ def _segment_names(path: tuple[Any, ...]) -> list[str]:
     return [str(entry.key) for entry in path if isinstance(entry, jax.tree_util.DictKey)]
 
 
-class TrainableSetError(ValueError):
+class TrainableSetError(MvragError, ValueError):
     """An unknown trainable set name."""
 
 

@@ -36,15 +36,16 @@ from mvrag_jax.inputs.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCES
 from mvrag_jax.train import ema as ema_lib, optimizer, state as state_lib
 from mvrag_jax.train.step import ENCODER_INPUTS, ENCODERS, StepOptions, alphas_cumprod_tuple, encode_step, train_step
 from mvrag_jax.train.trainable import trainable_paths
+from mvrag_jax.errors import MvragError
 
 BATCH_AXES = ("data", "fsdp")  # the sharding vocabulary's BATCH rule: objects split over data x fsdp
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(MvragError, ValueError):
     """The train config is inconsistent (batch vs mesh, data sizes vs model sizes)."""
 
 
-class ProgramDoesNotFit(ValueError):
+class ProgramDoesNotFit(MvragError, ValueError):
     """XLA refused to compile a program of the step: it needs more device memory than the chip has."""
 
     def __init__(self, program: str, message: str, seconds: float):

@@ -14,6 +14,7 @@ import numpy as np
 
 from mvrag_jax.verify import camera, clip, dinov2, ldm_sources, pipeline, resampler, sampling, unet, vae
 from mvrag_jax.verify.models import NotImplementedYet, ReleaseModels
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,17 +98,17 @@ def run_cases(release_dir: str | pathlib.Path | None, cases_dir: str | pathlib.P
     `release_dir` or on `models` (anything with `get(name) -> (config, params)`, e.g. ldm_sources.SourceModels)."""
     cases_dir = pathlib.Path(cases_dir)
     if not cases_dir.is_dir():
-        raise FileNotFoundError(f"cases directory {cases_dir} does not exist; pass the folder with the *.npz cases")
+        raise PathNotFoundError(f"cases directory {cases_dir} does not exist; pass the folder with the *.npz cases")
     present = sorted(p.stem for p in cases_dir.glob("*.npz"))
     unknown = sorted(set(only or ()) - set(ALL_CASES))
     if unknown:
-        raise ValueError(f"unknown case(s) {unknown}; known cases: {', '.join(sorted(ALL_CASES))}")
+        raise UsageError(f"unknown case(s) {unknown}; known cases: {', '.join(sorted(ALL_CASES))}")
     selected = [name for name in present if not only or name in only]
     if not present:
-        raise ValueError(f"cases directory {cases_dir} holds no *.npz cases; pass the folder with the reference "
+        raise UsageError(f"cases directory {cases_dir} holds no *.npz cases; pass the folder with the reference "
                          "cases (e.g. tests/reference/cases)")
     if not selected:
-        raise ValueError(f"none of --only {sorted(only or ())} is present in {cases_dir} (present: "
+        raise UsageError(f"none of --only {sorted(only or ())} is present in {cases_dir} (present: "
                          f"{', '.join(present)})")
     models = ReleaseModels.open(release_dir) if models is None else models
     for name in selected:

@@ -19,6 +19,7 @@ from mvrag_jax.diffusion import ddim
 from mvrag_jax.pipeline import ObjectRequest, Pipeline, SamplingOptions
 from mvrag_jax.verify.arrays import exact, nchw, nhwc, retrieved_images, uint8_violations
 from mvrag_jax.verify.models import ReleaseModels
+from mvrag_jax.errors import UsageError
 
 
 def _pipeline(models: ReleaseModels, num_views: int, image_size: int) -> Pipeline:
@@ -31,7 +32,7 @@ def _pipeline(models: ReleaseModels, num_views: int, image_size: int) -> Pipelin
 def check_pipeline(models: ReleaseModels, case: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     args = json.loads(str(case["args_json"]))
     if args["height"] != args["width"]:
-        raise ValueError(f"pipeline_e2e has height {args['height']} != width {args['width']}; only square views")
+        raise UsageError(f"pipeline_e2e has height {args['height']} != width {args['width']}; only square views")
     pipe = _pipeline(models, int(args["num_frames"]), int(args["height"]))
     options = SamplingOptions(num_inference_steps=int(args["num_inference_steps"]),
                               prior_steps=int(args["num_initial_steps"]), guidance_scale=float(args["guidance_scale"]),

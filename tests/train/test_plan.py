@@ -124,6 +124,20 @@ def test_report_figures_and_cache(monkeypatch, tmp_path):
     assert len(calls) == 6  # cache off
 
 
+def test_plan_reports_each_stage_as_it_starts(monkeypatch, tmp_path):
+    _fake_target(monkeypatch)
+    cfg = mlc.ConfigDict({"runtime": {"dtype": "bfloat16", "remat": "full"}})
+    stages = []
+    plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 24, cache_dir=tmp_path, on_stage=stages.append)
+    assert stages[0] == "batch 24: v5e:2x4 devices (mesh {'data': 1, 'fsdp': 8, 'tensor': 1})"
+    assert stages[1] == "batch 24: lowering and compiling the train program (train) ..."
+    assert stages[2].startswith("batch 24: train compiled in ") and stages[3].startswith(
+        "batch 24: lowering and compiling the sample program") and len(stages) == 5
+    stages.clear()
+    plan.plan(cfg, "v5e:2x4", {"data": 1, "fsdp": 8, "tensor": 1}, 24, cache_dir=tmp_path, on_stage=stages.append)
+    assert len(stages) == 1 and stages[0].startswith("batch 24: cached report ")
+
+
 def test_microbatches_scale_the_train_flops_and_the_batch_multiple(monkeypatch):
     """XLA counts the accumulation loop's body once: the train program's FLOPs are x microbatches; the batch must
     split into data*fsdp*microbatches; the report names the pieces and the compile effort."""
