@@ -10,6 +10,8 @@
 # --dry_run prints every command instead of running it. Before touching the cloud, `mvrag plan` compiles the train
 # step for the accelerator type (libtpu, no TPU needed; see requirements-tpu.txt) and a config that does not fit the
 # chip's HBM is refused. --plan_json FILE uses a saved plan report (`mvrag plan --json` output) instead.
+# --num_slices N (multislice over DCN): one queued resource of N slices (`--node-count N`, nodes TPU-0..TPU-N-1); the
+# runtime gives every worker its MEGASCALE_* environment, and `mvrag train --num_slices N` splits the batch over them.
 set -euo pipefail
 
 usage() {
@@ -17,7 +19,7 @@ usage() {
 usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --workdir gs://... --data gs://...
                            [--project P] [--runtime_version V] [--config FILE[:ARGS]] [--mesh data=1,fsdp=8]
                            [--data_mode gcsfuse|copy] [--data_dir DIR] [--plan_json FILE] [--skip_plan]
-                           [--dry_run] [-- CONFIG_OVERRIDES...]
+                           [--num_slices N] [--dry_run] [-- CONFIG_OVERRIDES...]
   --tpu               TPU VM name (created if absent, reused if present)
   --zone              GCP zone, e.g. us-west4-a
   --project           GCP project (default: gcloud's configured project)
@@ -32,6 +34,8 @@ usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --work
   --data_dir          where the data appears on the workers (default /tmp/mvrag_data or /mnt/gcs/BUCKET/PATH)
   --plan_json         use this saved `mvrag plan --json` report instead of compiling the plan
   --skip_plan         do not check the plan (not recommended)
+  --num_slices        slices of --accelerator_type joined over DCN (default 1); N > 1 creates the queued resource
+                      --tpu with --node-count N (nodes --tpu-0 ... --tpu-(N-1)) and trains with --num_slices N
   --dry_run           print the commands instead of running them
 EOF
 }
@@ -39,7 +43,7 @@ EOF
 die() { echo "tpu_train.sh: error: $*" >&2; exit 2; }
 
 TPU="" ZONE="" PROJECT="" ACCELERATOR="" RUNTIME="" WORKDIR="" CONFIG="configs/train.py:size=full" MESH=""
-DATA="" DATA_MODE="gcsfuse" DATA_DIR="" PLAN_JSON="" SKIP_PLAN=0 DRY_RUN=0
+DATA="" DATA_MODE="gcsfuse" DATA_DIR="" PLAN_JSON="" SKIP_PLAN=0 DRY_RUN=0 NUM_SLICES=1
 OVERRIDES=()
 while (($#)); do
   case "$1" in
@@ -56,6 +60,7 @@ while (($#)); do
     --data_dir) DATA_DIR="$2"; shift 2 ;;
     --plan_json) PLAN_JSON="$2"; shift 2 ;;
     --skip_plan) SKIP_PLAN=1; shift ;;
+    --num_slices) NUM_SLICES="$2"; shift 2 ;;
     --dry_run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; OVERRIDES=("$@"); break ;;
@@ -70,6 +75,7 @@ done
 [[ "$DATA" == gs://* ]] || die "--data must be the gs:// location of the ArrayRecord datasets, got '${DATA}'"
 [[ "$DATA_MODE" == gcsfuse || "$DATA_MODE" == copy ]] || die "--data_mode must be gcsfuse or copy, got '${DATA_MODE}'"
 [[ -z "$PLAN_JSON" || -f "$PLAN_JSON" ]] || die "--plan_json ${PLAN_JSON} does not exist"
+[[ "$NUM_SLICES" =~ ^[1-9][0-9]*$ ]] || die "--num_slices must be a positive integer, got '${NUM_SLICES}'"
 
 if [[ -z "$RUNTIME" ]]; then
   case "$ACCELERATOR" in
@@ -109,12 +115,20 @@ run() {
   if ((DRY_RUN)); then echo "+ $(quote "$@")"; else "$@"; fi
 }
 
-on_workers() {  # on_workers COMMAND_STRING: run a shell command on every worker of the slice
-  run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=all --command "$1"
+# The TPU VMs: one named --tpu, or the N nodes TPU-0 .. TPU-(N-1) of a multislice queued resource.
+NODES=("$TPU")
+if ((NUM_SLICES > 1)); then NODES=(); for ((i = 0; i < NUM_SLICES; i++)); do NODES+=("${TPU}-${i}"); done; fi
+
+on_workers() {  # on_workers COMMAND_STRING: run a shell command on every worker of every slice
+  local node
+  for node in "${NODES[@]}"; do
+    run gcloud compute tpus tpu-vm ssh "$node" "${GCLOUD_FLAGS[@]}" --worker=all --command "$1"
+  done
 }
 
 # ---- 1. the plan: refuse a config that will not fit the chip's HBM -----------------------------------------------
 PLAN_CMD=("$PYTHON" -m mvrag_jax plan --config "$CONFIG" --topology "$ACCELERATOR" --programs train --json)
+((NUM_SLICES > 1)) && PLAN_CMD+=(--num_slices "$NUM_SLICES")
 [[ -n "$MESH" ]] && PLAN_CMD+=(--mesh "$MESH")
 PLAN_CMD+=("${OVERRIDES[@]}")
 check_plan() {  # reads one plan report (JSON, last line) on stdin; exit 3 when it does not fit
@@ -144,7 +158,17 @@ else
 fi
 
 # ---- 2. the TPU VM: reuse it if it exists ------------------------------------------------------------------------
-if ((DRY_RUN)); then
+QR_CREATE=(gcloud compute tpus queued-resources create "$TPU" "${GCLOUD_FLAGS[@]}" --accelerator-type "$ACCELERATOR"
+  --runtime-version "$RUNTIME" --node-count "$NUM_SLICES" --node-prefix "$TPU")
+QR_STATE=(gcloud compute tpus queued-resources describe "$TPU" "${GCLOUD_FLAGS[@]}" --format "value(state.state)")
+if ((NUM_SLICES > 1 && DRY_RUN)); then
+  echo "+ $(quote "${QR_STATE[@]}") || \\"
+  echo "  $(quote "${QR_CREATE[@]}")"
+  echo "+ (wait until $(quote "${QR_STATE[@]}") prints ACTIVE)"
+elif ((NUM_SLICES > 1)); then  # several slices: a queued resource; it may wait for capacity
+  if "${QR_STATE[@]}" > /dev/null 2>&1; then echo "reusing queued resource ${TPU}"; else "${QR_CREATE[@]}"; fi
+  until [[ "$("${QR_STATE[@]}")" == ACTIVE ]]; do echo "waiting for queued resource ${TPU} to be ACTIVE"; sleep 30; done
+elif ((DRY_RUN)); then
   echo "+ $(quote gcloud compute tpus tpu-vm describe "$TPU" "${GCLOUD_FLAGS[@]}") || \\"
   echo "  $(quote gcloud compute tpus tpu-vm create "$TPU" "${GCLOUD_FLAGS[@]}" --accelerator-type "$ACCELERATOR" \
     --version "$RUNTIME")"
@@ -157,7 +181,9 @@ fi
 # ---- 3. code and dependencies on every worker --------------------------------------------------------------------
 run tar -czf "$CODE_TGZ" -C "$REPO" --exclude=.venv --exclude=.git --exclude=out --exclude=__pycache__ \
   --exclude=.pytest_cache .
-run gcloud compute tpus tpu-vm scp "$CODE_TGZ" "${TPU}:~/mvrag_code.tgz" "${GCLOUD_FLAGS[@]}" --worker=all
+for node in "${NODES[@]}"; do
+  run gcloud compute tpus tpu-vm scp "$CODE_TGZ" "${node}:~/mvrag_code.tgz" "${GCLOUD_FLAGS[@]}" --worker=all
+done
 on_workers "rm -rf ~/${REMOTE_DIR} && mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/mvrag_code.tgz -C ~/${REMOTE_DIR}"
 on_workers "cd ~/${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && \
 .venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt && .venv/bin/pip install -q --no-deps -e ."
@@ -182,6 +208,7 @@ fi
 # compiling it again (minutes at full size).
 TRAIN_ARGS="$(quote --config "$CONFIG" --workdir "$WORKDIR" --multihost "--config.data.data_dir=${DATA_DIR}" \
   --compile_cache_dir "${WORKDIR}/xla_cache" "${OVERRIDES[@]}")"
+((NUM_SLICES > 1)) && TRAIN_ARGS="--num_slices ${NUM_SLICES} ${TRAIN_ARGS}"
 on_workers "cd ~/${REMOTE_DIR} && nohup .venv/bin/mvrag train ${TRAIN_ARGS} > ~/mvrag_train.log 2>&1 &"
 run rm -f "$CODE_TGZ"
-run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log"
+run gcloud compute tpus tpu-vm ssh "${NODES[0]}" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log"

@@ -88,3 +88,28 @@ def test_bad_flags_are_one_line_errors(args, fragment):
 def test_shellcheck_clean():
     proc = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_dry_run_over_two_slices_queues_one_resource_and_starts_every_node(tmp_path):
+    proc = _launch("--dry_run", *BASE, "--num_slices", "2", "--plan_json", _plan_json(tmp_path, 2.5, True), "--",
+                   "--config.train.batch_size=32")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "gcloud" in line]
+    assert "gcloud compute tpus queued-resources describe mvrag-t1" in lines[0]
+    assert ("gcloud compute tpus queued-resources create mvrag-t1 --zone us-west4-a --project proj-1 "
+            "--accelerator-type v5litepod-8 --runtime-version v2-alpha-tpuv5-lite --node-count 2 "
+            "--node-prefix mvrag-t1") in lines[1]
+    assert "tpu-vm create" not in proc.stdout
+    for node in ("mvrag-t1-0", "mvrag-t1-1"):  # code, install, data and train reach every worker of both slices
+        assert any(" scp " in line and f"{node}:" in line for line in lines)
+        train = [line for line in lines if f"tpu-vm ssh {node} " in line and "mvrag train" in line]
+        assert len(train) == 1 and "--num_slices 2" in train[0] and "--multihost" in train[0], train
+    assert "tpu-vm ssh mvrag-t1-0" in lines[-1] and "--worker=0" in lines[-1] and "tail -F" in lines[-1]
+
+
+def test_dry_run_plan_command_compiles_for_the_slices():
+    proc = _launch("--dry_run", *BASE, "--num_slices", "4")
+    assert proc.returncode == 0, proc.stderr
+    plan = next(line for line in proc.stdout.splitlines() if "mvrag_jax plan" in line)
+    assert "--topology v5litepod-8" in plan and "--num_slices 4" in plan
+    assert _launch(*BASE, "--num_slices", "0").returncode == 2
