@@ -14,6 +14,12 @@ the s slices, each chip carrying its 1/k share; N = the bytes below):
     reduce-scatter   (s-1)/s N / k       N = operand bytes = result bytes x group size
     all-to-all       (s-1)/s N           N = result bytes
     collective-permute  N x (share of source-target pairs that cross slices)
+On TPU, XLA compiles a multislice program per slice: its collectives stay inside the slice (ICI) and what crosses
+slices becomes `send`/`recv` host transfers to the Megascale runtime (`_xla_host_transfer_handler_name=
+"xla_megascale_runtime"`, `_xla_megascale_transfer_type="ALL_REDUCE"`, ...), each chip sending its 1/k share after
+the ICI step. Those count too, per chip, with the same ring factors over the s slices (all-reduce 2 (s-1)/s x the
+bytes sent, other transfer types (s-1) x them: each slice's share reaches the s-1 others); s is the number of
+slices of the program (the DCN groups of a dcn_data x dcn_fsdp split with both > 1 are smaller: an upper bound).
 A collective inside a while loop counts once per trip when XLA records the trip count (`known_trip_count`), as the
 microbatch scan of the update program does; else once (then `uncounted_loops` > 0).
 """
@@ -38,6 +44,8 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
 _CALLEE = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation|branch_computations)="
                      r"\{?(%[\w.\-]+(?:,\s*%[\w.\-]+)*|[\w.\-]+)\}?")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_MEGASCALE_SEND = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>\(.*?\))\s+send\(.*xla_megascale_runtime")
+_TRANSFER = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
 
 
 class HloParseError(ValueError):
@@ -144,6 +152,14 @@ def dcn_traffic(hlo_text: str, mesh: Any, num_slices: int | None = None) -> dict
         if head and "=" not in line.split("{")[0].split("(")[0]:
             current = head["name"]
             continue
+        send = _MEGASCALE_SEND.match(line)
+        if send is not None:
+            kind = (_TRANSFER.search(line) or [None, "UNKNOWN"])[1]
+            span = max(len(set(slice_of_partition.tolist())), 2)
+            sent = _largest_array(send["shape"])
+            factor = 2 * (span - 1) / span if kind == "ALL_REDUCE" else span - 1
+            _add(rows, f"megascale {kind.lower()}", span, 1, sent, sent * factor, times.get(current, 1) or 1)
+            continue
         op = _OP.match(line)
         if op is None:
             continue
@@ -168,16 +184,19 @@ def dcn_traffic(hlo_text: str, mesh: Any, num_slices: int | None = None) -> dict
             fraction = (span - 1) / span
             per_chip = {"all-reduce": 2 * fraction * n / members, "all-gather": fraction * n / members,
                         "reduce-scatter": fraction * n / members, "all-to-all": fraction * n}[kind]
-        count = times.get(current, 1) or 1
-        key = (kind, span, members, result)
-        row = rows.setdefault(key, {"op": kind, "slices": span, "members_per_slice": members,
-                                    "result_bytes": int(result), "count": 0, "dcn_bytes_per_chip": 0.0})
-        row["count"] += count
-        row["dcn_bytes_per_chip"] += per_chip * count
+        _add(rows, kind, span, members, result, per_chip, times.get(current, 1) or 1)
     collectives = sorted(rows.values(), key=lambda r: -r["dcn_bytes_per_chip"])
     return {"dcn_bytes_per_chip": float(sum(r["dcn_bytes_per_chip"] for r in collectives)),
             "cross_slice_collectives": int(sum(r["count"] for r in collectives)),
             "collectives_total": total_ops, "uncounted_loops": uncounted, "collectives": collectives[:10]}
+
+
+def _add(rows: dict, kind: str, span: int, members: int, result: float, per_chip: float, count: int) -> None:
+    row = rows.setdefault((kind, span, members, result), {
+        "op": kind, "slices": span, "members_per_slice": members, "result_bytes": int(result), "count": 0,
+        "dcn_bytes_per_chip": 0.0})
+    row["count"] += count
+    row["dcn_bytes_per_chip"] += per_chip * count
 
 
 def _largest_array(shape_text: str) -> float:

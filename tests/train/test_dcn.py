@@ -74,3 +74,22 @@ def test_dcn_bytes_of_a_compiled_fsdp_gradient_on_two_emulated_slices():
     # dcn_fsdp: the weight gather itself spans both slices, so DCN carries more
     assert fsdp["dcn_bytes_per_chip"] > data["dcn_bytes_per_chip"]
     assert "all-gather" in {r["op"] for r in fsdp["collectives"]}
+
+
+# A cross-slice gradient all-reduce as libtpu 0.0.42 compiles it for 2 x v5e:2x4 (dcn_data=2, fsdp=8): the slice's
+# program (8 partitions) reduce-scatters on ICI and sends each chip's 1/8 share to the Megascale runtime.
+_MEGASCALE_HLO = """\
+ENTRY %main (a: f32[32,128]) -> f32[32,128] {
+  %all-reduce.3 = f32[256,128]{1,0:T(8,128)} all-reduce(%input), channel_id=3, replica_groups={{0,1,2,3,4,5,6,7}}, use_global_device_ids=true, to_apply=%add.clone
+  %send = (f32[4,8,128]{2,1,0:T(8,128)}, u32[], token[]) send(%bitcast.1, %after-all), channel_id=2, is_host_transfer=true, frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",_xla_host_transfer_rendezvous="all-reduce.1_0",_xla_megascale_reduce_operation="SUM",_xla_megascale_target="{1,2}x{0:7}",_xla_megascale_transfer_type="ALL_REDUCE"}
+}
+"""
+
+
+def test_megascale_sends_of_a_tpu_multislice_program_count_as_dcn():
+    devices = [types.SimpleNamespace(id=100000 * (1 + s) + i, slice_index=s) for s in (0, 1) for i in range(8)]
+    mesh = types.SimpleNamespace(devices=types.SimpleNamespace(flat=devices))
+    traffic = dcn.dcn_traffic(_MEGASCALE_HLO, mesh)
+    # the in-slice all-reduce stays on ICI; the send of 4*8*128 f32 = 16 KiB, all-reduced over 2 slices: 2 * 1/2
+    assert traffic["dcn_bytes_per_chip"] == 16384 and traffic["cross_slice_collectives"] == 1
+    assert traffic["collectives"][0]["op"] == "megascale all_reduce"
