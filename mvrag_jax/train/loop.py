@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from data_pipelines import build, loader
 from mvrag_jax import sharding
-from mvrag_jax.cluster import distributed, multislice
-from mvrag_jax.train import checkpoint, metrics, state as state_lib, workdir as workdir_lib
+from mvrag_jax.cluster import distributed
+from mvrag_jax.train import checkpoint, metrics, multislice, state as state_lib, workdir as workdir_lib
 from mvrag_jax.train.data import to_global
 
 SampleFn = Callable[[Any, int], dict[str, np.ndarray]]
@@ -283,7 +283,7 @@ def launch(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, coordinator: str 
            multihost: bool = False, sample_fn: SampleFn | None = None,
            num_slices: int | None = None) -> dict[str, Any]:
     """`mvrag train`: join the job (mvrag_jax/cluster/distributed.py; a no-op on one process), split the mesh over
-    its slices (cluster/multislice.py: `num_slices`, None = the devices' own count), then `run`."""
+    its slices (train/multislice.py: `num_slices`, None = the devices' own count), then `run`."""
     distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
     cfg = multislice.with_slices(cfg, num_slices, jax.devices())
     return run(cfg, workdir, sample_fn=sample_fn)

@@ -1,11 +1,11 @@
-"""mvrag_jax/cluster/multislice.py: the job's slice count against --num_slices, and the mesh's DCN split."""
+"""mvrag_jax/train/multislice.py: the job's slice count against --num_slices, and the mesh's DCN split."""
 
 import dataclasses
 
 import pytest
 
 from configs import train
-from mvrag_jax.cluster import multislice
+from mvrag_jax.train import multislice
 
 
 @dataclasses.dataclass(frozen=True)
