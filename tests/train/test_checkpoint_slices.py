@@ -40,7 +40,8 @@ for mesh in ({"dcn_data": 1, "data": 1, "fsdp": 8}, {"dcn_data": 4, "data": 1, "
 
 @pytest.mark.slow  # three trainers of the micro model in a subprocess: minutes on a shared 2-core host
 def test_a_checkpoint_saved_on_two_slices_restores_on_one_and_on_four(tmp_path):
-    proc = run_python(_ACROSS_SLICES, tmp_path / "run", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = run_python(_ACROSS_SLICES, tmp_path / "run", timeout=1800,
+                      XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("leaves")]
     assert len(lines) == 3, proc.stdout
