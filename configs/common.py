@@ -28,5 +28,7 @@ def runtime() -> mlc.ConfigDict:
 
 
 def mesh() -> mlc.ConfigDict:
-    """(data, fsdp, tensor) mesh sizes; one may be -1 to take the remaining devices."""
-    return mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    """(data, fsdp, tensor) mesh sizes; one may be -1 to take the remaining devices. Over several slices (multislice)
+    they are the sizes inside one slice and dcn_data x dcn_fsdp split the slices (sharding.make_mesh): dcn_data
+    multiplies the data axis (batch over slices), dcn_fsdp the fsdp axis (parameters sharded over slices)."""
+    return mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 1, "dcn_fsdp": 1})

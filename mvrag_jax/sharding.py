@@ -3,6 +3,12 @@
 Modules name array axes with the logical constants below (never mesh axis names); `DEFAULT_RULES` maps them onto the
 (data, fsdp, tensor) mesh, as flax's lm1b example does. Configs may override rules through `make_rules`, which rejects
 names this module does not know.
+
+Several slices (multislice, DCN between them) keep the same three axes and the same rules, as MaxText does:
+`make_mesh(data=1, fsdp=8, dcn_data=2)` builds JAX's hybrid device mesh, whose `data` axis (size 2 = 2 slices x 1)
+runs across slices and whose `fsdp` axis stays inside each slice's ICI, so BATCH splits over slices and the
+parameter all-gathers never leave a slice. `dcn_fsdp` shards parameters across slices too (their gathers then
+cross DCN every step). Devices without a `slice_index` (CPU) are grouped into emulated slices of consecutive ids.
 """
 
 from typing import Any, Callable, Sequence
@@ -10,11 +16,14 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mvrag_jax.errors import MvragError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# Sizes across slices (DCN) and the mesh axis each multiplies; the within-slice sizes keep the axis names.
+DCN_AXES = {"dcn_data": "data", "dcn_fsdp": "fsdp"}
 
 # Logical axis names. Parameters:
 EMBED = "embed"          # model width of a dense kernel's input side
@@ -65,22 +74,91 @@ def make_rules(overrides: Sequence[tuple[str, Any]] = ()) -> tuple[tuple[str, An
     return tuple(rules.items())
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over `devices` (default: all); one axis may be -1 to take the remaining devices."""
-    devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
+def _fill(sizes: list[int], total: int, what: str) -> list[int]:
+    """`sizes` with its one -1 (if any) set so that their product is `total`; an error naming the sizes otherwise."""
     if sizes.count(-1) > 1:
-        raise ShardingRuleError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+        raise ShardingRuleError(f"at most one mesh axis may be -1, got {what} sizes {sizes}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
-        if len(devices) % known:
-            raise ShardingRuleError(f"{len(devices)} devices are not divisible by the fixed mesh axes (product {known})")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
+        if total % known:
+            raise ShardingRuleError(f"{total} {what} are not divisible by the fixed sizes {sizes} (product {known})")
+        sizes = [total // known if s == -1 else s for s in sizes]
+    return sizes
+
+
+def device_slices(devices: Sequence[jax.Device], num_slices: int | None = None) -> list[list[jax.Device]]:
+    """`devices` grouped by slice, in slice order: by `slice_index` (TPU, compile-only TPU), else (CPU) into
+    `num_slices` emulated slices of consecutive devices."""
+    devices = list(devices)
+    if devices and getattr(devices[0], "slice_index", None) is not None:
+        groups: dict[int, list] = {}
+        for d in devices:
+            groups.setdefault(int(d.slice_index), []).append(d)
+        return [groups[k] for k in sorted(groups)]
+    n = num_slices or 1
+    if len(devices) % n:
+        raise ShardingRuleError(f"{len(devices)} devices do not split into {n} emulated slices")
+    per = len(devices) // n
+    return [devices[i * per:(i + 1) * per] for i in range(n)]
+
+
+def slice_of(devices: Sequence[jax.Device], num_slices: int | None = None) -> dict[int, int]:
+    """Device id -> its slice (see `device_slices`)."""
+    return {d.id: i for i, group in enumerate(device_slices(devices, num_slices)) for d in group}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None, *,
+              dcn_data: int = 1, dcn_fsdp: int = 1) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all); one axis may be -1 to take the remaining devices.
+
+    With `dcn_data` x `dcn_fsdp` > 1 (several slices) data/fsdp/tensor are the sizes inside one slice and the mesh is
+    JAX's hybrid device mesh: axis `data` has size dcn_data x data with the slice as its outer part, `fsdp` likewise.
+    One DCN size may be -1 to take the remaining slices. Devices that span several slices need the DCN split.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    slices = device_slices(devices)
+    dcn = [dcn_data, dcn_fsdp]
+    if dcn == [1, 1] and len(slices) > 1:
         raise ShardingRuleError(
-            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {int(np.prod(sizes))} devices, "
-            f"{len(devices)} are available; change the mesh sizes so their product is {len(devices)}")
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+            f"the devices span {len(slices)} slices; give the split across them, e.g. --config.mesh.dcn_data="
+            f"{len(slices)} (mvrag plan: --mesh dcn_data={len(slices)},...)")
+    if dcn == [1, 1]:
+        sizes = _fill([data, fsdp, tensor], len(devices), "devices")
+        if int(np.prod(sizes)) != len(devices):
+            raise ShardingRuleError(
+                f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {int(np.prod(sizes))} devices, "
+                f"{len(devices)} are available; change the mesh sizes so their product is {len(devices)}")
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    emulated = len(slices) == 1  # devices without slices (CPU, or one TPU slice): emulate dcn_data x dcn_fsdp slices
+    if emulated and -1 in dcn:
+        raise ShardingRuleError(f"dcn_data={dcn_data}, dcn_fsdp={dcn_fsdp}: these devices form one slice, so the "
+                                "number of slices cannot be inferred; give both DCN sizes")
+    num_slices = int(np.prod(dcn)) if emulated else len(slices)
+    dcn = _fill(dcn, num_slices, "slices")
+    if int(np.prod(dcn)) != num_slices:
+        raise ShardingRuleError(
+            f"dcn_data={dcn[0]} x dcn_fsdp={dcn[1]} needs {int(np.prod(dcn))} slices, the devices form {num_slices}; "
+            f"set the DCN sizes so their product is {num_slices}")
+    if emulated:
+        slices = device_slices(devices, num_slices)
+    per_slice = len(slices[0])
+    ici = _fill([data, fsdp, tensor], per_slice, "devices per slice")
+    if int(np.prod(ici)) != per_slice:
+        raise ShardingRuleError(
+            f"mesh data={ici[0]} x fsdp={ici[1]} x tensor={ici[2]} (inside one slice) needs {int(np.prod(ici))} "
+            f"devices, each of the {num_slices} slices has {per_slice}; make their product {per_slice}")
+    if emulated:  # CPU: no slice_index to group by; the emulated slices in order, each reshaped to the ICI mesh
+        blocks = np.empty((num_slices, per_slice), dtype=object)
+        blocks[:] = slices
+        grid = blocks.reshape(dcn + ici).transpose(0, 2, 1, 3, 4).reshape(dcn[0] * ici[0], dcn[1] * ici[1], ici[2])
+    else:
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn + [1], devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def mesh_sizes(mesh_cfg: Any) -> dict[str, int]:
+    """make_mesh keyword sizes from a config mesh block (data, fsdp, tensor and the optional dcn_data, dcn_fsdp)."""
+    return {k: int(mesh_cfg.get(k, 1)) for k in MESH_AXES + tuple(DCN_AXES)}
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

@@ -14,6 +14,14 @@ output to a temp folder, then times one forward per "run" line on stdin. This pr
 `convert/keys.py`, checks |ours - torch| <= 1e-4 + 1e-4 |torch|, and alternates torch / ours runs so the shared
 machine's load hits both alike; it prints medians and the ratio. torch uses `--torch-threads` (default 2) intra-op
 threads; XLA:CPU uses its own Eigen pool sized to the machine's cores (no knob is set here).
+
+Whole generation (`--generation`, on by default; `--no-generation` skips it), same run, after the UNet ratio: the
+OFFICIAL `MVRAGPipeline` (tools/official_cases/official_env.py stand-ins and official_cases.load_pipeline, float32,
+on the bundled tiny release) generates one prompt with the same retrieved images for its main.py's 5 seeds one
+after another (prior pass of `--prior-steps`, main pass of `--sample-steps`, CFG 5, fusion weight from DINOv2),
+against ours (`mvrag_jax.pipeline.Pipeline` of the same release) generating the 5 objects as one batched, compiled
+call (compile apart: the first call is untimed). Each side runs `--generation-repeats` times, interleaved; the
+medians give the second ratio. Goals (issue 21): UNet forward >= 2x torch, whole generation >= 3x.
 """
 
 import argparse
@@ -32,6 +40,11 @@ UNET = {"image_size": SIDE, "in_channels": 4, "out_channels": 4, "model_channels
         "attention_resolutions": [4, 2, 1], "channel_mult": [1, 2, 4, 4], "num_head_channels": 32,
         "context_dim": 256, "camera_dim": 16, "transformer_depth": 1}
 MIRROR = "/work/.mirror/yosefdayani+MV-RAG/repo"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_RELEASE = REPO / "tests" / "reference" / "tiny_release"
+SEEDS = (0, 1, 2, 3, 4)  # the official main.py's loop: seed + i for i in range(5)
+PROMPT = "a red vintage car"
+RETRIEVED_SIZES = ((48, 40), (36, 52))  # two retrieved images (the tiny release's k)
 
 
 # ----------------------------------------------------------------------------------------------- torch worker side
@@ -100,6 +113,90 @@ def torch_worker(workdir: pathlib.Path, official: pathlib.Path, threads: int, se
         print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
+def _retrieved_images(seed: int):
+    import numpy as np
+    rng = np.random.default_rng(seed + 7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in RETRIEVED_SIZES]
+
+
+def torch_generation_worker(workdir: pathlib.Path, threads: int, seed: int, sample_steps: int,
+                            prior_steps: int) -> None:
+    """The official pipeline on the tiny release: one 'run' line on stdin = the 5 seeds one after another."""
+    sys.path.insert(0, str(REPO / "tools" / "official_cases"))
+    import official_env  # noqa: PLC0415  (stand-ins and patches before any official import)
+    official_env.prepare(workdir, extra_site=pathlib.Path("~/.cache/mvrag_official_site").expanduser())
+    import official_cases
+    import torch
+    from PIL import Image
+    torch.set_num_threads(threads)  # prepare() fixes one thread for parity; timings use --torch-threads
+    pipe = official_cases.load_pipeline(TINY_RELEASE)
+    images = [Image.fromarray(a) for a in _retrieved_images(seed)]
+    side = json.loads((TINY_RELEASE / "unet" / "config.json").read_text()).get("image_size", 32) * 8
+
+    def generate_all():
+        with torch.no_grad():
+            return [pipe(prompt=PROMPT, images=images, height=side, width=side, elevation=15, azimuth_start=0,
+                         num_inference_steps=sample_steps, num_initial_steps=prior_steps, guidance_scale=5.0,
+                         device=torch.device("cpu"), seed=s) for s in SEEDS]
+
+    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "side": side}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        generate_all()
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+def jax_generation(seed: int, sample_steps: int, prior_steps: int):
+    """(call, compile-inclusive first call seconds): our pipeline on the same release generating the 5 seeds as
+    one batched call (every object in one compiled program)."""
+    from mvrag_jax.pipeline import ObjectRequest, Pipeline, SamplingOptions
+    pipeline = Pipeline.load(release=TINY_RELEASE)
+    retrieved = tuple(_retrieved_images(seed))
+    requests = [ObjectRequest(prompt=PROMPT, retrieved=retrieved, seed=s) for s in SEEDS]
+    options = SamplingOptions(num_inference_steps=sample_steps, prior_steps=prior_steps, guidance_scale=5.0,
+                              elevation=15.0, azimuth_start=0.0)
+
+    def call() -> float:
+        start = time.perf_counter()
+        pipeline.generate(requests, options)  # host arrays back: the call has finished
+        return time.perf_counter() - start
+
+    return call, call()
+
+
+def compare_generation(flags, workdir: str) -> tuple[float, float]:
+    """Median seconds (torch, ours) of the whole 5-seed generation, interleaved runs."""
+    worker = subprocess.Popen(
+        [flags.torch_python, __file__, "--generation-worker", "--workdir", workdir, "--torch-threads",
+         str(flags.torch_threads), "--seed", str(flags.seed), "--sample-steps", str(flags.sample_steps),
+         "--prior-steps", str(flags.prior_steps)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = worker.stdout.readline()
+    if not line:
+        raise SystemExit("bench_vs_torch: the official generation worker exited before it was ready (see its "
+                         "stderr above); it needs the torch venv of tools/official_cases/make_cases.py")
+    ready = json.loads(line)
+    call, first_s = jax_generation(flags.seed, flags.sample_steps, flags.prior_steps)
+    torch_s, ours_s = [], []
+    for _ in range(flags.generation_repeats):
+        worker.stdin.write("run\n")
+        worker.stdin.flush()
+        torch_s.append(json.loads(worker.stdout.readline())["seconds"])
+        ours_s.append(call())
+    worker.stdin.close()
+    worker.wait()
+    t, o = statistics.median(torch_s), statistics.median(ours_s)
+    print(f"generation: {len(SEEDS)} objects ({ready['side']} px, 4 views), prior {flags.prior_steps} + main "
+          f"{flags.sample_steps} DDIM steps, CFG 5; official loop of seeds (torch {ready['threads']} threads) vs "
+          f"ours batched (first call with compile {first_s:.1f} s, untimed)")
+    print("generation torch s: " + " ".join(f"{s:.2f}" for s in torch_s))
+    print("generation ours  s: " + " ".join(f"{s:.2f}" for s in ours_s))
+    print(f"generation median torch {t:.2f} s, ours {o:.2f} s: ours runs at {t / o:.2f}x torch's speed")
+    return t, o
+
+
 # ------------------------------------------------------------------------------------------------- our side
 def jax_forward(workdir: pathlib.Path, attention: str, precision: str):
     """(jitted forward, args, torch output NHWC, compile seconds) for our UNet on the worker's weights and inputs."""
@@ -145,10 +242,19 @@ def main() -> None:
     parser.add_argument("--precision", default="highest", help="jax.default_matmul_precision of our forward")
     parser.add_argument("--profile", help="also write a jax.profiler trace of 3 of our forwards here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the whole generation (official 5-seed loop vs ours batched)")
+    parser.add_argument("--sample-steps", type=int, default=50, help="generation: main-pass DDIM steps (both sides)")
+    parser.add_argument("--prior-steps", type=int, default=10, help="generation: prior-pass DDIM steps (both sides)")
+    parser.add_argument("--generation-repeats", type=int, default=3, help="generation: timed runs per side")
+    parser.add_argument("--generation-worker", action="store_true", help=argparse.SUPPRESS)
     flags = parser.parse_args()
     official = pathlib.Path(flags.official)
     if flags.worker:
         return torch_worker(pathlib.Path(flags.workdir), official, flags.torch_threads, flags.seed, flags.torch_attention)
+    if flags.generation_worker:
+        return torch_generation_worker(pathlib.Path(flags.workdir), flags.torch_threads, flags.seed,
+                                       flags.sample_steps, flags.prior_steps)
 
     import jax
     import numpy as np
@@ -196,6 +302,11 @@ def main() -> None:
         print("torch s: " + " ".join(f"{s:.2f}" for s in torch_s))
         print("ours  s: " + " ".join(f"{s:.2f}" for s in ours_s))
         print(f"median torch {t:.2f} s, ours {o:.2f} s: ours runs at {t / o:.2f}x torch's speed")
+    if flags.generation:
+        with tempfile.TemporaryDirectory(prefix="bench_vs_torch_generation_") as workdir:
+            gt, go = compare_generation(flags, workdir)
+        print(f"ratios (one run): UNet forward {t / o:.2f}x (goal >= 2x), whole generation {gt / go:.2f}x "
+              "(goal >= 3x)")
 
 
 if __name__ == "__main__":

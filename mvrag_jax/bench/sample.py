@@ -5,11 +5,16 @@
 
 Models are built from the experiment config with random weights (bench.host_random_params), so no release weights
 are needed; the release folder only supplies the tokenizer, scheduler and image-processor settings, and must match
-the config's sizes (the default, the bundled tiny release, matches configs/tiny.py). The first call (compiles
+the config's sizes. Without --release the bundled tiny release's tokenizer and scheduler are used, with its CLIP
+image processor resized to the config's vision tower (`sized_release`: full size takes 224 px crops), so
+`mvrag bench sample --config configs/mvrag_sd21.py` needs no files. The first call (compiles
 included, reported apart) and the steady state (mean of `calls` further calls, per stage) are timed separately.
 """
 
+import json
 import pathlib
+import shutil
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -35,6 +40,19 @@ def random_pipeline(cfg: Any, release_dir: str | pathlib.Path, *, seed: int = 0,
                                     dtype=str(cfg.runtime.dtype), mesh=mesh)
 
 
+def sized_release(cfg: Any, out: pathlib.Path) -> pathlib.Path:
+    """A copy of the tiny release's small files (no weights) in `out` whose CLIP image processor crops to the
+    config's vision tower size (shortest edge = crop, as the official CLIP processor); DINOv2 interpolates its
+    position grid, so its processor stays. Only tokenizer, scheduler and processors of a release are read here."""
+    shutil.copytree(TINY_RELEASE, out, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    side = int(cfg.model.clip_vision.image_size)
+    path = out / "feature_extractor" / "preprocessor_config.json"
+    processor = json.loads(path.read_text())
+    processor.update(crop_size={"height": side, "width": side}, size={"shortest_edge": side})
+    path.write_text(json.dumps(processor, indent=2))
+    return out
+
+
 def _requests(objects: int, k: int, seed: int) -> list[Any]:
     from mvrag_jax.pipeline import ObjectRequest
     rng = np.random.default_rng(seed)
@@ -57,7 +75,11 @@ def bench_sample(cfg: Any, objects: Sequence[int] = (1, 4), calls: int = 3, samp
     from mvrag_jax.sharding import make_mesh
     if calls < 1 or not objects or min(objects) < 1:
         raise UsageError(f"bench sample needs calls >= 1 and objects >= 1, got calls={calls} objects={objects}")
-    release_dir = TINY_RELEASE if release_dir is None else pathlib.Path(release_dir)
+    if release_dir is None:
+        with tempfile.TemporaryDirectory(prefix="mvrag_bench_release_") as tmp:
+            return bench_sample(cfg, objects, calls, sample_steps, prior_steps, guidance,
+                                sized_release(cfg, pathlib.Path(tmp) / "release"), seed)
+    release_dir = pathlib.Path(release_dir)
     if not release_dir.is_dir():
         raise PathNotFoundError(f"release folder {release_dir} does not exist; pass --release with a release whose "
                                 "tokenizer and processors match the config")

@@ -6,7 +6,10 @@
 The file holds {"machine": {...}, "benchmarks": {name: figures | {"error": message}}}. Benchmarks: `unet`
 (bench.bench_unet), `data_<mode>` (data_pipelines/bench.py on configs/data.py:size=tiny), and those that exist in
 this checkout: `sample` (mvrag_jax/bench/sample.py); and `train` (mvrag_jax/bench/train.py: the train step on one
-device, of configs/train.py:size=tiny unless --config is itself a train config). A benchmark that raises is recorded
+device, of configs/train.py:size=tiny unless --config is itself a train config; with `find_max_batch` on a GPU/TPU
+the largest batch whose step runs and its samples/s), `attention` (mvrag_jax/bench/attention.py: each kernel this
+backend runs against "xla" at the config's attention shapes; a kernel out of tolerance fails the benchmark).
+`objects`, `sample_steps`, `prior_steps` set the sample benchmark's runs. A benchmark that raises is recorded
 with its error and makes the command exit 1 after the file is written, so one broken benchmark neither hides the
 others nor passes silently.
 """
@@ -50,15 +53,19 @@ def machine() -> dict[str, Any]:
             "git_commit": commit, "git_dirty": dirty, "utc": datetime.datetime.now(datetime.UTC).isoformat()}
 
 
-def benchmarks(cfg: Any, steps: int, data_dir: str | None = None) -> dict[str, Callable[[], dict]]:
+def benchmarks(cfg: Any, steps: int, data_dir: str | None = None, *, objects: tuple[int, ...] = (1, 4),
+               sample_steps: int = 50, prior_steps: int = 10,
+               find_max_batch: bool = False) -> dict[str, Callable[[], dict]]:
     """name -> zero-argument benchmark; optional modules join when this checkout has them. `data_dir`: where the
     data benchmarks build their tiny synthetic dataset (default: configs/data.py's)."""
     from mvrag_jax.bench import unet as bench
     table: dict[str, Callable[[], dict]] = {"unet": lambda: bench.bench_unet(cfg, steps=steps)}
     if importlib.util.find_spec("mvrag_jax.bench.sample") is not None:
         from mvrag_jax.bench import sample as bench_sample
-        table["sample"] = lambda: bench_sample.bench_sample(cfg, calls=steps)
-    table["train"] = lambda: _train(cfg, steps)
+        table["sample"] = lambda: bench_sample.bench_sample(cfg, objects=objects, calls=steps,
+                                                            sample_steps=sample_steps, prior_steps=prior_steps)
+    table["train"] = lambda: _train(cfg, steps, find_max_batch)
+    table["attention"] = lambda: _attention(cfg, steps)
 
     def data(mode: str) -> Callable[[], dict]:
         def run() -> dict:
@@ -73,19 +80,34 @@ def benchmarks(cfg: Any, steps: int, data_dir: str | None = None) -> dict[str, C
     return table
 
 
-def _train(cfg: Any, steps: int) -> dict:
-    """The train step of `cfg` if it is a train config, else of configs/train.py:size=tiny, on one device."""
+def _train(cfg: Any, steps: int, find_max_batch: bool = False) -> dict:
+    """The train step of `cfg` if it is a train config, else of configs/train.py:size=tiny, on one device (with
+    `find_max_batch`: the largest batch that runs there)."""
     from mvrag_jax.bench import train as bench_train
     if "train" not in cfg:
         from configs import train as train_config
         cfg = train_config.get_config("size=tiny")
+    if find_max_batch:
+        return bench_train.find_max_batch(cfg, ["data=1"], steps=steps)
     return bench_train.bench_train(cfg, ["data=1"], steps=steps)
 
 
+def _attention(cfg: Any, steps: int) -> dict:
+    """Kernel parity (and speed) at the config's shapes; out of tolerance raises, so the suite records a failure."""
+    from mvrag_jax.bench import attention
+    figures = attention.bench_attention(cfg, calls=steps)
+    if not figures["ok"]:
+        bad = [f"{r['kernel']}/{r['case']}/{r['dtype']} err {r['max_abs_err']:.2e}" for r in figures["cases"]
+               if not r["ok"]]
+        raise AssertionError(f"attention kernels out of tolerance: {'; '.join(bad)}")
+    return figures
+
+
 def run_all(cfg: Any, out: str | os.PathLike, *, steps: int = 3, only: list[str] | None = None,
-            data_dir: str | None = None) -> tuple[pathlib.Path, list[str]]:
-    """Run every benchmark (or `only` these), write the JSON atomically; returns (path, names that failed)."""
-    table = benchmarks(cfg, steps, data_dir)
+            data_dir: str | None = None, **options: Any) -> tuple[pathlib.Path, list[str]]:
+    """Run every benchmark (or `only` these), write the JSON atomically; returns (path, names that failed).
+    `options`: `benchmarks`' keywords (objects, sample_steps, prior_steps, find_max_batch)."""
+    table = benchmarks(cfg, steps, data_dir, **options)
     unknown = sorted(set(only or ()) - set(table))
     if unknown:
         raise UsageError(f"unknown benchmarks {unknown}; this checkout has {sorted(table)}")

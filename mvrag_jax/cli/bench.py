@@ -12,7 +12,7 @@ from mvrag_jax.errors import UsageError
 def define_bench(fv):
     flags.DEFINE_integer("batch_size", 1, "unet: objects per call (each has num_frames views).", flag_values=fv)
     flags.DEFINE_integer("steps", 5, "Timed calls after the compile.", flag_values=fv)
-    flags.DEFINE_list("objects", ["1", "4"], "sample: objects per call, one run each.", flag_values=fv)
+    flags.DEFINE_list("objects", ["1", "4"], "sample (and all): objects per call, one run each.", flag_values=fv)
     flags.DEFINE_integer("sample_steps", 50, "sample: DDIM steps of the main pass.", flag_values=fv)
     flags.DEFINE_integer("prior_steps", 10, "sample: DDIM steps of the prior pass.", flag_values=fv)
     flags.DEFINE_string("release", None, "sample: release folder for tokenizer, scheduler and processors (default: "
@@ -25,8 +25,8 @@ def define_bench(fv):
     flags.DEFINE_integer("batch", None, "train: global objects per step (default: the config's train.batch_size); "
                          "a multiple of data*fsdp of every mesh.", flag_values=fv)
     flags.DEFINE_integer("warmup", 1, "train: untimed calls between the compile and the timed ones.", flag_values=fv)
-    flags.DEFINE_bool("find_max_batch", False, "train, on a GPU/TPU machine: the largest batch whose step runs "
-                      "(doubling, then bisection) on the first --meshes mesh, with its figures.", flag_values=fv)
+    flags.DEFINE_bool("find_max_batch", False, "train (and all), on a GPU/TPU machine: the largest batch whose step "
+                      "runs (doubling, then bisection) on the first --meshes mesh, with its figures.", flag_values=fv)
     flags.DEFINE_integer("max_batch", 1024, "train --find_max_batch: largest batch tried.", flag_values=fv)
     flags.DEFINE_integer("docs", 100_000, "retrieval: synthetic captions (bm25) or embeddings (dense) to index.",
                          flag_values=fv)
@@ -72,7 +72,9 @@ def _run_bench_suite(fv, argv):
             raise UsageError(f"usage: mvrag bench compare A.json B.json; got {argv[2:]}")
         print(bench_suite.compare(argv[2], argv[3]))
         return 0
-    path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None)
+    path, failed = bench_suite.run_all(fv.config, fv.out, steps=fv.steps, only=argv[2:] or None,
+                                       objects=tuple(int(n) for n in fv.objects), sample_steps=fv.sample_steps,
+                                       prior_steps=fv.prior_steps, find_max_batch=fv.find_max_batch)
     print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

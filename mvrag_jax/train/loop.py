@@ -55,7 +55,8 @@ from data_pipelines import build, loader
 from mvrag_jax import sharding
 from mvrag_jax.cluster import distributed
 from mvrag_jax.errors import ensure_writable_dir
-from mvrag_jax.train import checkpoint, lock as lock_lib, metrics, resume, state as state_lib, workdir as workdir_lib
+from mvrag_jax.train import (checkpoint, lock as lock_lib, metrics, multislice, resume, state as state_lib,
+                             workdir as workdir_lib)
 from mvrag_jax.train.data import to_global
 from mvrag_jax.errors import MvragError
 
@@ -71,11 +72,11 @@ class TrainConfigError(MvragError, ValueError):
 def check_config(cfg: mlc.ConfigDict, num_processes: int) -> None:
     """Fail before anything expensive: unknown mesh axes, a batch that does not split over the hosts, a missing init
     checkpoint. (sharding.make_mesh checks the mesh against the devices, make_trainer the batch against data*fsdp.)"""
-    unknown = sorted(set(cfg.mesh.keys()) - set(sharding.MESH_AXES))
+    unknown = sorted(set(cfg.mesh.keys()) - set(sharding.MESH_AXES) - set(sharding.DCN_AXES))
     if unknown:
         raise TrainConfigError(f"unknown mesh axis {', '.join(map(repr, unknown))} in --config.mesh; the mesh axes are "
-                               f"{', '.join(sharding.MESH_AXES)}")
-    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp
+                               f"{', '.join(sharding.MESH_AXES + tuple(sharding.DCN_AXES))}")
+    batch = int(cfg.train.batch_size)  # make_trainer checks it against data*fsdp and data.batch_size x hosts
     if batch % num_processes:
         raise TrainConfigError(f"batch {batch} does not split over {num_processes} processes; set "
                                f"--config.train.batch_size to a multiple of {num_processes} (each process loads "
@@ -336,9 +337,11 @@ def samples_due(t: mlc.ConfigDict, start: int) -> bool:
 def launch(cfg: mlc.ConfigDict, workdir: str | os.PathLike, *, coordinator: str | None = None,
            num_processes: int | None = None, process_id: int | None = None, init_timeout_s: float = 300.0,
            multihost: bool = False, sample_fn: SampleFn | None = None,
-           allow_config_change: bool = False) -> dict[str, Any]:
-    """`mvrag train`: join the job (mvrag_jax/cluster/distributed.py; a no-op on one process), then `run`."""
+           allow_config_change: bool = False, num_slices: int | None = None) -> dict[str, Any]:
+    """`mvrag train`: join the job (mvrag_jax/cluster/distributed.py; a no-op on one process), split the mesh over
+    its slices (train/multislice.py: `num_slices`, None = the devices' own count), then `run`."""
     distributed.initialize(coordinator, num_processes, process_id, timeout_s=init_timeout_s, auto=multihost)
+    cfg = multislice.with_slices(cfg, num_slices, jax.devices())
     return run(cfg, workdir, sample_fn=sample_fn, allow_config_change=allow_config_change)
 
 

@@ -10,6 +10,11 @@ devices from libtpu, or fake CPU devices), so nothing is allocated. The report g
 FLOPs per step from `compiled.cost_analysis()`, lower and compile seconds, and the step time at 40 % of the chip's
 peak bf16 FLOP/s.
 
+Several slices (`parse_topology("v5e:2x4", num_slices=2)`, mesh `{"dcn_data": 2, "data": 1, "fsdp": 8}`): libtpu
+describes the multislice target, the mesh is the hybrid one (sharding.make_mesh), and each program's report adds its
+DCN traffic (train/dcn.py: the collectives whose replica groups cross slices, bytes per chip per call) and the
+seconds that takes at `dcn_gbps` Gbit/s of DCN per host, on top of the compute estimate (no overlap assumed).
+
 Reports are cached as JSON (default ~/.cache/mvrag_jax/plan/), keyed by config, topology, mesh, batch, programs,
 the jax/jaxlib/flax/libtpu versions and a hash of the mvrag_jax sources: JAX's persistent compilation cache cannot
 serve compile-only TPU devices (entries are written but never read back), so a repeated plan would compile again.
@@ -35,6 +40,7 @@ from mvrag_jax import sharding
 from mvrag_jax.diffusion.ddim import DDIMSchedule
 from mvrag_jax.diffusion.sample import sample_jitted
 from mvrag_jax.models.unet import CONTEXT_LENGTH, UNetConfig, init_params
+from mvrag_jax.train import dcn
 from mvrag_jax.train.topology import GIB, Topology, parse_topology, topology_devices
 from mvrag_jax.train.trainer import (ProgramDoesNotFit, compile_effort_of, make_trainer, microbatches_of,
                                      schedule_of)
@@ -44,6 +50,9 @@ from mvrag_jax.errors import MvragError
 MFU = 0.4                        # fraction of peak bf16 FLOP/s assumed by the projected step time
 SAMPLE_STEPS = 50                # DDIM steps of the sampler program (the official default)
 PROGRAMS = ("train", "sample")
+# DCN bandwidth per TPU VM host assumed by the projected multislice step time (Gbit/s; `mvrag plan --dcn_gbps`):
+# an assumption to replace with your network's figure, not a measured one.
+DEFAULT_DCN_GBPS = 100.0
 DEFAULT_CACHE_DIR = "~/.cache/mvrag_jax/plan"
 _SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]  # mvrag_jax/
 _MEMORY_FIELDS = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "output_size_in_bytes",
@@ -58,20 +67,36 @@ class PlanError(MvragError, ValueError):
 # ---- targets -------------------------------------------------------------------------------------------------------
 def parse_mesh(text: str, rest: str | None = "fsdp") -> dict[str, int]:
     """`data=1,fsdp=8[,tensor=1]` -> sizes; missing axes are 1 except `rest`, which takes the remaining devices (-1)
-    unless given (rest=None: missing axes are all 1)."""
+    unless given (rest=None: missing axes are all 1). `dcn_data=2,dcn_fsdp=1` split several slices (multislice);
+    data/fsdp/tensor are then the sizes inside one slice."""
     sizes = {"data": 1, "fsdp": 1, "tensor": 1, **({} if rest is None else {rest: -1})}
+    names = sharding.MESH_AXES + tuple(sharding.DCN_AXES)
     for item in filter(None, text.replace(" ", "").split(",")):
         name, sep, value = item.partition("=")
-        if not sep or name not in sizes or not value.lstrip("-").isdigit():
-            raise PlanError(f"mesh {text!r}: expected name=size items with names {', '.join(sharding.MESH_AXES)}, "
-                            "e.g. data=1,fsdp=8,tensor=1")
+        if not sep or name not in names or not value.lstrip("-").isdigit():
+            raise PlanError(f"mesh {text!r}: expected name=size items with names {', '.join(names)}, "
+                            "e.g. data=1,fsdp=8,tensor=1 (or dcn_data=2,data=1,fsdp=8 over two slices)")
         sizes[name] = int(value)
     return sizes
 
 
+def _with_slices(topology: Topology, mesh_sizes: dict[str, int]) -> dict[str, int]:
+    """Several slices and no DCN split given: data parallel across them (dcn_data = slices), MaxText's default."""
+    if topology.num_slices > 1 and all(int(mesh_sizes.get(k, 1)) == 1 for k in sharding.DCN_AXES):
+        return {**mesh_sizes, "dcn_data": topology.num_slices}
+    return dict(mesh_sizes)
+
+
 def make_target_mesh(topology: Topology, mesh_sizes: dict[str, int]) -> jax.sharding.Mesh:
-    """The (data, fsdp, tensor) mesh over the target topology's devices."""
-    return sharding.make_mesh(**mesh_sizes, devices=topology_devices(topology))
+    """The (data, fsdp, tensor) mesh over the target topology's devices; the hybrid mesh over several slices."""
+    sizes = _with_slices(topology, mesh_sizes)
+    dcn_sizes = [int(sizes.get(k, 1)) for k in sharding.DCN_AXES]
+    dcn_product = abs(dcn_sizes[0] * dcn_sizes[1])
+    if -1 not in dcn_sizes and dcn_product != topology.num_slices:
+        raise PlanError(f"mesh dcn_data={sizes.get('dcn_data', 1)} x dcn_fsdp={sizes.get('dcn_fsdp', 1)} needs "
+                        f"{abs(dcn_product)} slices, the target has {topology.num_slices}; pass --num_slices "
+                        f"{abs(dcn_product)} or change the DCN sizes")
+    return sharding.make_mesh(**sizes, devices=topology_devices(topology))
 
 
 def _batch_multiple(mesh: jax.sharding.Mesh, cfg: Any) -> int:
@@ -173,15 +198,20 @@ def _flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def program_figures(compiled: Any, seconds: float, topology: Topology, loop_steps: int = 1) -> dict[str, Any]:
+def program_figures(compiled: Any, seconds: float, topology: Topology, loop_steps: int = 1,
+                    mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Per-chip figures on `topology` of one compiled program that took `seconds` to lower and compile.
 
     XLA's cost analysis counts a loop body once, so a program that is one `lax.scan` of `loop_steps` steps has its
     FLOPs multiplied by `loop_steps` (the work outside the loop is negligible next to the UNet calls inside).
+    Over several slices (and given the program's `mesh`) "dcn" holds its DCN traffic (train/dcn.py).
     """
     memory, flops = _memory(compiled), _flops(compiled) * loop_steps
     hbm, peak = topology.hbm_bytes, topology.peak_flops
-    return {
+    extra = {}
+    if topology.num_slices > 1 and mesh is not None:
+        extra["dcn"] = dcn.dcn_traffic(compiled.as_text(), mesh, topology.num_slices)
+    return {**extra,
         "memory": memory,
         "memory_gib": round(memory["total_bytes"] / GIB, 3),
         "hbm_fraction": None if hbm is None else round(memory["total_bytes"] / hbm, 4),
@@ -266,11 +296,13 @@ def _store(path: pathlib.Path | None, report: dict) -> None:
 # ---- plans ---------------------------------------------------------------------------------------------------------
 def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: int,
          programs: Sequence[str] = PROGRAMS, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
-         on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+         on_stage: Callable[[str], None] | None = None, dcn_gbps: float = DEFAULT_DCN_GBPS) -> dict[str, Any]:
     """Compile `programs` of experiment config `cfg` for `topology` with global batch `batch`; the report dict.
 
     `cache_dir=None` disables the report cache. A cached report is returned with "cached": True. `on_stage(text)`
-    hears each stage as it starts (a full-size compile takes minutes: `mvrag plan` prints them).
+    hears each stage as it starts (a full-size compile takes minutes: `mvrag plan` prints them). Over several
+    slices each program's "dcn" gets "seconds" at `dcn_gbps` Gbit/s per host (applied after the cache: the bytes
+    are cached, the bandwidth is not part of the key).
     """
     on_stage = on_stage or (lambda text: None)
     topology = parse_topology(topology) if isinstance(topology, str) else topology
@@ -281,7 +313,7 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
     cached = _load(path)
     if cached is not None:
         on_stage(f"batch {batch}: cached report {path}")
-        return {**cached, "cached": True}
+        return _with_dcn_seconds({**cached, "cached": True}, topology, dcn_gbps)
     on_stage(f"batch {batch}: {topology.name} devices (mesh {mesh_sizes})")
     mesh = make_target_mesh(topology, mesh_sizes)
     _check_batch(batch, mesh, cfg)
@@ -289,8 +321,10 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         "topology": topology.name,
         "accelerator_type": topology.accelerator_type,
         "devices": topology.num_devices,
+        "num_slices": topology.num_slices,
         "device_kind": mesh.devices.flat[0].device_kind,
         "mesh": dict(mesh.shape),
+        "dcn_mesh": {k: v for k, v in _with_slices(topology, mesh_sizes).items() if k in sharding.DCN_AXES},
         "batch": batch,
         "dtype": cfg.runtime.dtype,
         "remat": cfg.runtime.remat,
@@ -316,7 +350,8 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
                                            "memory_gib": _required_gib(e.message)}
             continue
         for program, (compiled, seconds) in built.items():
-            report["programs"][program] = program_figures(compiled, seconds, topology, _loop_steps(program, cfg))
+            report["programs"][program] = program_figures(compiled, seconds, topology, _loop_steps(program, cfg),
+                                                          mesh)
         on_stage(f"batch {batch}: {name} compiled in {time.perf_counter() - started:.1f} s")
     failed = [p for p in report["programs"].values() if "out_of_memory" in p]
     if failed:
@@ -326,7 +361,21 @@ def plan(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], batch: 
         report["train_peak_gib"] = round(peak / GIB, 3)
         report["train_fits"] = None if topology.hbm_bytes is None else peak <= topology.hbm_bytes
     _store(path, report)
-    return {**report, "cached": False}
+    return _with_dcn_seconds({**report, "cached": False}, topology, dcn_gbps)
+
+
+def _with_dcn_seconds(report: dict[str, Any], topology: Topology, dcn_gbps: float) -> dict[str, Any]:
+    """Each program's DCN seconds per call at `dcn_gbps` per host, and its step estimate with them (no overlap)."""
+    if dcn_gbps <= 0:
+        raise PlanError(f"dcn_gbps {dcn_gbps}: give the DCN bandwidth per host in Gbit/s, e.g. --dcn_gbps 100")
+    report = copy.deepcopy(report)
+    for p in report["programs"].values():
+        if "dcn" in p:
+            p["dcn"]["seconds"] = dcn.dcn_seconds(p["dcn"], topology.chips_per_host, dcn_gbps)
+            p["dcn"]["gbps_per_host"], p["dcn"]["chips_per_host"] = dcn_gbps, topology.chips_per_host
+            if p.get("projected_step_s") is not None:
+                p["projected_step_with_dcn_s"] = p["projected_step_s"] + p["dcn"]["seconds"]
+    return report
 
 
 def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
@@ -389,7 +438,10 @@ def format_report(report: dict[str, Any]) -> str:
     """A short human-readable table of a `plan` report (per chip)."""
     hbm = report["hbm_per_chip_bytes"]
     lines = [f"plan: {report['topology']} ({report['devices']} x {report['device_kind']}), mesh "
-             f"{','.join(f'{k}={v}' for k, v in report['mesh'].items())}, global batch {report['batch']}, "
+             f"{','.join(f'{k}={v}' for k, v in report['mesh'].items())}"
+             + ("" if report.get("num_slices", 1) == 1 else
+                f" over {report['num_slices']} slices ({','.join(f'{k}={v}' for k, v in report['dcn_mesh'].items())})")
+             + f", global batch {report['batch']}, "
              f"{report['dtype']}, remat={report['remat']}, attention={report.get('attention')}"
              + (f", {report['microbatches']} microbatches" if report.get("microbatches", 1) > 1 else "")
              + (f", compile effort {report['compile_effort']:g}" if report.get("compile_effort") else "")
@@ -409,6 +461,13 @@ def format_report(report: dict[str, Any]) -> str:
                   f"code {m['generated_code_bytes']:.3f} GiB",
                   f"    {p['flops_per_chip'] / 1e12:.3f} TFLOP per chip per call{step}; lower + compile "
                   f"{p['compile_s']} s"]
+        if "dcn" in p:
+            d = p["dcn"]
+            lines.append(f"    DCN: {d['dcn_bytes_per_chip'] / 2 ** 20:.2f} MiB per chip per call in "
+                         f"{d['cross_slice_collectives']} cross-slice collectives (of {d['collectives_total']}); "
+                         f"{d['seconds'] * 1e3:.1f} ms at {d['gbps_per_host']:g} Gbit/s per host of "
+                         f"{d['chips_per_host']} chips" + ("" if p.get("projected_step_with_dcn_s") is None else
+                         f"; step with DCN unoverlapped {p['projected_step_with_dcn_s'] * 1e3:.1f} ms"))
     if "train_encode" in report["programs"] and report["train_fits"] is not False:
         lines.append(f"  train step (encode + train programs): peak {report['train_peak_gib']:.3f} GiB per chip"
                      + ("" if report["train_fits"] is None else (": fits" if report["train_fits"] else

@@ -1,6 +1,7 @@
 """Target hardware for ahead-of-time plans: chip facts (HBM, peak bf16 FLOP/s), topology names and their devices.
 
     topology = parse_topology("v5e:2x4")       # or "v5litepod-8", "v4-8", "v5p:2x2x1", "v6e-8", "cpu:8"
+    topology = parse_topology("v5e:2x4", num_slices=2)   # two slices over DCN: 16 devices, slice_index 0 and 1
     devices = topology_devices(topology)       # compile-only TPU devices from libtpu, or fake CPU devices
 
 TPU topologies need libtpu (requirements-tpu.txt) but no TPU: libtpu describes the slice and XLA compiles for it.
@@ -49,11 +50,16 @@ class TopologyError(MvragError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class Topology:
     chip: str                  # "cpu" or a CHIPS key
-    dims: tuple[int, ...]      # chip grid (x, y[, z]); (n,) for cpu
+    dims: tuple[int, ...]      # chip grid (x, y[, z]) of one slice; (n,) for cpu
+    num_slices: int = 1        # slices joined over DCN (multislice); cpu: emulated slices of n devices each
+
+    @property
+    def devices_per_slice(self) -> int:
+        return math.prod(self.dims)
 
     @property
     def num_devices(self) -> int:
-        return math.prod(self.dims)
+        return self.devices_per_slice * self.num_slices
 
     @property
     def platform(self) -> str:
@@ -61,7 +67,9 @@ class Topology:
 
     @property
     def name(self) -> str:
-        return f"{self.chip}:{'x'.join(map(str, self.dims))}"
+        """v5e:2x4, and 2xv5e:2x4 for two slices of it."""
+        one = f"{self.chip}:{'x'.join(map(str, self.dims))}"
+        return one if self.num_slices == 1 else f"{self.num_slices}x{one}"
 
     @property
     def hbm_bytes(self) -> int | None:
@@ -73,10 +81,17 @@ class Topology:
 
     @property
     def accelerator_type(self) -> str | None:
-        """The GCP accelerator type of this slice (v5e:2x4 -> v5litepod-8, v4:2x2x1 -> v4-8); None for cpu."""
+        """The GCP accelerator type of one slice (v5e:2x4 -> v5litepod-8, v4:2x2x1 -> v4-8); None for cpu."""
         if self.chip == "cpu":
             return None
-        return f"{_GCP_PREFIX[self.chip]}-{self.num_devices * CHIPS[self.chip].cores_per_chip}"
+        return f"{_GCP_PREFIX[self.chip]}-{self.devices_per_slice * CHIPS[self.chip].cores_per_chip}"
+
+    @property
+    def chips_per_host(self) -> int:
+        """Chips one TPU VM host drives (8 for single-host v5e/v6e slices of 8, else at most 4); cpu: all of a slice."""
+        if self.chip == "cpu":
+            return self.devices_per_slice
+        return math.prod(_host_bounds(self))
 
 
 def _grid(chips: int, three_d: bool) -> tuple[int, ...]:
@@ -95,8 +110,11 @@ def _grid(chips: int, three_d: bool) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def parse_topology(text: str) -> Topology:
-    """`cpu:N`, `<chip>:<x>x<y>[x<z>]` (v4, v5e, v5p, v6e) or a GCP accelerator type (`v5litepod-8`, `v4-8`)."""
+def parse_topology(text: str, num_slices: int = 1) -> Topology:
+    """`cpu:N`, `<chip>:<x>x<y>[x<z>]` (v4, v5e, v5p, v6e) or a GCP accelerator type (`v5litepod-8`, `v4-8`): one
+    slice; `num_slices` of them joined over DCN (multislice)."""
+    if num_slices < 1:
+        raise TopologyError(f"--num-slices {num_slices}: give a positive number of slices")
     text = text.strip().lower()
     known = "cpu:N, v5e:2x4, v4:2x2x1, v5p:2x2x2, v6e:4x4 or a GCP accelerator type such as v5litepod-8 or v4-8"
     match = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", text)
@@ -122,7 +140,14 @@ def parse_topology(text: str) -> Topology:
         dims = _grid(cores // CHIPS[chip].cores_per_chip, three_d=CHIPS[chip].chip_config == "megacore")
     if any(d < 1 for d in dims):
         raise TopologyError(f"topology {text!r}: every dimension must be >= 1")
-    return Topology(chip, dims)
+    return Topology(chip, dims, num_slices)
+
+
+def _host_bounds(topology: Topology) -> tuple[int, int, int]:
+    """Chips per host (x, y, z) of a TPU slice: one host for single-host v5e/v6e slices of 8, else 2x2x1."""
+    dims = topology.dims + (1,) * (3 - len(topology.dims))
+    small = topology.devices_per_slice == 8 and CHIPS[topology.chip].chip_config == "default"
+    return tuple(min(h, d) for h, d in zip(_HOST_BOUNDS_SMALL if small else _HOST_BOUNDS, dims))  # slice < one host
 
 
 def topology_devices(topology: Topology) -> list[Any]:
@@ -137,14 +162,11 @@ def topology_devices(topology: Topology) -> list[Any]:
         return devices[:topology.num_devices]
     from jax.experimental import topologies  # noqa: PLC0415 (TPU only: loads libtpu)
     chip = CHIPS[topology.chip]
-    dims = topology.dims + (1,) * (3 - len(topology.dims))
-    host_bounds = _HOST_BOUNDS_SMALL if topology.num_devices == 8 and chip.chip_config == "default" else _HOST_BOUNDS
-    host_bounds = tuple(min(h, d) for h, d in zip(host_bounds, dims))  # a slice smaller than one host
     try:
         desc = topologies.get_topology_desc(
             platform="tpu", topology_name=f"{chip.libtpu_name}:{'x'.join(map(str, topology.dims))}",
-            chip_config_name=chip.chip_config, chips_per_host_bounds=host_bounds, num_slices=1,
-            wrap=(False, False, False))
+            chip_config_name=chip.chip_config, chips_per_host_bounds=_host_bounds(topology),
+            num_slices=topology.num_slices, wrap=(False, False, False))
     except jax.errors.JaxRuntimeError as e:
         raise TopologyError(f"libtpu cannot describe {topology.name}: {str(e).splitlines()[0]}; use a slice shape "
                             "GCP offers (e.g. v5e:2x4, v5e:4x4, v4:2x2x2)") from e

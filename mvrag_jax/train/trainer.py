@@ -146,8 +146,9 @@ ENCODER_MODES = ("in_step", "separate")
 
 
 def make_mesh(cfg: Any, devices=None) -> Mesh:
-    """The (data, fsdp, tensor) mesh of cfg.mesh over all devices (or `devices`)."""
-    return sharding.make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor), devices=devices)
+    """The (data, fsdp, tensor) mesh of cfg.mesh over all devices (or `devices`); with mesh.dcn_data/dcn_fsdp the
+    hybrid mesh over several slices (sharding.make_mesh)."""
+    return sharding.make_mesh(**sharding.mesh_sizes(cfg.mesh), devices=devices)
 
 
 def _release_file(cfg: Any, *parts: str) -> pathlib.Path | None:

@@ -28,3 +28,15 @@ def test_bench_sample_rejects_zero_objects():
     from mvrag_jax.bench.sample import bench_sample
     with pytest.raises(ValueError, match="objects >= 1"):
         bench_sample(tiny.get_config(), objects=(0,))
+
+
+def test_sized_release_crops_the_clip_processor_to_the_config_and_copies_no_weights(tmp_path):
+    from configs import mvrag_sd21
+    from mvrag_jax.bench.sample import sized_release
+    from mvrag_jax.inputs import images
+    from mvrag_jax.inputs.release import Release
+    out = sized_release(mvrag_sd21.get_config(), tmp_path / "release")
+    assert not list(out.rglob("*.safetensors"))
+    processor = images.CLIPImageProcessorConfig.from_release(Release.open(out))
+    assert (processor.crop_hw, processor.shortest_edge) == ((224, 224), 224)  # the tiny release's is 32
+    assert (out / "tokenizer" / "merges.txt").is_file()
