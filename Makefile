@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` (install + the main job: train a tiny MV-RAG on 8 fake CPU devices,
-# then generate with retrieval and check what it learned), `make test`. CI runs `make test-all` and the demo.
+# then generate with retrieval and check what it learned), `make test`. CI runs `make test` and the demo;
+# `make test-all` (every test, libtpu ones included) is to replace `make test` there once its slow tests pass.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
