@@ -76,11 +76,9 @@ def test_every_flag_named_in_readme_exists():
     from mvrag_jax.cli import COMMANDS, command_help
     helps = "\n".join(command_help(c) for c in COMMANDS.values())
     named = set(re.findall(r"(?<![\w-])--([a-z][\w-]*)", README.read_text())) - {"help"}
-    launcher = "
-".join((README.parent / script).read_text()  # the README documents the scripts' flags too
+    launcher = "\n".join((README.parent / script).read_text()  # the README documents the scripts' flags too
                           for script in ("launch/tpu_train.sh", "tools/accelerator_check.sh"))
-    tools = "
-".join(p.read_text() for p in (README.parent / "tools").glob("*.py"))  # and the tools' argparse flags
+    tools = "\n".join(p.read_text() for p in (README.parent / "tools").glob("*.py"))  # and the tools' argparse flags
     missing = {f for f in named if not re.search(rf"--(\[no\])?{re.escape(f.replace('_', '-'))}\b", helps)
                and not re.search(rf"--{re.escape(f)}\b", launcher)
                and not re.search(rf"add_argument\(\"--{re.escape(f)}\"", tools)}
