@@ -19,7 +19,7 @@ from tests.reliability.conftest import last_line, mvrag_on_disk, needs_mount
 
 @pytest.mark.parametrize("override, answer", [
     ("--config.train.stepz=2", "unknown config field --config.train.stepz; did you mean --config.train.steps?"),
-    ("--config.mesh.foo=2", "unknown config field --config.mesh.foo; --config.mesh has the fields data, fsdp, tensor"),
+    ("--config.mesh.foo=2", "unknown config field --config.mesh.foo; --config.mesh has the fields data, dcn_data, dcn_fsdp, fsdp, tensor"),
     ("--config.train.steps.x=1", "--config.train.steps is a value, not a group of fields"),
 ])
 def test_unknown_config_fields_are_one_line_with_a_suggestion(capsys, tmp_path, override, answer):
