@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from mvrag_jax.errors import UsageError
 
 VOCAB = 200_000
 ZIPF = 1.1
@@ -188,8 +189,8 @@ def bench_dense(docs: int, *, dim: int = 64, queries: int = 200, k: int = 10, wo
 
 def bench_retrieval(docs: int, kind: str = "bm25", **options) -> dict[str, Any]:
     if isinstance(docs, bool) or not isinstance(docs, int) or docs < 1:
-        raise ValueError(f"--docs {docs!r}: pass a positive number of captions/embeddings to index")
+        raise UsageError(f"--docs {docs!r}: pass a positive number of captions/embeddings to index")
     if kind not in ("bm25", "dense"):
-        raise ValueError(f"--kind {kind!r}: choose bm25 or dense")
+        raise UsageError(f"--kind {kind!r}: choose bm25 or dense")
     figures = bench_bm25(docs, **options) if kind == "bm25" else bench_dense(docs, **options)
     return {**figures, "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}

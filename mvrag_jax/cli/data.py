@@ -45,7 +45,7 @@ def run_data(fv, argv):
     flags.FLAGS.mark_as_parsed()  # grain reads absl's global flags when it starts loader worker processes
     if argv[1] == "build":
         if fv.beam_options and not fv.beam:
-            raise ValueError("--beam_options only applies with --beam; add --beam or drop them")
+            raise UsageError("--beam_options only applies with --beam; add --beam or drop them")
         beam_options = shlex.split(fv.beam_options) if fv.beam else None
         print("\n".join(build.build_all(fv.config, fv.datasets, beam_options=beam_options, hosts=fv.hosts)))
     elif argv[1] == "preview":

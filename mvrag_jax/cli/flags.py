@@ -11,12 +11,13 @@ import dataclasses
 import difflib
 import importlib.util
 import re
+import sys
 from typing import Callable
 
 from absl import flags
 
 import configs
-from mvrag_jax.errors import UsageError
+from mvrag_jax.errors import UsageError, path_error_line
 
 
 
@@ -167,12 +168,32 @@ def _not_a_library_notice(record) -> bool:
                                          or str(record.msg).startswith("tfds: ")))
 
 
+def _not_a_reported_disk_error(record) -> bool:
+    """A log filter (True: keep) that drops orbax's ERROR record, with traceback, of a write a full or read-only disk
+    refused: its writer thread logs it, then the main thread raises the same error and `mvrag` answers it in one
+    line naming the disk (errors.path_error_line)."""
+    return not (record.exc_info and "/orbax/" in record.pathname
+                and path_error_line(record.exc_info[1]) is not None)
+
+
+def _quiet_closed_loop(unraisable) -> None:
+    """sys.unraisablehook that drops tensorstore's late "Event loop is closed" callbacks: after a failed orbax write
+    its pending futures finish on the loop orbax already closed, one printed traceback each, after our answer.
+    Every other unraisable exception is printed as Python would."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def configure_logging(verbose: bool) -> None:
-    """At the CLI entry only: `--verbose` logs at DEBUG with every notice; otherwise tfds' notices are dropped."""
+    """At the CLI entry only: `--verbose` logs at DEBUG with every notice; otherwise tfds' notices and a failed
+    write's library noise (the error itself is answered in one line) are dropped."""
     from absl import logging
     if verbose:
         logging.set_verbosity(logging.DEBUG)
         return
     logger = logging.get_absl_logger()
-    if _not_a_library_notice not in logger.filters:
-        logger.addFilter(_not_a_library_notice)
+    for keep in (_not_a_library_notice, _not_a_reported_disk_error):
+        if keep not in logger.filters:
+            logger.addFilter(keep)
+    sys.unraisablehook = _quiet_closed_loop

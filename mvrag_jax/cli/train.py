@@ -89,7 +89,7 @@ def run_plan(fv, argv):
         on_probe = lambda p: print(f"batch {p['batch']}: {p['memory_gib']} GiB per chip, "
                                    f"{'fits' if p['fits'] else 'does not fit'}", file=sys.stderr, flush=True)
         result = plan.find_max_batch(fv.config, topology, mesh, fv.max_batch, cache_dir=cache, on_probe=on_probe,
-                                     on_stage=on_stage)
+                                     on_stage=on_stage, dcn_gbps=fv.dcn_gbps)
         print(json.dumps(result) if fv.json else f"largest batch that fits: {result['max_batch']}"
               + ("" if result["plan"] is None else "\n" + plan.format_report(result["plan"])))
         return 0

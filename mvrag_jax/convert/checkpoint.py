@@ -78,9 +78,11 @@ def save_checkpoint(out_dir: str | os.PathLike, configs: dict[str, Any], params:
                     release_files: dict[str, pathlib.Path] | None = None, overwrite: bool = False) -> pathlib.Path:
     """Atomically write a model checkpoint. `release_files` maps relative names to files/folders to copy."""
     with atomic_directory(out_dir, overwrite) as tmp:
-        checkpointer = ocp.StandardCheckpointer()  # async: must finish before the rename publishes the folder
-        checkpointer.save(tmp / "params", params)
-        checkpointer.wait_until_finished()
+        # Async: it must finish before the rename publishes the folder; closing it on an error (a full disk) joins
+        # its writer threads, so their noise ends before our one-line answer instead of after it.
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / "params", params)
+            checkpointer.wait_until_finished()
         meta = {"format": FORMAT_VERSION, "components": {k: config_to_dict(v) for k, v in configs.items()}}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
         for rel, src in (release_files or {}).items():

@@ -15,6 +15,7 @@ import numpy as np
 from mvrag_jax.convert.keys import params_to_state_dict, state_dict_to_params
 from mvrag_jax.inputs.release import ReleaseError, read_safetensors, read_safetensors_shapes, write_safetensors
 from mvrag_jax.models import lgm
+from mvrag_jax.errors import MvragError
 
 _HINT = ("an LGM checkpoint holds unet.* and conv.* (core/models.py LGM.state_dict()); if sizes differ, the file is "
          "not the network its shapes describe (a truncated or edited file?)")
@@ -22,7 +23,7 @@ _HINT = ("an LGM checkpoint holds unet.* and conv.* (core/models.py LGM.state_di
 _IGNORED_PREFIXES = ("lpips_loss.",)
 
 
-class LGMCheckpointError(ValueError):
+class LGMCheckpointError(MvragError, ValueError):
     """An LGM checkpoint file is missing or unreadable."""
 
 

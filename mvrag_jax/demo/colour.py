@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.shapes import colour_rgb
+from mvrag_jax.errors import UsageError
 
 BACKGROUND = 127          # grey level of the synthetic renders' background (configs/data.py `background`)
 OBJECT_THRESHOLD = 40     # sum over RGB of |pixel - background| above which a pixel belongs to the object
@@ -65,7 +66,7 @@ def score_outputs(generated_dir: str | pathlib.Path, palette: Sequence[str]) -> 
         rows.append({"object": record_path.parent.name, "prompt": record["prompt"], "wanted": wanted, "got": got,
                      "match": got == wanted})
     if not rows:
-        raise ValueError(f"{generated_dir} holds no finished object whose prompt names one of {list(palette)}; run "
+        raise UsageError(f"{generated_dir} holds no finished object whose prompt names one of {list(palette)}; run "
                          "`mvrag generate` with prompts like 'a red cube' first")
     matches = sum(row["match"] for row in rows)
     return ColourScore(len(rows), matches, matches / len(rows), 1.0 / len(palette), tuple(rows))

@@ -27,6 +27,7 @@ from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.inputs import images as image_ops
 from mvrag_jax.inputs.release import read_safetensors
 from mvrag_jax.models import siglip
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 CLIPSCORE_W = 2.5
 BATCH = 16
@@ -81,16 +82,16 @@ def load_siglip(folder: str | pathlib.Path) -> Siglip:
     folder = pathlib.Path(folder).expanduser().absolute()
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"--siglip {folder} has no config.json; pass a transformers SiglipModel folder "
+        raise PathNotFoundError(f"--siglip {folder} has no config.json; pass a transformers SiglipModel folder "
                                 "(save_pretrained with safe_serialization=True)")
     values = json.loads(config_path.read_text())
     if values.get("model_type") not in (None, "siglip"):
-        raise ValueError(f"{config_path} is a {values.get('model_type')!r} model; --siglip needs a SiglipModel "
+        raise UsageError(f"{config_path} is a {values.get('model_type')!r} model; --siglip needs a SiglipModel "
                          "(model_type 'siglip'; SigLIP 2's naflex variants are not supported)")
     config = siglip.SiglipConfig.from_dict(values)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")
+        raise PathNotFoundError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")
     state_dict = {}
     for f in files:
         state_dict.update(read_safetensors(f))
@@ -100,7 +101,7 @@ def load_siglip(folder: str | pathlib.Path) -> Siglip:
                                        "logit_scale, logit_bias)")
     prep_path = folder / image_ops.PREPROCESSOR_FILE
     if not prep_path.is_file():
-        raise FileNotFoundError(f"{prep_path} is missing; copy the SigLIP release's preprocessor_config.json")
+        raise PathNotFoundError(f"{prep_path} is missing; copy the SigLIP release's preprocessor_config.json")
     # SiglipImageProcessor resizes to size exactly and never crops (CLIP's defaults would crop to 224).
     processor = dataclasses.replace(image_ops.CLIPImageProcessorConfig.from_dict(json.loads(prep_path.read_text())),
                                     do_center_crop=False)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from mvrag_jax.eval import metrics, reconstruction
 from mvrag_jax.eval.alignment import clipscore
 from mvrag_jax.eval.dataset import EvalDataset, EvalPrompt, SPLIT_FOLDERS
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASKED_FILL = 255
@@ -65,7 +66,7 @@ def read_ind_eval(root: str | pathlib.Path) -> tuple[list[IndObject], list[dict]
     """The objects of an IND-Eval folder, and the folders skipped (with the reason)."""
     root = pathlib.Path(root).expanduser().absolute()
     if not root.is_dir():
-        raise FileNotFoundError(f"IND-Eval folder {root} does not exist; see mvrag_jax/eval/ind_eval.py for the layout")
+        raise PathNotFoundError(f"IND-Eval folder {root} does not exist; see mvrag_jax/eval/ind_eval.py for the layout")
     objects, skipped = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         prompt_file, views_dir = folder / "prompt.txt", folder / "views"
@@ -85,7 +86,7 @@ def read_ind_eval(root: str | pathlib.Path) -> tuple[list[IndObject], list[dict]
             if retrieved_dir.is_dir() else []
         objects.append(IndObject(folder.name, prompt_file.read_text().strip(), tuple(views), masks, tuple(retrieved)))
     if not objects:
-        raise ValueError(f"IND-Eval folder {root} has no usable object ({skipped[:3]}); see mvrag_jax/eval/ind_eval.py")
+        raise UsageError(f"IND-Eval folder {root} has no usable object ({skipped[:3]}); see mvrag_jax/eval/ind_eval.py")
     return objects, skipped
 
 
@@ -113,7 +114,7 @@ class IndScorers:
 
 def score_object(obj: IndObject, generated: np.ndarray, scorers: IndScorers) -> dict[str, Any]:
     if len(generated) > len(obj.views):
-        raise ValueError(f"object {obj.object_id}: {len(generated)} generated views but {len(obj.views)} ground-truth "
+        raise UsageError(f"object {obj.object_id}: {len(generated)} generated views but {len(obj.views)} ground-truth "
                          "views; IND-Eval pairs them by index")
     hw = generated.shape[1:3]
     gt = [reconstruction.match_size(v, hw) for v in obj.views[:len(generated)]]
@@ -156,7 +157,7 @@ def score_ind(objects: Sequence[IndObject], generated: dict[str, np.ndarray], sc
             continue
         rows.append(score_object(obj, generated[obj.object_id], scorers))
     if not rows:
-        raise ValueError("no IND-Eval object has generated views; name the view folders after the object ids")
+        raise UsageError("no IND-Eval object has generated views; name the view folders after the object ids")
     return rows, summarise(rows, scorers.missing), skipped
 
 

@@ -40,6 +40,7 @@ from mvrag_jax.inputs import images as image_ops
 from mvrag_jax.inputs.release import read_safetensors
 from mvrag_jax.models import guie
 from mvrag_jax.models.clip import CLIPConfigError, CLIPVisionConfig
+from mvrag_jax.errors import MvragError, PathNotFoundError, UsageError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -49,7 +50,7 @@ OUTPUTS = (OUTPUT_64, "projection")
 CONFIG_KEYS = ("num_attention_heads", "patch_stride", "image_size", "layer_norm_eps", "hidden_act")
 
 
-class IRWeightsError(ValueError):
+class IRWeightsError(MvragError, ValueError):
     """--ir does not point at usable GUIE weights; the message names the file and the fix."""
 
 
@@ -93,7 +94,7 @@ def load_ir(path: str | pathlib.Path) -> tuple[guie.GUIEConfig, Any]:
     path = pathlib.Path(path).expanduser().absolute()
     folder, weights = (path, path / WEIGHTS_FILE) if path.is_dir() else (path.parent, path)
     if not weights.is_file():
-        raise FileNotFoundError(f"IR weights {weights} do not exist; pass --ir with a folder holding {WEIGHTS_FILE}, "
+        raise PathNotFoundError(f"IR weights {weights} do not exist; pass --ir with a folder holding {WEIGHTS_FILE}, "
                                 f"converted once from the GUIE .pth with: {convert_command()}")
     if weights.suffix != ".safetensors":
         raise IRWeightsError(f"{weights} is not a .safetensors file; convert the torch file once with: "
@@ -119,7 +120,7 @@ def ir_encoder(config: guie.GUIEConfig, params: Any, output: str = OUTPUT_64, ba
                ) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
     """uint8 images -> [n, 64] (or [n, 1024] with output="projection") float32 embeddings."""
     if output not in OUTPUTS:
-        raise ValueError(f"IR output {output!r}; choose one of {OUTPUTS}")
+        raise UsageError(f"IR output {output!r}; choose one of {OUTPUTS}")
     params = jax.device_put(params)
     forward = jax.jit(lambda p, x: getattr(guie.embed(config, p, x), output))
     prep = processor(config)

@@ -12,6 +12,7 @@
 """
 
 import numpy as np
+from mvrag_jax.errors import UsageError
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -22,7 +23,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def similarity_x100(generated: np.ndarray, references: np.ndarray) -> float:
     """Mean cosine similarity x 100 of every generated embedding [n, d] with every reference embedding [m, d]."""
     if len(generated) == 0 or len(references) == 0:
-        raise ValueError(f"similarity needs at least one generated and one reference embedding, got "
+        raise UsageError(f"similarity needs at least one generated and one reference embedding, got "
                          f"{len(generated)} and {len(references)}")
     return float(100.0 * (_unit(generated) @ _unit(references).T).mean())
 
@@ -30,7 +31,7 @@ def similarity_x100(generated: np.ndarray, references: np.ndarray) -> float:
 def view_consistency_x100(views: np.ndarray) -> float:
     """Mean cosine similarity x 100 of neighbouring view embeddings [n, d] (cyclic; n >= 2)."""
     if len(views) < 2:
-        raise ValueError(f"multi-view consistency needs at least 2 views, got {len(views)}")
+        raise UsageError(f"multi-view consistency needs at least 2 views, got {len(views)}")
     unit = _unit(views)
     pairs = [(i, (i + 1) % len(unit)) for i in range(len(unit) if len(unit) > 2 else 1)]
     return float(100.0 * np.mean([unit[i] @ unit[j] for i, j in pairs]))
@@ -40,7 +41,7 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean [d], unbiased covariance [d, d]) of features [n, d], in float64; n >= 2."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2 or len(features) < 2:
-        raise ValueError(f"FID needs features [n >= 2, d], got shape {features.shape}")
+        raise UsageError(f"FID needs features [n >= 2, d], got shape {features.shape}")
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -77,7 +78,7 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> float:
     """exp(mean KL(p(y|x) || p(y))) of logits [n, classes], averaged over `splits` equal chunks (min(splits, n))."""
     probs = softmax(logits)
     if probs.ndim != 2 or len(probs) == 0:
-        raise ValueError(f"Inception Score needs logits [n >= 1, classes], got shape {probs.shape}")
+        raise UsageError(f"Inception Score needs logits [n >= 1, classes], got shape {probs.shape}")
     scores = []
     for chunk in np.array_split(probs, min(splits, len(probs))):
         marginal = chunk.mean(axis=0, keepdims=True)

@@ -27,6 +27,7 @@ from PIL import Image
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.inputs.release import read_safetensors
 from mvrag_jax.models import lpips
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 SSIM_WINDOW, SSIM_SIGMA, K1, K2, RANGE = 11, 1.5, 0.01, 0.03, 255.0
 VGG_FILE, LIN_FILE = "vgg16.safetensors", "lpips_vgg.safetensors"
@@ -60,7 +61,7 @@ def _filter(x: np.ndarray) -> np.ndarray:
 def ssim(view: np.ndarray, reference: np.ndarray) -> float:
     a, b = np.asarray(view, np.float64), np.asarray(reference, np.float64)
     if min(a.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs views of at least {SSIM_WINDOW} px, got {a.shape[:2]}")
+        raise UsageError(f"SSIM needs views of at least {SSIM_WINDOW} px, got {a.shape[:2]}")
     c1, c2 = (K1 * RANGE) ** 2, (K2 * RANGE) ** 2
     scores = []
     for c in range(a.shape[-1]):
@@ -85,13 +86,13 @@ def load_lpips(folder: str | pathlib.Path) -> tuple[lpips.LPIPSConfig, Any]:
     files = [folder / VGG_FILE, folder / LIN_FILE]
     absent = [f.name for f in files if not f.is_file()]
     if absent:
-        raise FileNotFoundError(f"--lpips {folder} lacks {absent}; convert the published weights once with torch: "
+        raise PathNotFoundError(f"--lpips {folder} lacks {absent}; convert the published weights once with torch: "
                                 + " && ".join(lpips_commands(str(folder))))
     state_dict = {k: v for k, v in read_safetensors(files[0]).items() if k.startswith("features.")}
     state_dict.update(read_safetensors(files[1]))
     first = state_dict.get("features.0.weight")
     if first is None or first.shape[0] == 0 or 64 % first.shape[0]:
-        raise ValueError(f"{files[0]} has no features.0.weight of a VGG16 (torchvision layout); is it "
+        raise UsageError(f"{files[0]} has no features.0.weight of a VGG16 (torchvision layout); is it "
                          "vgg16-397923af.pth converted?")
     config = lpips.LPIPSConfig(width_divisor=64 // int(first.shape[0]))
     shapes = nn.unbox(jax.eval_shape(lpips.init_params, config, jax.random.key(0)))

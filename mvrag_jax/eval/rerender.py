@@ -15,6 +15,7 @@ from mvrag_jax.convert.lgm import load_lgm
 from mvrag_jax.eval.report import markdown_table
 from mvrag_jax.eval.score import Sample
 from mvrag_jax.recon.reconstruct import ReconstructSettings, rerender_views
+from mvrag_jax.errors import UsageError
 
 
 def rerender_samples(samples: Sequence[Sample], lgm_path: str, *, elevation: float, input_size: int = 256,
@@ -24,7 +25,7 @@ def rerender_samples(samples: Sequence[Sample], lgm_path: str, *, elevation: flo
     began = time.perf_counter()
     bad = sorted({s.prompt_id for s in samples if len(s.views) != 4})
     if bad:
-        raise ValueError(f"--rerender: LGM reconstructs from exactly 4 views; prompts {bad[:5]} have other counts "
+        raise UsageError(f"--rerender: LGM reconstructs from exactly 4 views; prompts {bad[:5]} have other counts "
                          "(generate with --num-views 4)")
     config, params = load_lgm(lgm_path, input_size=input_size)
     renders = rerender_views(config, params, [s.views for s in samples], elevation=elevation,
@@ -53,7 +54,7 @@ def rerender_folder(views_dir: str | pathlib.Path, out_dir: str | pathlib.Path, 
     from mvrag_jax.eval.run import read_views
     folders = sorted(p for p in pathlib.Path(views_dir).iterdir() if p.is_dir() and any(p.glob("view_*.png")))
     if not folders:
-        raise ValueError(f"--rerender: no <id>/view_<i>.png objects in {views_dir}; point --images at generated views")
+        raise UsageError(f"--rerender: no <id>/view_<i>.png objects in {views_dir}; point --images at generated views")
     samples = [Sample(prompt_id=f.name, seed=None, views=read_views(f)) for f in folders]
     rendered, _ = rerender_samples(samples, lgm_path, elevation=elevation, input_size=input_size,
                                    render_size=render_size)

@@ -26,6 +26,7 @@ from mvrag_jax.convert.checkpoint import atomic_directory
 from mvrag_jax.eval import metrics
 from mvrag_jax.retrieval import bm25
 from mvrag_jax.retrieval.collection import read_collection
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 TOP = 5
 RETRIEVERS = ("bm25", "clip_text_image", "clip_text_text", "siglip_text_image")
@@ -48,15 +49,15 @@ def read_study(collection: str | pathlib.Path) -> tuple[pathlib.Path, list, list
               if line.strip()]
     queries_path = path.parent / "queries.jsonl"
     if not queries_path.is_file():
-        raise FileNotFoundError(f"{queries_path} is missing; write one {{\"prompt_id\", \"prompt\"}} line per query "
+        raise PathNotFoundError(f"{queries_path} is missing; write one {{\"prompt_id\", \"prompt\"}} line per query "
                                 "beside the collection (mvrag_jax/eval/retrievers.py)")
     queries = [json.loads(line) for line in queries_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     bad = [q for q in queries if not isinstance(q.get("prompt"), str) or q.get("prompt_id") is None]
     if bad or not queries:
-        raise ValueError(f"{queries_path}: every line needs prompt_id and prompt (bad: {bad[:2]}, lines: {len(queries)})")
+        raise UsageError(f"{queries_path}: every line needs prompt_id and prompt (bad: {bad[:2]}, lines: {len(queries)})")
     without = sorted({str(q["prompt_id"]) for q in queries} - {str(g) for g in groups if g is not None})
     if without:
-        raise ValueError(f"queries {without[:5]} have no image in {path} (prompt_id); Precision@5 would be 0 by "
+        raise UsageError(f"queries {without[:5]} have no image in {path} (prompt_id); Precision@5 would be 0 by "
                          "construction")
     return root, records, groups, queries
 
@@ -135,7 +136,7 @@ def markdown(result: dict[str, Any]) -> str:
 def run_study(*, out: str, collection: str | None, clip_model: str | None = None, siglip: str | None = None,
               overwrite: bool = False) -> pathlib.Path:
     if not collection:
-        raise ValueError("--study retrievers needs --collection FILE.jsonl (with queries.jsonl beside it; see "
+        raise UsageError("--study retrievers needs --collection FILE.jsonl (with queries.jsonl beside it; see "
                          "mvrag_jax/eval/retrievers.py)")
     result = study(collection, clip_model, siglip)
     with atomic_directory(out, overwrite) as folder:

@@ -29,6 +29,7 @@ from mvrag_jax.eval.dataset import load_dataset
 from mvrag_jax.eval.encoders import load_encoders
 from mvrag_jax.eval.report import write_report
 from mvrag_jax.eval.run import evaluate, read_image_folder, read_views
+from mvrag_jax.errors import PathNotFoundError, UsageError
 
 TABLE1 = ("clip", "dinov2", "ir", "fid", "inception_score")
 TABLE1_LABELS = {"clip": "CLIP", "dinov2": "DINOv2", "ir": "IR", "fid": "FID", "inception_score": "IS"}
@@ -51,9 +52,9 @@ def parse_named(values: Sequence[str], flag: str) -> dict[str, str]:
     for value in values or ():
         name, sep, folder = value.partition("=")
         if not sep or not name or not folder:
-            raise ValueError(f"--{flag} {value!r}: write it as NAME=DIR (e.g. --{flag} MVDream=out/mvdream)")
+            raise UsageError(f"--{flag} {value!r}: write it as NAME=DIR (e.g. --{flag} MVDream=out/mvdream)")
         if name in out or name == "ours":
-            raise ValueError(f"--{flag} name {name!r} is used twice (or is 'ours'); give every method its own name")
+            raise UsageError(f"--{flag} name {name!r} is used twice (or is 'ours'); give every method its own name")
         out[name] = folder
     return out
 
@@ -97,11 +98,11 @@ def table3(objects, scorers, methods: dict[str, pathlib.Path], folder: pathlib.P
     for name, views_dir in methods.items():
         root = pathlib.Path(views_dir).expanduser().absolute()
         if not root.is_dir():
-            raise FileNotFoundError(f"IND-Eval views of {name}: {root} does not exist")
+            raise PathNotFoundError(f"IND-Eval views of {name}: {root} does not exist")
         generated = {p.name: read_views(p) for p in root.iterdir() if p.is_dir()}
         unknown = sorted(set(generated) - {o.object_id for o in objects})
         if unknown:
-            raise ValueError(f"IND-Eval views of {name} ({root}) have folders {unknown[:5]} that are not object ids")
+            raise UsageError(f"IND-Eval views of {name} ({root}) have folders {unknown[:5]} that are not object ids")
         rows, summary, skipped = ind_eval.score_ind(objects, generated, scorers, show_progress=False)
         (folder / "ind" / name).mkdir(parents=True, exist_ok=True)
         (folder / "ind" / name / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -188,11 +189,11 @@ def run_tables(*, out: str, dataset: str | None, ours: str | None, baselines: di
     ind_methods = {**({"ours": pathlib.Path(ind_ours)} if ind_ours else {}),
                    **{k: pathlib.Path(v) for k, v in (ind_baselines or {}).items()}}
     if dataset is None and ind_eval_dir is None:
-        raise ValueError("--tables needs --dataset (Table 1) and/or --ind_eval (Table 3)")
+        raise UsageError("--tables needs --dataset (Table 1) and/or --ind_eval (Table 3)")
     if dataset is not None and not methods:
-        raise ValueError("Table 1 needs views: --images (ours) and/or --baseline NAME=DIR")
+        raise UsageError("Table 1 needs views: --images (ours) and/or --baseline NAME=DIR")
     if ind_eval_dir is not None and not ind_methods:
-        raise ValueError("Table 3 needs IND-Eval views: --ind_images (ours) and/or --ind_baseline NAME=DIR")
+        raise UsageError("Table 3 needs IND-Eval views: --ind_images (ours) and/or --ind_baseline NAME=DIR")
     with atomic_directory(out, overwrite) as folder:
         t1 = t3 = None
         files = ["tables.json", "tables.md"]

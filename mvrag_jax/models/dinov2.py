@@ -27,6 +27,7 @@ from mvrag_jax.models.config import check_compute_dtype, config_block, square_si
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS, LENGTH, MLP, NORM
 from mvrag_jax.inputs.release import Release
+from mvrag_jax.errors import MvragError
 
 
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "patch_size", "image_size",
@@ -38,7 +39,7 @@ _HF_MODEL_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attentio
 BICUBIC_A = -0.75  # torch's cubic convolution coefficient (upsample_bicubic2d)
 
 
-class DINOv2ConfigError(ValueError):
+class DINOv2ConfigError(MvragError, ValueError):
     """A DINOv2 model or processor config is missing, inconsistent, or asks for an option this port lacks."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from mvrag_jax.models.config import check_compute_dtype
 from mvrag_jax.models.layers import attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
+from mvrag_jax.errors import MvragError
 
 IN_CHANNELS = 9    # RGB (ImageNet-normalised) + Plücker ray embedding (o x d, d)
 OUT_CHANNELS = 14  # pos 3, opacity 1, scale 3, rotation 4, rgb 3
@@ -41,7 +42,7 @@ GROUP_NORM_EPS = 1e-5
 SKIP_SCALE = float(np.sqrt(0.5))
 
 
-class LGMConfigError(ValueError):
+class LGMConfigError(MvragError, ValueError):
     """An LGM config is inconsistent or does not match a checkpoint."""
 
 

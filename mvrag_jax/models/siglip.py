@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from mvrag_jax.models.clip import CLIPEncoder, CLIPMLP, CLIPTextConfig, CLIPVisionConfig, _embed
 from mvrag_jax.models.layers import attention, conv, dense, layer_norm
 from mvrag_jax.sharding import EMBED, HEADS, NORM
+from mvrag_jax.errors import UsageError
 
 SIGLIP_ACT = "gelu_pytorch_tanh"
 TEXT_DEFAULTS = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -42,7 +43,7 @@ class SiglipConfig:
         text = {**TEXT_DEFAULTS, **dict(values.get("text_config", {}))}
         vision = {**VISION_DEFAULTS, **dict(values.get("vision_config", {}))}
         if vision.get("vision_use_head", True) is False:
-            raise ValueError("SigLIP vision_use_head=false has no pooled image embedding; use a SiglipModel release")
+            raise UsageError("SigLIP vision_use_head=false has no pooled image embedding; use a SiglipModel release")
         return cls(CLIPTextConfig.from_dict(text), CLIPVisionConfig.from_dict(vision),
                    int(text.get("projection_size", text["hidden_size"])))
 

@@ -11,6 +11,7 @@ import os
 import pathlib
 
 import numpy as np
+from mvrag_jax.errors import MvragError
 
 SH_C0 = 0.28209479177387814
 MIN_OPACITY = 0.005
@@ -18,7 +19,7 @@ PROPERTIES = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0",
               "rot_0", "rot_1", "rot_2", "rot_3")
 
 
-class PlyError(ValueError):
+class PlyError(MvragError, ValueError):
     """A .ply file is not a 3DGS Gaussian file this module reads."""
 
 

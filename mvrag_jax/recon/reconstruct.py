@@ -35,13 +35,14 @@ from mvrag_jax.models import lgm
 from mvrag_jax.pipeline.generate import RECORD, write_json, write_png
 from mvrag_jax.recon import cameras, ply, render
 from mvrag_jax.sharding import make_mesh
+from mvrag_jax.errors import MvragError, PathNotFoundError
 
 VIEW_FILE = re.compile(r"^view_(\d+)\.(png|jpg|jpeg|webp)$", re.IGNORECASE)
 RECON_RECORD = "recon.json"
 DEFAULT_ELEVATION = 15.0  # MV-RAG's generation default (pipeline/generate.py Settings.elevation)
 
 
-class ReconstructError(ValueError):
+class ReconstructError(MvragError, ValueError):
     """Reconstruction cannot run as asked; the message names the input and the fix."""
 
 
@@ -75,7 +76,7 @@ def find_objects(views_dir: str | os.PathLike) -> list[pathlib.Path]:
     """The object folders under `views_dir` (itself, when it holds view_<i> files)."""
     root = pathlib.Path(views_dir).expanduser().absolute()
     if not root.is_dir():
-        raise FileNotFoundError(f"--views folder {root} does not exist; pass the --out folder of `mvrag generate` "
+        raise PathNotFoundError(f"--views folder {root} does not exist; pass the --out folder of `mvrag generate` "
                                 "or one object folder of it")
     has_views = lambda p: any(VIEW_FILE.match(f.name) for f in p.iterdir())
     if has_views(root):
@@ -114,7 +115,9 @@ def reconstruct_batch(config: lgm.LGMConfig, params: Any, views: np.ndarray, ele
     """Views [b, 4, H, W, 3] uint8 (MVDream order) at generation `elevations` (MV-RAG sign) -> Gaussians
     [b, N, 14] and renders [b, num_renders, S, S, 3] uint8, plus seconds per stage (blocking, so they are honest)."""
     b = len(views)
-    padded, batch_sharding, replicated = _placement(b)
+    # Every call runs at settings.batch (padded with the last object): a short last chunk reuses the compiled program
+    # instead of compiling another shape, and an object's renders do not depend on how many shared its call.
+    padded, batch_sharding, replicated = _placement(max(b, settings.batch))
     pad = lambda x: np.concatenate([x, np.repeat(x[-1:], padded - b, 0)]) if padded > b else x
     began = time.perf_counter()
     inputs = np.concatenate([cameras.lgm_inputs(views[i:i + 1].astype(np.float32) / 255.0,

@@ -94,7 +94,7 @@ def iter_collection(path: str | pathlib.Path) -> tuple[pathlib.Path, Iterator[Co
     """(collection root, its records in file order, read lazily): `read_collection` for files of any size."""
     path = pathlib.Path(path).expanduser().absolute()
     if not path.is_file():
-        raise FileNotFoundError(f"collection file {path} does not exist; pass --collection with a .jsonl file of "
+        raise PathNotFoundError(f"collection file {path} does not exist; pass --collection with a .jsonl file of "
                                 '{"image": ..., "caption": ...} lines')
 
     def records() -> Iterator[CollectionRecord]:

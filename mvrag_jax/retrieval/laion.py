@@ -26,6 +26,7 @@ import numpy as np
 
 from mvrag_jax.retrieval import ann
 from mvrag_jax.retrieval.base import Candidate, RetrievalError, RetrievedImage, collect
+from mvrag_jax.errors import PathNotFoundError
 
 METADATA_FOLDER = "metadata"
 MODALITIES = ("image", "text")
@@ -79,7 +80,7 @@ class LaionIndex:
             raise RetrievalError(f"modality {modality!r}: a LAION index has {' and '.join(MODALITIES)} indexes")
         path = self.folder / f"{modality}.index"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; point at a clip-retrieval index folder "
+            raise PathNotFoundError(f"{path} does not exist; point at a clip-retrieval index folder "
                                     f"({'|'.join(m + '.index' for m in MODALITIES)} + {METADATA_FOLDER}/*.parquet)")
         self.index = ann.read(path)
         self.metadata = Metadata(self.folder / METADATA_FOLDER)

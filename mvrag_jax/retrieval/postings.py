@@ -31,6 +31,7 @@ import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
+from mvrag_jax.errors import UsageError
 
 STATS_FILE = "stats.json"
 CHUNK_DOCS = 100_000  # captions analysed per chunk: ~10 MB of triples, so memory stays flat at any collection size
@@ -137,7 +138,7 @@ class Postings:
         self.terms = np.memmap(folder / "terms.bin", np.uint8, "r") if size else np.zeros(0, np.uint8)
         self.num_terms = len(self.term_offsets) - 1
         if len(self.lengths) != self.stats["documents"] or len(self.indptr) != self.num_terms + 1:
-            raise ValueError(f"{folder}: postings files disagree with {STATS_FILE}")
+            raise UsageError(f"{folder}: postings files disagree with {STATS_FILE}")
 
     @property
     def num_docs(self) -> int:

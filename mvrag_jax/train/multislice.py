@@ -12,9 +12,10 @@ import os
 from typing import Any, Mapping, Sequence
 
 from mvrag_jax import sharding
+from mvrag_jax.errors import MvragError
 
 
-class MultisliceError(ValueError):
+class MultisliceError(MvragError, ValueError):
     """The requested slice count and the job's devices or mesh disagree; the message names the fix."""
 
 

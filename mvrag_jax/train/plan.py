@@ -400,7 +400,8 @@ def largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
 def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int], max_batch: int = 4096,
                    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
                    on_probe: Callable[[dict], None] | None = None,
-                   on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   on_stage: Callable[[str], None] | None = None,
+                   dcn_gbps: float = DEFAULT_DCN_GBPS) -> dict[str, Any]:
     """Largest global batch (a multiple of data*fsdp*microbatches, <= max_batch) whose train step fits the chip's
     HBM.
 
@@ -419,7 +420,7 @@ def find_max_batch(cfg: Any, topology: str | Topology, mesh_sizes: dict[str, int
 
     def fits(units: int) -> bool:
         report = plan(cfg, topology, mesh_sizes, units * shards, programs=("train",), cache_dir=cache_dir,
-                      on_stage=on_stage)
+                      on_stage=on_stage, dcn_gbps=dcn_gbps)
         reports[units] = report
         compile_s = sum(p["compile_s"] for name, p in report["programs"].items() if name.startswith("train"))
         probes.append({"batch": units * shards, "fits": report["train_fits"], "memory_gib": report["train_peak_gib"],

@@ -112,13 +112,14 @@ def test_convert_and_export_onto_a_full_disk_leave_nothing(tmp_path, tiny_ckpt):
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = last_line(proc.stderr)
     assert line.startswith(f"mvrag convert: error: [ENOSPC] No space left on device: {disk} (writing .ckpt.tmp-"), line
-    assert "Traceback (most recent call last)" not in proc.stderr.split("\n")[-2]
+    assert "Traceback" not in proc.stderr  # nor orbax's logged write error or tensorstore's closed-loop callbacks
     assert files == []  # the temporary folder went with the error
     shutil.rmtree(disk), (tmp_path / "listing.txt").unlink()
     proc, files = mvrag_on_disk(tmp_path, "300k", ["export", "--ckpt", str(tiny_ckpt), "--out", str(disk / "rel"),
                                                    "--compile_cache_dir", "none"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "[ENOSPC] No space left on device" in last_line(proc.stderr) and files == []
+    assert "Traceback" not in proc.stderr
 
 
 def test_disk_full_while_generating_leaves_no_partial_object(tmp_path, monkeypatch):

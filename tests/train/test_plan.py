@@ -204,7 +204,7 @@ def test_find_max_batch_doubles_then_bisects(monkeypatch):
     """Fits up to 88 objects on 8 shards: doubling 8..64, miss at 128, bisection to 88 (multiples of 8 only)."""
     seen = []
 
-    def fake_plan(cfg, topo, mesh_sizes, batch, programs, cache_dir):
+    def fake_plan(cfg, topo, mesh_sizes, batch, programs, cache_dir, on_stage=None, dcn_gbps=None):
         seen.append(batch)
         fits = batch <= 88
         return {"cached": False, "programs": {"train": {"fits": fits, "memory_gib": batch / 10, "compile_s": 1.0}},
