@@ -18,6 +18,11 @@
 # checkpoint in the gs:// workdir. Two trainers on one workdir are refused by the trainer's workdir lock, so a
 # supervisor that restarts while an old trainer still runs cannot double it. It returns 0 once the trainer on every
 # worker exits 0 without being preempted (train.steps reached), and 2 after --max_failures failed starts in a row.
+#
+# --num_slices N (multislice over DCN): one queued resource --tpu of N slices (`--node-count N`, nodes --tpu-0 ...
+# --tpu-(N-1)); the runtime gives every worker its MEGASCALE_* environment, the plan compiles for N slices, and
+# `mvrag train --num_slices N` runs on every worker of every node. Preempting one slice stops the whole job (the
+# queued resource is one unit): --supervise recreates it and every trainer resumes from the workdir.
 set -euo pipefail
 
 usage() {
@@ -26,7 +31,7 @@ usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --work
                            [--project P] [--runtime_version V] [--config FILE[:ARGS]] [--mesh data=1,fsdp=8]
                            [--data_mode gcsfuse|copy] [--data_dir DIR] [--plan_json FILE] [--skip_plan]
                            [--spot | --queued_resource] [--supervise [--poll_s 300] [--max_failures 3]]
-                           [--dry_run] [-- CONFIG_OVERRIDES...]
+                           [--num_slices N] [--dry_run] [-- CONFIG_OVERRIDES...]
   Multi-word flags take dashes or underscores (--dry-run = --dry_run).
   --tpu               TPU VM name (created if absent, reused if present)
   --zone              GCP zone, e.g. us-west4-a
@@ -47,6 +52,9 @@ usage: launch/tpu_train.sh --tpu NAME --zone ZONE --accelerator_type TYPE --work
   --supervise         watch the VM and the trainers; recreate, set up and restart after a preemption or failure
   --poll_s            seconds between supervisor polls (default 300)
   --max_failures      stop supervising after this many failed (non-zero) trainer starts in a row (default 3)
+  --num_slices        slices of --accelerator_type joined over DCN (default 1); N > 1 creates the queued resource
+                      --tpu with --node-count N (nodes --tpu-0 ... --tpu-(N-1); spot with --spot or
+                      --queued_resource) and trains with --num_slices N
   --dry_run           print the commands instead of running them (with --supervise: the launch, then every
                       command of one preempt-and-resume cycle)
 EOF
@@ -56,7 +64,7 @@ die() { echo "tpu_train.sh: error: $*" >&2; exit 2; }
 
 TPU="" ZONE="" PROJECT="" ACCELERATOR="" RUNTIME="" WORKDIR="" CONFIG="configs/train.py:size=full" MESH=""
 DATA="" DATA_MODE="gcsfuse" DATA_DIR="" PLAN_JSON="" SKIP_PLAN=0 DRY_RUN=0
-SPOT=0 QUEUED=0 SUPERVISE=0 POLL_S=300 MAX_FAILURES=3
+SPOT=0 QUEUED=0 SUPERVISE=0 POLL_S=300 MAX_FAILURES=3 NUM_SLICES=1
 OVERRIDES=()
 while (($#)); do
   flag="$1"
@@ -83,6 +91,7 @@ while (($#)); do
     --supervise) SUPERVISE=1; shift ;;
     --poll_s) POLL_S="$2"; shift 2 ;;
     --max_failures) MAX_FAILURES="$2"; shift 2 ;;
+    --num_slices) NUM_SLICES="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; OVERRIDES=("$@"); break ;;
     *) usage >&2; die "unknown flag $1" ;;
@@ -98,6 +107,7 @@ done
 [[ -z "$PLAN_JSON" || -f "$PLAN_JSON" ]] || die "--plan_json ${PLAN_JSON} does not exist"
 [[ "$POLL_S" =~ ^[0-9]+$ ]] || die "--poll_s must be a whole number of seconds, got '${POLL_S}'"
 [[ "$MAX_FAILURES" =~ ^[1-9][0-9]*$ ]] || die "--max_failures must be a positive count, got '${MAX_FAILURES}'"
+[[ "$NUM_SLICES" =~ ^[1-9][0-9]*$ ]] || die "--num_slices must be a positive integer, got '${NUM_SLICES}'"
 if ((SPOT && QUEUED)); then die "--spot and --queued_resource exclude each other (a queued resource here is always spot)"; fi
 
 if [[ -z "$RUNTIME" ]]; then
@@ -138,12 +148,20 @@ run() {
   if ((DRY_RUN)); then echo "+ $(quote "$@")"; else "$@"; fi
 }
 
-on_workers() {  # on_workers COMMAND_STRING: run a shell command on every worker of the slice
-  run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=all --command "$1"
+# The TPU VMs: the one named --tpu, or the N nodes TPU-0 .. TPU-(N-1) of a multislice queued resource.
+NODES=("$TPU")
+if ((NUM_SLICES > 1)); then NODES=(); for ((i = 0; i < NUM_SLICES; i++)); do NODES+=("${TPU}-${i}"); done; fi
+
+on_workers() {  # on_workers COMMAND_STRING: run a shell command on every worker of every slice
+  local node
+  for node in "${NODES[@]}"; do
+    run gcloud compute tpus tpu-vm ssh "$node" "${GCLOUD_FLAGS[@]}" --worker=all --command "$1"
+  done
 }
 
 # ---- 1. the plan: refuse a config that will not fit the chip's HBM -----------------------------------------------
 PLAN_CMD=("$PYTHON" -m mvrag_jax plan --config "$CONFIG" --topology "$ACCELERATOR" --programs train --json)
+((NUM_SLICES > 1)) && PLAN_CMD+=(--num_slices "$NUM_SLICES")
 [[ -n "$MESH" ]] && PLAN_CMD+=(--mesh "$MESH")
 PLAN_CMD+=("${OVERRIDES[@]}")
 check_plan() {  # reads one plan report (JSON, last line) on stdin; exit 3 when it does not fit
@@ -184,6 +202,13 @@ if ((QUEUED)); then  # the queued resource owns the VM (node id = --tpu); its st
   DELETE_CMD=(gcloud compute tpus queued-resources delete "$TPU" "${GCLOUD_FLAGS[@]}" --force --quiet)
   STATE_CMD=(gcloud compute tpus queued-resources describe "$TPU" "${GCLOUD_FLAGS[@]}" --format "value(state.state)")
 fi
+if ((NUM_SLICES > 1)); then  # several slices: one queued resource of N nodes, the unit that is granted and preempted
+  CREATE_CMD=(gcloud compute tpus queued-resources create "$TPU" "${GCLOUD_FLAGS[@]}" --node-count "$NUM_SLICES"
+              --node-prefix "$TPU" --accelerator-type "$ACCELERATOR" --runtime-version "$RUNTIME")
+  ((SPOT || QUEUED)) && CREATE_CMD+=(--spot)
+  DELETE_CMD=(gcloud compute tpus queued-resources delete "$TPU" "${GCLOUD_FLAGS[@]}" --force --quiet)
+  STATE_CMD=(gcloud compute tpus queued-resources describe "$TPU" "${GCLOUD_FLAGS[@]}" --format "value(state.state)")
+fi
 
 vm_state() {  # READY, WAIT (being made or repaired), GONE (absent, preempted, failed: delete and create again)
   local state
@@ -199,7 +224,10 @@ vm_state() {  # READY, WAIT (being made or repaired), GONE (absent, preempted, f
 setup_workers() {
   run tar -czf "$CODE_TGZ" -C "$REPO" --exclude=.venv --exclude=.git --exclude=out --exclude=__pycache__ \
     --exclude=.pytest_cache .
-  run gcloud compute tpus tpu-vm scp "$CODE_TGZ" "${TPU}:~/mvrag_code.tgz" "${GCLOUD_FLAGS[@]}" --worker=all
+  local node
+  for node in "${NODES[@]}"; do
+    run gcloud compute tpus tpu-vm scp "$CODE_TGZ" "${node}:~/mvrag_code.tgz" "${GCLOUD_FLAGS[@]}" --worker=all
+  done
   on_workers "rm -rf ~/${REMOTE_DIR} && mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/mvrag_code.tgz -C ~/${REMOTE_DIR}"
   on_workers "cd ~/${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && \
 .venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt && .venv/bin/pip install -q --no-deps -e ."
@@ -226,6 +254,7 @@ sudo mkdir -p /mnt/gcs/${BUCKET} && sudo chown \$USER /mnt/gcs/${BUCKET} && \
 # compiling it again (minutes at full size).
 TRAIN_ARGS="$(quote --config "$CONFIG" --workdir "$WORKDIR" --multihost "--config.data.data_dir=${DATA_DIR}" \
   --compile_cache_dir "${WORKDIR}/xla_cache" "${OVERRIDES[@]}")"
+((NUM_SLICES > 1)) && TRAIN_ARGS="--num_slices ${NUM_SLICES} ${TRAIN_ARGS}"
 TRAIN_JOB="echo \$\$ > ~/mvrag_train.pid; cd ~/${REMOTE_DIR} && .venv/bin/mvrag train ${TRAIN_ARGS} \
 > ~/mvrag_train.json 2>> ~/mvrag_train.log; echo \$? > ~/mvrag_train.rc"
 start_train() {
@@ -242,9 +271,13 @@ STATUS_CMD="if [ -f ~/mvrag_train.rc ]; then echo \"mvrag-status exited \$(cat ~
 \$(tail -n 1 ~/mvrag_train.json 2>/dev/null)\"; elif [ -f ~/mvrag_train.pid ] && \
 kill -0 -- -\$(cat ~/mvrag_train.pid) 2>/dev/null; then echo 'mvrag-status running'; else echo 'mvrag-status gone'; fi"
 trainer_status() {  # RUNNING (on every worker), DONE (train.steps reached everywhere), FAILED, or RESTART
-  local lines
-  lines="$(gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=all --command "$STATUS_CMD" 2>/dev/null \
-    | grep '^mvrag-status ')" || { echo RESTART; return; }  # no worker answered
+  local lines="" node answer
+  for node in "${NODES[@]}"; do
+    answer="$(gcloud compute tpus tpu-vm ssh "$node" "${GCLOUD_FLAGS[@]}" --worker=all --command "$STATUS_CMD" \
+      2>/dev/null | grep '^mvrag-status ')" || { echo RESTART; return; }  # no worker of this node answered
+    lines+="${answer}"$'\n'
+  done
+  lines="${lines%$'\n'}"
   if ! grep -qv '^mvrag-status running$' <<< "$lines"; then echo RUNNING
   elif grep -q '^mvrag-status exited [1-9]' <<< "$lines"; then echo FAILED
   elif ! grep -qv '^mvrag-status exited 0 .*"preempted": false' <<< "$lines"; then echo DONE
@@ -252,7 +285,7 @@ trainer_status() {  # RUNNING (on every worker), DONE (train.steps reached every
 }
 
 # ---- 5. launch, then stream worker 0's log or supervise -------------------------------------------------------------
-LOG_CMD=(gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log")
+LOG_CMD=(gcloud compute tpus tpu-vm ssh "${NODES[0]}" "${GCLOUD_FLAGS[@]}" --worker=0 --command "tail -F ~/mvrag_train.log")
 trap 'rm -f "$CODE_TGZ"' EXIT
 
 if ((DRY_RUN)); then
@@ -270,7 +303,9 @@ if ((DRY_RUN)); then
   setup_workers
   start_train
   echo "# VM being made or repaired: wait. VM ready: ask every worker for its trainer"
-  run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_FLAGS[@]}" --worker=all --command "$STATUS_CMD"
+  for node in "${NODES[@]}"; do
+    run gcloud compute tpus tpu-vm ssh "$node" "${GCLOUD_FLAGS[@]}" --worker=all --command "$STATUS_CMD"
+  done
   echo "# a trainer gone or preempted on any worker: stop the rest (SIGTERM: they save), start all again"
   stop_train
   start_train

@@ -184,3 +184,40 @@ def test_a_second_launch_onto_a_running_trainer_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "a trainer already runs on mvrag-t1; watch it with --supervise, or stop it first" in proc.stderr
     assert "start" not in _kinds(state["calls"]) and "setup" not in _kinds(state["calls"])
+
+
+def test_dry_run_over_two_slices_queues_one_resource_and_starts_every_node(tmp_path):
+    proc = _launch("--dry_run", *BASE, "--num_slices", "2", "--plan_json", _plan_json(tmp_path, 2.5, True), "--",
+                   "--config.train.batch_size=32")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "gcloud" in line]
+    assert "gcloud compute tpus queued-resources describe mvrag-t1" in lines[0]
+    assert ("gcloud compute tpus queued-resources create mvrag-t1 --zone us-west4-a --project proj-1 --node-count 2 "
+            "--node-prefix mvrag-t1 --accelerator-type v5litepod-8 --runtime-version v2-alpha-tpuv5-lite") in lines[1]
+    assert "--spot" not in lines[1] and "tpu-vm create" not in proc.stdout
+    for node in ("mvrag-t1-0", "mvrag-t1-1"):  # code, install, data and train reach every worker of both slices
+        assert any(" scp " in line and f"{node}:" in line for line in lines)
+        assert any(f"tpu-vm ssh {node} " in line and "pip install" in line for line in lines)
+        train = [line for line in lines if f"tpu-vm ssh {node} " in line and "mvrag train" in line]
+        assert len(train) == 1 and "--num_slices 2" in train[0] and "--multihost" in train[0], train
+    assert "tpu-vm ssh mvrag-t1 " not in proc.stdout  # the queued resource's name is not a VM
+    assert "tpu-vm ssh mvrag-t1-0" in lines[-1] and "--worker=0" in lines[-1] and "tail -F" in lines[-1]
+    spot = _launch("--dry_run", *BASE, "--num_slices", "2", "--spot", "--skip_plan")
+    assert spot.returncode == 0 and "--node-count 2" in spot.stdout and "--spot" in spot.stdout
+    plan = _launch("--dry_run", *BASE, "--num_slices", "2")  # the plan compiles for both slices
+    assert "--num_slices 2" in next(line for line in plan.stdout.splitlines() if "mvrag_jax plan" in line)
+    bad = _launch("--dry_run", *BASE, "--num_slices", "0")
+    assert bad.returncode == 2 and "--num_slices must be a positive integer, got '0'" in bad.stderr
+
+
+def test_supervise_over_two_slices_asks_and_restarts_every_node(tmp_path):
+    proc, state = _supervise(tmp_path, {"vm": "READY", "trainers": ["none", "none"],
+                                        "events": {"2": "worker1_gone", "3": "finish"}},
+                             "--supervise", "--num_slices", "2")
+    assert proc.returncode == 0, proc.stderr
+    nodes = lambda kind: [argv[4] for argv, k in zip(state["calls"], _kinds(state["calls"])) if k == kind]
+    assert state["calls"][0][1:4] == ["tpus", "queued-resources", "describe"]
+    assert nodes("start") == ["mvrag-t1-0", "mvrag-t1-1"] * 2  # the launch, then the restart after worker 1
+    assert nodes("stop") == ["mvrag-t1-0", "mvrag-t1-1"]
+    assert nodes("status") == ["mvrag-t1-0", "mvrag-t1-1"] * 3  # before the launch (none running), polls 2 and 3
+    assert "every worker's trainer finished" in proc.stdout
