@@ -6,8 +6,16 @@ Layout of `manual_dir` (one folder per prompt; folder name = prompt id):
     <manual_dir>/<prompt_id>/prompt.txt        one line: the text prompt
     <manual_dir>/<prompt_id>/retrieved/<img>   >= 1 retrieved images (the model's references)
     <manual_dir>/<prompt_id>/reference/<img>   optional held-out images of the object, for metrics
+    <manual_dir>/<prompt_id>/masks/<stem>.png  optional object mask of the image <stem>.* in reference/ (or, when
+                                               none has that name, retrieved/); white object on black, or a
+                                               cut-out's alpha; the image's size
 
-Prompts with a missing/empty prompt.txt, no readable retrieved image, or unreadable images are skipped and
+Masks segment the held-out references as the paper's C.3 does (Grounded-SAM object views): a reference with a mask
+is scored cut out onto the background grey (mvrag_jax/eval/dataset.py), so the metrics compare the object and not
+the photo's background. Conditioning images are never masked (the model sees the retrieved images as retrieved).
+
+Prompts with a missing/empty prompt.txt, no readable retrieved image, unreadable images, or a mask without its image
+(or of another size) are skipped and
 reported (log + metadata.json "skipped"); a prompt count other than `expected_prompts` is logged, not an error.
 
     prompts = ood_eval.read_prompts(build.prepare(cfg, "ood_eval"))   # list of dicts with decoded images
@@ -35,18 +43,38 @@ class OodEvalConfig(tfds.core.BuilderConfig):
     background: int = 127
 
 
-def _images(folder: epath.Path, background: int) -> list[bytes]:
+def _images(folder: epath.Path, background: int) -> list[tuple[str, bytes, tuple[int, int]]]:
+    """(stem, encoded bytes, (h, w)) of each image in folder, in file-name order."""
     if not folder.is_dir():
         return []
     found = []
     for path in records.image_files(folder):
         try:
             data = path.read_bytes()
-            records.decode_image(data, background)  # validate once at build time; the bytes are stored as they are
+            shape = records.decode_image(data, background).shape[:2]  # validate at build; the bytes are kept as is
         except records.DECODE_ERRORS as e:
             raise BadPromptError(f"{folder.name}/{path.name} is not a readable image ({type(e).__name__}: {e})") from e
-        found.append(data)
+        found.append((path.stem, data, shape))
     return found
+
+
+def _masks(folder: epath.Path, images: dict[str, list]) -> dict[str, list[bytes]]:
+    """Per image list ("retrieved", "reference"), the encoded mask of each image (b"" where it has none)."""
+    masks = {}
+    for stem, data, _ in _images(folder, 0):
+        # reference/ first: references are what a mask segments (retrieved/ ones serve the alternate split)
+        owners = [(key, i) for key in ("reference", "retrieved") for i, (s, _, _) in enumerate(images[key])
+                  if s == stem]
+        if not owners:
+            raise BadPromptError(f"masks/{stem}.* has no image {stem}.* in reference/ or retrieved/; name each mask "
+                                 "after its image")
+        key, i = owners[0]
+        shape = records.decode_mask(data).shape
+        if shape != images[key][i][2]:
+            raise BadPromptError(f"masks/{stem}.* is {shape[1]}x{shape[0]} but {key}/{stem}.* is "
+                                 f"{images[key][i][2][1]}x{images[key][i][2][0]}; give the mask the image's size")
+        masks[(key, i)] = data
+    return {f"{key}_masks": [masks.get((key, i), b"") for i in range(len(found))] for key, found in images.items()}
 
 
 def load_prompt(folder: epath.Path, background: int) -> dict:
@@ -57,18 +85,19 @@ def load_prompt(folder: epath.Path, background: int) -> dict:
         raise BadPromptError(f"prompt.txt is not UTF-8 text ({e})") from e
     if not prompt:
         raise BadPromptError("prompt.txt is missing or empty")
-    retrieved = _images(folder / "retrieved", background)
-    if not retrieved:
+    images = {key: _images(folder / key, background) for key in ("retrieved", "reference")}
+    if not images["retrieved"]:
         raise BadPromptError("retrieved/ has no images")
-    return {"prompt_id": folder.name, "prompt": prompt, "retrieved": retrieved,
-            "reference": _images(folder / "reference", background)}
+    return {"prompt_id": folder.name, "prompt": prompt, **{key: [data for _, data, _ in found]
+                                                           for key, found in images.items()},
+            **_masks(folder / "masks", images)}
 
 
 class OodEval(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Evaluation prompts from manual_dir; see the module docstring for the layout."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Object masks (masks/): retrieved_masks, reference_masks."}
     BUILDER_CONFIGS = [OodEvalConfig(name="default")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
     url_infos = None  # nothing is downloaded; skips tfds' checksum lookup, which breaks on namespace packages
@@ -76,7 +105,8 @@ class OodEval(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         features = tfds.features.FeaturesDict({
             "prompt_id": tfds.features.Text(), "prompt": tfds.features.Text(),
-            "retrieved": records.image_list(), "reference": records.image_list()})
+            "retrieved": records.image_list(), "reference": records.image_list(),
+            "retrieved_masks": records.image_list(), "reference_masks": records.image_list()})
         return tfds.core.DatasetInfo(builder=self, features=features, metadata=tfds.core.MetadataDict(),
                                      disable_shuffling=True)
 
@@ -108,7 +138,8 @@ def make_builder(cfg: mlc.ConfigDict, data_dir: str) -> OodEval:
 
 
 def read_prompts(builder: OodEval, split: str = "test") -> list[dict]:
-    """All prompts with decoded uint8 images: [{prompt_id, prompt, retrieved: [[h, w, 3]], reference: [...]}].
+    """All prompts with decoded uint8 images: [{prompt_id, prompt, retrieved: [[h, w, 3]], reference: [...],
+    retrieved_masks: [float32 [h, w] or None per image], reference_masks: [...]}].
 
     Transparent pixels are composited over the background the builder was made with (cfg.background_level)."""
     background = builder.builder_config.background
@@ -118,5 +149,8 @@ def read_prompts(builder: OodEval, split: str = "test") -> list[dict]:
         record = source[i]
         out.append({"prompt_id": records.as_text(record["prompt_id"]), "prompt": records.as_text(record["prompt"]),
                     **{key: [records.decode_image(bytes(x), background) for x in np.asarray(record[key]).tolist()]
-                       for key in ("retrieved", "reference")}})
+                       for key in ("retrieved", "reference")},
+                    **{key: [records.decode_mask(bytes(x)) if bytes(x) else None
+                             for x in np.asarray(record[key]).tolist()]
+                       for key in ("retrieved_masks", "reference_masks")}})
     return out

@@ -99,6 +99,22 @@ def decode_image(data: bytes, background: int = 127) -> np.ndarray:
         return to_rgb(image, background)
 
 
+def decode_mask(data: bytes) -> np.ndarray:
+    """An object mask's encoded bytes -> float32 [h, w] in [0, 1] (1: object). A mask with an alpha channel is its
+    alpha (a cut-out saved as RGBA); otherwise its luminance (white object on black, as Grounded-SAM writes them)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            return np.asarray(image.convert("RGBA"), np.float32)[..., 3] / 255.0
+        return np.asarray(image.convert("L"), np.float32) / 255.0
+
+
+def segment(image: np.ndarray, mask: np.ndarray, background: int) -> np.ndarray:
+    """uint8 [h, w, 3] image cut out by mask [h, w] in [0, 1] onto the flat grey background (soft edges blend)."""
+    m = mask[..., None]
+    return np.clip(np.rint(image.astype(np.float32) * m + background * (1.0 - m)), 0, 255).astype(np.uint8)
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop to a square, then resize to [size, size, 3] (no-op when already that size)."""
     h, w = image.shape[:2]

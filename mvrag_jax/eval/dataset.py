@@ -7,11 +7,18 @@ builder's manual layout directly:
     DIR/<prompt_id>/prompt.txt        the text prompt
     DIR/<prompt_id>/retrieved/<img>   images the model is conditioned on
     DIR/<prompt_id>/reference/<img>   optional held-out images the views are scored against
+    DIR/<prompt_id>/masks/<stem>.png  optional object mask of image <stem>.* (white object on black, or alpha)
 
 Held-out references are never also conditioning images. When a prompt has a non-empty reference/, the split is the
 folders. Otherwise the retrieved images, in file-name order, are split deterministically: positions 0, 2, 4, ...
 condition the model and positions 1, 3, 5, ... are the references (so both halves sample the whole set). A prompt
 with no reference/ and fewer than 2 images cannot be split and is skipped with that reason.
+
+References with a mask are scored segmented, as the paper's C.3 scores Grounded-SAM object views: cut out onto the
+background grey the generated views also have (data_pipelines/records.py `segment`). Without masks a reference keeps
+its photo's background, so CLIP, DINOv2 and IR similarities also measure how alike the backgrounds are (a grey
+studio backdrop against a street): lower, and not comparable with Table 1. The report counts the segmented
+references (`references_segmented`).
 """
 
 import dataclasses
@@ -34,6 +41,7 @@ class EvalPrompt:
     retrieved: tuple[np.ndarray, ...]   # uint8 [h, w, 3]: what the model is conditioned on
     reference: tuple[np.ndarray, ...]   # uint8 [h, w, 3]: held out, scored against
     split: str                          # SPLIT_FOLDERS or SPLIT_ALTERNATE
+    segmented: int = 0                  # how many of `reference` were cut out by their masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,23 +51,32 @@ class EvalDataset:
     skipped: tuple[dict, ...]           # {"item": prompt_id, "reason": ...}
 
 
-def split_prompt(prompt_id: str, prompt: str, retrieved: list[np.ndarray], reference: list[np.ndarray]
-                 ) -> EvalPrompt:
-    """Apply the module's split rule; raises ValueError when the prompt cannot be split."""
+def split_prompt(prompt_id: str, prompt: str, retrieved: list[np.ndarray], reference: list[np.ndarray],
+                 retrieved_masks: list | None = None, reference_masks: list | None = None,
+                 background: int = 127) -> EvalPrompt:
+    """Apply the module's split rule, then cut out each reference that has a mask (None: none); raises
+    ValueError when the prompt cannot be split."""
+    retrieved_masks = retrieved_masks or [None] * len(retrieved)
+    reference_masks = reference_masks or [None] * len(reference)
     if reference:
-        return EvalPrompt(prompt_id, prompt, tuple(retrieved), tuple(reference), SPLIT_FOLDERS)
-    if len(retrieved) < 2:
+        kept, held, masks, split = retrieved, reference, reference_masks, SPLIT_FOLDERS
+    elif len(retrieved) < 2:
         raise UsageError(f"no reference/ images and only {len(retrieved)} retrieved image(s); the alternate split "
                          "needs at least 2")
-    return EvalPrompt(prompt_id, prompt, tuple(retrieved[0::2]), tuple(retrieved[1::2]), SPLIT_ALTERNATE)
+    else:
+        kept, held, masks, split = retrieved[0::2], retrieved[1::2], retrieved_masks[1::2], SPLIT_ALTERNATE
+    held = [image if mask is None else records.segment(image, mask, background) for image, mask in zip(held, masks)]
+    return EvalPrompt(prompt_id, prompt, tuple(kept), tuple(held), split,
+                      segmented=sum(mask is not None for mask in masks))
 
 
-def _from_records(name: str, raw: list[dict], skipped: list[dict]) -> EvalDataset:
+def _from_records(name: str, raw: list[dict], skipped: list[dict], background: int) -> EvalDataset:
     prompts = []
     for record in raw:
         try:
             prompts.append(split_prompt(record["prompt_id"], record["prompt"], record["retrieved"],
-                                        record["reference"]))
+                                        record["reference"], record.get("retrieved_masks"),
+                                        record.get("reference_masks"), background))
         except ValueError as e:
             skipped.append({"item": record["prompt_id"], "reason": str(e)})
     if not prompts:
@@ -83,8 +100,10 @@ def read_folder(root: str | os.PathLike, background: int = 127) -> EvalDataset:
             skipped.append({"item": folder.name, "reason": str(e)})
             continue
         raw.append({**record, **{key: [records.decode_image(data, background) for data in record[key]]
-                                 for key in ("retrieved", "reference")}})
-    return _from_records(str(root), raw, skipped)
+                                 for key in ("retrieved", "reference")},
+                    **{key: [records.decode_mask(data) if data else None for data in record[key]]
+                       for key in ("retrieved_masks", "reference_masks")}})
+    return _from_records(str(root), raw, skipped, background)
 
 
 def read_built(name: str = "ood_eval") -> EvalDataset:
@@ -93,7 +112,7 @@ def read_built(name: str = "ood_eval") -> EvalDataset:
     from data_pipelines import build
     builder = build.prepare(data_config.get_config(), "ood_eval")
     skipped = [dict(item) for item in builder.info.metadata.get("skipped", [])]
-    return _from_records(name, ood_eval.read_prompts(builder), skipped)
+    return _from_records(name, ood_eval.read_prompts(builder), skipped, builder.builder_config.background)
 
 
 def load_dataset(dataset: str) -> EvalDataset:

@@ -127,7 +127,8 @@ def write_report(folder: pathlib.Path, result: dict[str, Any], views: dict[tuple
     lines = [f"# Evaluation: {result['method']} on {result['dataset']}", "",
              f"{result['samples']} samples ({result['prompts']} prompts x seeds {result['seeds']}), "
              f"{result['skipped_count']} dataset prompts skipped. Reference split: "
-             + "; ".join(f"{count} prompts by {rule}" for rule, count in result["split_rules"].items()) + ".", "",
+             + "; ".join(f"{count} prompts by {rule}" for rule, count in result["split_rules"].items()) + ". "
+             + _segmented_line(result), "",
              markdown_table(summary), "",
              "Similarities are mean cosine x 100 between every generated view and every held-out reference image "
              "of the prompt; FID/IS are over all generated views (FID against all references). The paper column is "
@@ -139,3 +140,13 @@ def write_report(folder: pathlib.Path, result: dict[str, Any], views: dict[tuple
         lines += ["", f"![best and worst samples by {metric}](best_worst.png)"]
     lines += [f"![{name}]({name})" for name in files if name.endswith(".png") and name != "best_worst.png"]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _segmented_line(result: dict) -> str:
+    """What the similarity columns compare against: segmented objects (the paper, C.3) or whole photos."""
+    done, total = result.get("references_segmented", 0), result.get("references", 0)
+    if total and done == total:
+        return f"All {total} references are segmented by their masks, as in the paper (C.3)."
+    return (f"{done} of {total} references are segmented (masks/); the rest keep their backgrounds, so the "
+            "similarities also compare backgrounds and are not comparable with the paper's segmented references.")
+

@@ -147,7 +147,8 @@ def evaluate(encoders: Encoders, dataset: EvalDataset, samples: Sequence[Sample]
     all_skipped = list(dataset.skipped) + list(skipped)
     return {"method": method, "dataset": dataset.name, "metrics": summary, "samples": len(samples),
             "prompts": len({s.prompt_id for s in samples}), "seeds": list(seeds) if seeds else None,
-            "split_rules": rules, "skipped_count": len(all_skipped), "skipped": all_skipped[:50],
+            "split_rules": rules, "references_segmented": sum(p.segmented for p in dataset.prompts),
+            "references": sum(len(p.reference) for p in dataset.prompts), "skipped_count": len(all_skipped), "skipped": all_skipped[:50],
             "missing_encoders": encoders.missing, "timings": timings, "rows": rows}
 
 

@@ -43,3 +43,19 @@ def test_read_prompts_composites_over_the_builder_background(tiny_cfg, tmp_path)
     tiny_cfg.data_dir, tiny_cfg.ood_eval.manual_dir, tiny_cfg.background_level = str(tmp_path / "data"), str(root), 90
     [prompt] = ood_eval.read_prompts(build.prepare(tiny_cfg, "ood_eval"))
     assert (prompt["retrieved"][0] == 90).all()
+
+
+def test_masks_are_built_beside_their_images(tiny_cfg, tmp_path):
+    root = tmp_path / "ood"
+    folder = _prompt(root, "p000", "a red thing", retrieved=2, reference=1)
+    (folder / "masks").mkdir()
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8] = 255
+    Image.fromarray(mask).save(folder / "masks" / "0.png")  # reference/0.jpg, not retrieved/0.png
+    (_prompt(root, "p001", "unmasked") / "masks").mkdir()
+    tiny_cfg.data_dir, tiny_cfg.ood_eval.manual_dir = str(tmp_path / "data"), str(root)
+    prompts = ood_eval.read_prompts(build.prepare(tiny_cfg, "ood_eval"))
+    assert [p["retrieved_masks"] for p in prompts] == [[None, None], [None, None]]
+    (ref_mask,) = prompts[0]["reference_masks"]
+    np.testing.assert_array_equal(ref_mask, mask / 255.0)
+    assert prompts[1]["reference_masks"] == []

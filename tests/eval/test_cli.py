@@ -36,6 +36,8 @@ def test_eval_images_end_to_end(eval_inputs, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| metric | ours | 95 % CI | n |" in report and "| FID (lower is better) |" in report
     assert "| IR (GUIE) sim x100 (higher is better) |" in report and "missing" not in report
+    assert result["references_segmented"] == 0 and result["references"] == 6
+    assert "0 of 6 references are segmented (masks/); the rest keep their backgrounds" in report
     assert {"best_worst.png", "histograms.png", "per_sample.jsonl"} <= {p.name for p in out.iterdir()}
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err  # never clobbers an earlier result
 
