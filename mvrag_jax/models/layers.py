@@ -44,6 +44,30 @@ def group_norm(num_groups: int, epsilon: float, *, dtype: Dtype = jnp.float32, n
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)))
 
 
+class ResnetBlock(nn.Module):
+    """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3, plus the input (a 1x1 conv named `shortcut_name` when the
+    channels change), times `skip_scale`: diffusers' VAE ResnetBlock2D (eps 1e-6, `conv_shortcut`, 1) and LGM's
+    ResnetBlock (eps 1e-5, `shortcut`, sqrt(1/2)) are this block with their release's names and constants."""
+
+    out_channels: int
+    groups: int
+    eps: float
+    shortcut_name: str
+    skip_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.silu(group_norm(self.groups, self.eps, dtype=self.dtype, name="norm1")(x))
+        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv1")(h)
+        h = nn.silu(group_norm(self.groups, self.eps, dtype=self.dtype, name="norm2")(h))
+        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv2")(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, dtype=self.dtype, name=self.shortcut_name)(x)
+        out = x + h
+        return out if self.skip_scale == 1.0 else out * self.skip_scale
+
+
 def layer_norm(epsilon: float, *, use_bias: bool = True, dtype: Dtype = jnp.float32,
                name: str | None = None) -> nn.LayerNorm:
     """torch.nn.LayerNorm semantics (biased variance, two-pass in float32)."""

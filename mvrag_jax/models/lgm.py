@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvrag_jax.models.config import check_compute_dtype
+from mvrag_jax.models import layers
 from mvrag_jax.models.layers import attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
 from mvrag_jax.errors import MvragError
@@ -135,20 +136,9 @@ def _constrain(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, (BATCH, None, None, ACT_EMBED))  # [b*v, h, w, c]
 
 
-class ResnetBlock(nn.Module):
-    out_channels: int
-    groups: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.silu(group_norm(self.groups, GROUP_NORM_EPS, dtype=self.dtype, name="norm1")(x))
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv1")(h)
-        h = nn.silu(group_norm(self.groups, GROUP_NORM_EPS, dtype=self.dtype, name="norm2")(h))
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv2")(h)
-        if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, dtype=self.dtype, name="shortcut")(x)
-        return (h + x) * SKIP_SCALE
+def ResnetBlock(out_channels: int, groups: int, dtype: Any, name: str) -> nn.Module:
+    """LGM's ResnetBlock: the shared block (layers.py) with eps 1e-5, a 1x1 `shortcut` and the sqrt(1/2) skip."""
+    return layers.ResnetBlock(out_channels, groups, GROUP_NORM_EPS, "shortcut", SKIP_SCALE, dtype=dtype, name=name)
 
 
 class Attention(nn.Module):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvrag_jax.models.config import check_compute_dtype, config_block
-from mvrag_jax.models.layers import attention, conv, dense, group_norm
+from mvrag_jax.models.layers import ResnetBlock, attention, conv, dense, group_norm
 from mvrag_jax.sharding import ACT_EMBED, BATCH, EMBED, HEADS
 from mvrag_jax.inputs.release import Release
 from mvrag_jax.errors import MvragError
@@ -110,22 +110,9 @@ def _constrain(x: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x, (BATCH, None, None, ACT_EMBED))  # [b, h, w, c]
 
 
-class ResnetBlock2D(nn.Module):
-    """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3, plus the input (1x1 conv_shortcut when channels change)."""
-
-    out_channels: int
-    groups: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        h = nn.silu(group_norm(self.groups, GROUP_NORM_EPS, dtype=self.dtype, name="norm1")(x))
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv1")(h)
-        h = nn.silu(group_norm(self.groups, GROUP_NORM_EPS, dtype=self.dtype, name="norm2")(h))
-        h = conv(self.out_channels, 3, dtype=self.dtype, name="conv2")(h)
-        if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, dtype=self.dtype, name="conv_shortcut")(x)
-        return x + h
+def ResnetBlock2D(out_channels: int, groups: int, dtype: Any, name: str) -> nn.Module:
+    """diffusers' ResnetBlock2D: the shared block (layers.py) with eps 1e-6 and a 1x1 `conv_shortcut`."""
+    return ResnetBlock(out_channels, groups, GROUP_NORM_EPS, "conv_shortcut", dtype=dtype, name=name)
 
 
 class MidAttention(nn.Module):

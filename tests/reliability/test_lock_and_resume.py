@@ -59,8 +59,11 @@ def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     _foreign_lock(tmp_path / lock.LOCK_FILE, age_s=1, host=socket.gethostname(), pid=int(dead.stdout))
     taker = lock.WorkdirLock(tmp_path)
-    taker.acquire()
+    taker.acquire()  # at once: the pid on this host is gone, though the heartbeat is 1 s old
+    held = json.loads((tmp_path / lock.LOCK_FILE).read_text())
+    assert held["pid"] == os.getpid() and held["token"] != "theirs"
     taker.release()
+    assert not (tmp_path / lock.LOCK_FILE).exists()
 
 
 def _cfg():
