@@ -25,7 +25,7 @@ import numpy as np
 
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.inputs import images as image_ops
-from mvrag_jax.inputs.release import read_safetensors
+from mvrag_jax.inputs.release import read_safetensors_folder
 from mvrag_jax.models import siglip
 from mvrag_jax.errors import PathNotFoundError, UsageError
 
@@ -89,12 +89,7 @@ def load_siglip(folder: str | pathlib.Path) -> Siglip:
         raise UsageError(f"{config_path} is a {values.get('model_type')!r} model; --siglip needs a SiglipModel "
                          "(model_type 'siglip'; SigLIP 2's naflex variants are not supported)")
     config = siglip.SiglipConfig.from_dict(values)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise PathNotFoundError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")
-    state_dict = {}
-    for f in files:
-        state_dict.update(read_safetensors(f))
+    state_dict = read_safetensors_folder(folder, PathNotFoundError)
     shapes = nn.unbox(jax.eval_shape(siglip.init_params, config, jax.random.key(0)))
     params = state_dict_to_params(state_dict, shapes, component=f"{folder.name} SigLIP",
                                   hint="expected transformers' SiglipModel keys (text_model.*, vision_model.*, "

@@ -32,7 +32,7 @@ from mvrag_jax.convert.checkpoint import CONFIG_FILE
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import dinov2, inception
-from mvrag_jax.inputs.release import COMPONENT_FOLDERS, read_safetensors
+from mvrag_jax.inputs.release import COMPONENT_FOLDERS, read_safetensors, read_safetensors_folder
 from mvrag_jax.errors import PathNotFoundError, MvragError
 
 BATCH = 16  # images per encoder call; batches are zero-padded to it so each encoder compiles once
@@ -93,12 +93,7 @@ def load_dinov2(path: str | pathlib.Path) -> tuple[dinov2.DINOv2Config, Any, ima
         raise EncoderError(f"{folder} has no config.json; --dinov2 needs a transformers Dinov2Model folder "
                            "(config.json, model.safetensors, preprocessor_config.json)")
     config = dinov2.DINOv2Config.from_hf_config(json.loads(config_path.read_text()), str(config_path))
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise EncoderError(f"{folder} holds no .safetensors weights; save the model with safe_serialization=True")
-    state_dict = {}
-    for file in files:
-        state_dict.update(read_safetensors(file))
+    state_dict = read_safetensors_folder(folder, EncoderError)
     component = COMPONENTS_BY_NAME["dinov2"]
     params = state_dict_to_params(component.normalize_keys(state_dict), abstract_params(component, config),
                                   component=f"{folder} dinov2", hint=component.hint)

@@ -117,6 +117,21 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def read_safetensors_folder(folder: pathlib.Path, error: type[Exception]) -> dict[str, np.ndarray]:
+    """Every tensor of a transformers/diffusers model folder's .safetensors file(s) (sharded saves too), each file
+    checked for NaN/Inf; `error` (the caller's one-line error class) when the folder holds none."""
+    files = sorted(pathlib.Path(folder).glob("*.safetensors"))
+    if not files:
+        raise error(f"{folder} holds no .safetensors weights; save the model with "
+                    "save_pretrained(safe_serialization=True)")
+    tensors: dict[str, np.ndarray] = {}
+    for path in files:
+        loaded = read_safetensors(path)
+        check_finite_weights(loaded, path)
+        tensors.update(loaded)
+    return tensors
+
+
 def write_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
     """Write tensors in the safetensors format (keys sorted, 8-byte aligned header), loadable by torch and diffusers."""
     names = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}

@@ -32,7 +32,7 @@ from mvrag_jax.inputs import text as text_ops
 from mvrag_jax.convert.components import COMPONENTS_BY_NAME, abstract_params
 from mvrag_jax.convert.keys import state_dict_to_params
 from mvrag_jax.models import clip
-from mvrag_jax.inputs.release import read_safetensors
+from mvrag_jax.inputs.release import read_safetensors_folder
 from mvrag_jax.retrieval import ann
 from mvrag_jax.retrieval.base import Candidate, RetrievalError, RetrievedImage, collect, read_image
 from mvrag_jax.retrieval.collection import CollectionError, CollectionRecord
@@ -84,13 +84,7 @@ def _read_config(folder: pathlib.Path) -> dict[str, Any]:
 
 def _split_weights(folder: pathlib.Path) -> tuple[dict, dict, np.ndarray, np.ndarray]:
     """(text state dict, vision state dict, text_projection [hidden, proj], visual_projection [hidden, proj])."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CLIPModelError(f"{folder} holds no .safetensors weights; save the model with "
-                             "save_pretrained(safe_serialization=True)")
-    tensors: dict[str, np.ndarray] = {}
-    for path in files:
-        tensors.update(read_safetensors(path))
+    tensors = read_safetensors_folder(folder, CLIPModelError)
     missing = [k for k in ("text_projection.weight", "visual_projection.weight") if k not in tensors]
     if missing:
         raise CLIPModelError(f"{folder} weights lack {missing}; dense retrieval needs a CLIPModel with projections, "
