@@ -1,4 +1,4 @@
-"""`mvrag bench unet|sample|train|retrieval|all|compare`: compile and call timings (mvrag_jax/bench/)."""
+"""`mvrag bench unet|sample|train|reconstruct|retrieval|all|compare`: compile and call timings (mvrag_jax/bench/)."""
 
 import json
 import os
@@ -6,6 +6,7 @@ import os
 from absl import flags
 
 from mvrag_jax.cli.flags import Command
+from mvrag_jax.cli.reconstruct import define_lgm
 from mvrag_jax.errors import UsageError
 
 
@@ -39,6 +40,8 @@ def define_bench(fv):
     flags.DEFINE_integer("queries", 200, "retrieval: timed queries.", flag_values=fv)
     flags.DEFINE_string("workdir", None, "retrieval: folder for the temporary collection and index (default: the "
                         "system's temporary folder; 1M captions need ~1 GB).", flag_values=fv)
+    define_lgm(fv)  # reconstruct: without --lgm, the released big config with random weights
+    flags.DEFINE_integer("render_size", 256, "reconstruct: side of the 18 re-rendered views.", flag_values=fv)
     flags.DEFINE_bool("json", False, "retrieval: print the figures as one JSON object (default: one per line).",
                       flag_values=fv)
 
@@ -88,6 +91,19 @@ def _run_bench_retrieval(fv):
     return 0
 
 
+def _run_bench_reconstruct(fv):
+    from mvrag_jax.bench import reconstruct as bench_reconstruct
+    from mvrag_jax.models import lgm
+    if fv.lgm:
+        from mvrag_jax.convert.lgm import load_lgm
+        config, params = load_lgm(fv.lgm, input_size=fv.lgm_input_size)
+    else:
+        config = lgm.LGMConfig(input_size=fv.lgm_input_size)
+        params = bench_reconstruct.random_lgm(config)
+    return bench_reconstruct.bench_reconstruct(config, params, steps=fv.steps, render_size=fv.render_size,
+                                               weights=fv.lgm or "random")
+
+
 def run_bench(fv, argv):
     if argv[1:2] in (["all"], ["compare"]):
         return _run_bench_suite(fv, argv)
@@ -100,6 +116,7 @@ def run_bench(fv, argv):
                                                     sample_steps=fv.sample_steps, prior_steps=fv.prior_steps,
                                                     release_dir=fv.release),
         "train": lambda: _run_bench_train(fv),
+        "reconstruct": lambda: _run_bench_reconstruct(fv),
     }
     if len(argv) != 2 or argv[1] not in targets:
         raise UsageError(f"usage: mvrag bench {{{'|'.join(targets)}|retrieval}} [--config ...]; got {argv[1:]}")
@@ -108,7 +125,7 @@ def run_bench(fv, argv):
 
 
 COMMANDS = (
-    Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train`; retrieval at scale: `mvrag bench "
+    Command("bench", "Time compiles and calls: `mvrag bench unet|sample|train|reconstruct`; retrieval at scale: `mvrag bench "
             "retrieval --docs N [--kind bm25|dense] [--json]`; every benchmark to one JSON: "
             "`mvrag bench all`; ratios of two such files: `mvrag bench compare A.json B.json`.",
             define_bench, run_bench, config=("tiny.py", "Model config (configs/*.py[:arg]).")),
