@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` (install + the main job: train a tiny MV-RAG on 8 fake CPU devices,
-# then generate with retrieval and check what it learned), `make test`. CI runs `make test` and the demo;
-# `make test-all` (every test, libtpu ones included) is to replace `make test` there once its slow tests pass.
+# then generate with retrieval and check what it learned), `make test`. CI (.ci/run) runs `make test-all` (every
+# test, the slow and the libtpu ones) and the demo.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,8 +9,12 @@ DEMO ?= out/demo
 TINY := tests/reference/tiny_release
 # The demo's pod: 8 fake CPU devices (data=2 x fsdp=4 in configs/train.py:size=demo).
 FAKE_POD := XLA_FLAGS=--xla_force_host_platform_device_count=8
+# pytest workers (pytest-xdist): the compiles are mostly single-threaded, so 2 workers on 2 cores take ~0.6x the time
+# of one. A file runs whole on one worker (its module fixtures are built once). PYTEST_WORKERS=0: no workers.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all pytest-all clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +39,9 @@ demo: install
 	$(PY) -m mvrag_jax.demo.colour $(DEMO)/generated --json $(DEMO)/colour.json
 	@echo "demo outputs: $(DEMO)/train/loss.png, $(DEMO)/generated/*/grid.png, $(DEMO)/colour.json"
 
-# The development loop: every test but the slow ones (about 8 min on 2 quiet cores).
+# The development loop: every test but the slow ones.
 test: install
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow" --durations=20
 
 # Everything CI proves (.ci/run): the slow tests too (SIGTERM resume, two processes, meshes, a bucket run, 8-device
 # generation, config C) and the libtpu ones (TPU plans, Pallas kernels, compile_effort), in their own venv with
@@ -45,7 +49,10 @@ test: install
 ALL_VENV ?= .venv-all
 test-all:
 	$(MAKE) VENV=$(ALL_VENV) $(ALL_VENV)/.installed $(ALL_VENV)/.installed-tpu
-	$(ALL_VENV)/bin/python -m pytest --durations=30
+	$(MAKE) VENV=$(ALL_VENV) pytest-all
+
+pytest-all:
+	$(PYTEST) --durations=30
 
 $(VENV)/.installed-tpu: $(VENV)/.installed requirements-tpu.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-tpu.txt

@@ -171,8 +171,9 @@ def _not_a_library_notice(record) -> bool:
 def _not_a_reported_disk_error(record) -> bool:
     """A log filter (True: keep) that drops orbax's ERROR record, with traceback, of a write a full or read-only disk
     refused: its writer thread logs it, then the main thread raises the same error and `mvrag` answers it in one
-    line naming the disk (errors.path_error_line)."""
-    return not (record.exc_info and "/orbax/" in record.pathname
+    line naming the disk (errors.path_error_line). asyncio's "exception was never retrieved" of the same failed
+    write (orbax's gathered futures, collected after the answer) goes the same way."""
+    return not (record.exc_info and ("/orbax/" in record.pathname or record.name == "asyncio")
                 and path_error_line(record.exc_info[1]) is not None)
 
 
@@ -196,4 +197,8 @@ def configure_logging(verbose: bool) -> None:
     for keep in (_not_a_library_notice, _not_a_reported_disk_error):
         if keep not in logger.filters:
             logger.addFilter(keep)
+    import logging as std_logging
+    asyncio_logger = std_logging.getLogger("asyncio")
+    if _not_a_reported_disk_error not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_not_a_reported_disk_error)
     sys.unraisablehook = _quiet_closed_loop

@@ -15,6 +15,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -70,8 +71,18 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         else:
             tmp.rename(target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
         raise
+
+
+def _remove_tree(folder: pathlib.Path, tries: int = 20) -> None:
+    """rmtree that outlasts a writer still finishing in the folder: after a failed orbax save its threads can
+    create files while the tree is being removed (seen on a full disk under load), so remove until it is gone."""
+    for _ in range(tries):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            return
+        time.sleep(0.1)
 
 
 def save_checkpoint(out_dir: str | os.PathLike, configs: dict[str, Any], params: dict[str, Any],
