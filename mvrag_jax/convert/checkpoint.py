@@ -75,14 +75,20 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
         raise
 
 
-def _remove_tree(folder: pathlib.Path, tries: int = 20) -> None:
-    """rmtree that outlasts a writer still finishing in the folder: after a failed orbax save its threads can
-    create files while the tree is being removed (seen on a full disk under load), so remove until it is gone."""
-    for _ in range(tries):
-        shutil.rmtree(folder, ignore_errors=True)
-        if not os.path.lexists(folder):
+def _remove_tree(folder: pathlib.Path, quiet_s: float = 1.0, limit_s: float = 10.0) -> None:
+    """rmtree that outlasts writers still finishing in the folder: after a failed orbax save, tensorstore's writes in
+    flight can create files (and their parent folders) again after the tree is gone (seen on a full disk under
+    load), so remove until it has stayed absent for `quiet_s` (at most `limit_s` in all)."""
+    deadline, absent_since = time.monotonic() + limit_s, None
+    while time.monotonic() < deadline:
+        if os.path.lexists(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            absent_since = None
+        elif absent_since is None:
+            absent_since = time.monotonic()
+        elif time.monotonic() - absent_since >= quiet_s:
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def save_checkpoint(out_dir: str | os.PathLike, configs: dict[str, Any], params: dict[str, Any],
